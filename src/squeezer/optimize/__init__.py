@@ -1,0 +1,1 @@
+"""Optimized runtimes and the accuracy-gated search (a later issue)."""

@@ -1,0 +1,114 @@
+"""Types shared across layers, and the small protocols through which they meet.
+
+The engine batches work it does not understand: it sees only a token count per item,
+and a runner that collates items into named arrays and splits the backend's named
+arrays back into one result per item. Tasks provide runners; the engine never imports
+a task and a task never imports the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+#: Arrays by name (``input_ids``, ``attention_mask``, ``last_hidden_state``, ...):
+#: the only thing that crosses the engine/backend boundary.
+NamedArrays = Mapping[str, npt.NDArray[Any]]
+
+
+class Task(str, Enum):
+    """What a request means; a served model declares the tasks it can do."""
+
+    EMBED = "embed"
+    CLASSIFY = "classify"
+    TOKEN_CLASSIFY = "token-classify"
+    FILL_MASK = "fill-mask"
+    RERANK = "rerank"
+    QUESTION_ANSWERING = "question-answering"
+    GENERATE = "generate"
+
+
+class TruncationDirection(str, Enum):
+    RIGHT = "right"
+    LEFT = "left"
+
+
+@runtime_checkable
+class WorkItem(Protocol):
+    """One unit the batcher schedules: typically one tokenized input."""
+
+    @property
+    def num_tokens(self) -> int: ...
+
+
+ItemT = TypeVar("ItemT", bound=WorkItem)
+ItemT_contra = TypeVar("ItemT_contra", bound=WorkItem, contravariant=True)
+ResultT = TypeVar("ResultT")
+ResultT_co = TypeVar("ResultT_co", covariant=True)
+
+
+class BatchRunner(Protocol[ItemT_contra, ResultT_co]):
+    """How a task turns a batch of its items into backend inputs and back.
+
+    Both methods run on the compute thread, next to the forward pass, so they must be
+    cheap and must not touch the event loop.
+    """
+
+    def collate(self, items: Sequence[ItemT_contra]) -> NamedArrays: ...
+
+    def split(self, outputs: NamedArrays, items: Sequence[ItemT_contra]) -> list[ResultT_co]: ...
+
+
+@dataclass(slots=True)
+class TokenizedInput:
+    """One input after tokenization: what the embedding task hands to the engine."""
+
+    ids: npt.NDArray[np.int64]
+    type_ids: npt.NDArray[np.int64] | None = None
+    #: (start, end) character offsets per token, kept only when a task needs them.
+    offsets: list[tuple[int, int]] | None = None
+    truncated: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    """Plain, serializable work for one model: what ``Engine.submit`` takes.
+
+    ``deadline`` is an absolute time on the engine's clock (``time.monotonic`` unless a
+    test injects another); work still queued when it passes is answered with
+    ``DeadlineExceededError`` and never computed.
+    """
+
+    model: str
+    items: list[Any]
+    deadline: float | None = None
+    request_id: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the server says about a served model (``/info``, ``/v1/models``)."""
+
+    name: str
+    path: str
+    tasks: tuple[Task, ...]
+    backend: str
+    device: str
+    dtype: str
+    content_hash: str
+    max_input_length: int
+    hidden_size: int
+    model_type: str
+    pooling: str | None = None
+    architectures: tuple[str, ...] = ()
+    revision: str | None = None

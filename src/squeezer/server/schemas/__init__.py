@@ -1,0 +1,1 @@
+"""Each dialect's request and response types."""

@@ -1,0 +1,3 @@
+from squeezer.cli import main
+
+main()

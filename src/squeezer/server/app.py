@@ -1,0 +1,89 @@
+"""The app factory: one ``Settings`` in, one ASGI app out, wiring and nothing else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from squeezer import __version__
+from squeezer.config import Settings
+from squeezer.errors import InvalidRequestError, SqueezerError
+from squeezer.server.errors import error_response
+from squeezer.server.jsonio import add_body_schemas
+from squeezer.server.metrics import Metrics
+from squeezer.server.middleware import HttpGuard, InFlight
+from squeezer.server.routes import admin, hf, openai, tei
+from squeezer.server.runtime import Phase, Runtime
+
+log = logging.getLogger("squeezer")
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app; models load in its lifespan (``/ready`` answers once they have)."""
+    metrics = Metrics()
+    runtime = runtime or Runtime(settings, observer=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        log.info(
+            "squeezer ready: %d model(s) in %.1f s", len(runtime.registry), runtime.cold_start_s
+        )
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            log.info("squeezer stopped")
+
+    app = FastAPI(
+        title="squeezer",
+        version=__version__,
+        description="Transformer models served with dynamic batching; TEI, OpenAI and "
+        "HF Inference API dialects.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.state.settings = settings
+
+    async def on_squeezer_error(request: Request, exc: Exception) -> Response:
+        return error_response(exc, request.url.path)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        return error_response(InvalidRequestError(f"invalid request: {exc}"), request.url.path)
+
+    app.add_exception_handler(SqueezerError, on_squeezer_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_squeezer_error)
+
+    for module in (admin, tei, openai, hf):
+        app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            app.openapi_schema = add_body_schemas(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    in_flight = InFlight()
+    app.state.in_flight = in_flight
+    app.add_middleware(
+        HttpGuard,  # type: ignore[arg-type]
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        draining=lambda: runtime.phase in (Phase.DRAINING, Phase.STOPPED),
+        in_flight=in_flight,
+    )
+    return app

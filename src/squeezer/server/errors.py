@@ -1,0 +1,96 @@
+"""The one table from squeezer's error kinds to HTTP statuses and dialect shapes.
+
+TEI's contract (``{"error", "error_type"}`` with its own type names and statuses) is
+used by the TEI, HF Inference API and admin routes; OpenAI's routes answer
+``{"error": {"message", "type", "param", "code"}}``. Which shape a response takes is
+decided by the path, so a failure before routing (a body too large) still speaks the
+client's dialect.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import orjson
+from starlette.responses import Response
+
+from squeezer import errors as e
+
+log = logging.getLogger("squeezer")
+
+
+class Dialect(str, Enum):
+    TEI = "tei"
+    OPENAI = "openai"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    status: int
+    tei_type: str
+    openai_type: str
+
+
+#: Most specific class first: the first ``isinstance`` match wins.
+_TABLE: tuple[tuple[type[e.SqueezerError], ErrorKind], ...] = (
+    (e.EmptyInputError, ErrorKind(400, "Empty", "invalid_request_error")),
+    (e.TokenizerError, ErrorKind(422, "Tokenizer", "invalid_request_error")),
+    (e.InvalidRequestError, ErrorKind(422, "Validation", "invalid_request_error")),
+    (e.ModelNotFoundError, ErrorKind(404, "Validation", "invalid_request_error")),
+    (e.TaskNotSupportedError, ErrorKind(400, "Validation", "invalid_request_error")),
+    (e.PayloadTooLargeError, ErrorKind(413, "Validation", "invalid_request_error")),
+    (e.OverloadedError, ErrorKind(429, "Overloaded", "rate_limit_error")),
+    (e.DeadlineExceededError, ErrorKind(504, "Overloaded", "timeout_error")),
+    (e.BackendError, ErrorKind(424, "Backend", "server_error")),
+    (e.UnavailableError, ErrorKind(503, "Unhealthy", "service_unavailable_error")),
+)
+_FALLBACK = ErrorKind(400, "Validation", "invalid_request_error")
+_INTERNAL = ErrorKind(500, "Backend", "server_error")
+_OPENAI_PATH = re.compile(r"^(/models/[^/]+)?/v1/")
+
+
+def kind_of(error: e.SqueezerError) -> ErrorKind:
+    for cls, kind in _TABLE:
+        if isinstance(error, cls):
+            return kind
+    return _FALLBACK
+
+
+def dialect_of(path: str) -> Dialect:
+    return Dialect.OPENAI if _OPENAI_PATH.match(path) else Dialect.TEI
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower()
+
+
+def error_response(error: Exception, path: str) -> Response:
+    """Render any exception as the dialect's error; unexpected ones are logged as 500s."""
+    if isinstance(error, e.SqueezerError):
+        kind, message, param = kind_of(error), error.message, error.param
+        code = _snake(type(error).__name__)
+    else:
+        log.exception("unhandled error on %s", path, exc_info=error)
+        kind, message, param, code = (
+            _INTERNAL,
+            f"internal error: {type(error).__name__}",
+            None,
+            None,
+        )
+    if dialect_of(path) is Dialect.OPENAI:
+        body: dict[str, object] = {
+            "error": {"message": message, "type": kind.openai_type, "param": param, "code": code}
+        }
+    else:
+        body = {"error": message, "error_type": kind.tei_type}
+    headers = {}
+    if isinstance(error, e.OverloadedError):
+        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+    elif kind.status == 503:
+        headers["Retry-After"] = "1"
+    return Response(
+        orjson.dumps(body), status_code=kind.status, media_type="application/json", headers=headers
+    )

@@ -1,0 +1,97 @@
+"""Prometheus metrics, one ``CollectorRegistry`` per app (no process-global state).
+
+The engine reports through the ``EngineObserver`` protocol, which this class
+implements; the HTTP middleware records requests by route template and status.
+prometheus-client's metric objects are thread-safe, so the compute thread may call in.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+class Metrics:
+    """All of squeezer's metrics for one app instance."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "squeezer_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "squeezer_request_duration_seconds",
+            "HTTP request latency, body read to response sent",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "squeezer_queue_wait_seconds",
+            "Time an input waited in its model's queue before its batch ran",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "squeezer_batch_size",
+            "Inputs per forward pass",
+            ["model"],
+            buckets=_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "squeezer_batch_tokens",
+            "Padded tokens per forward pass",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.batch_compute = Histogram(
+            "squeezer_batch_compute_seconds",
+            "Collate + forward + split time per batch",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "squeezer_tokens", "Real (unpadded) tokens processed", ["model"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "squeezer_queue_depth", "Inputs waiting in each model's queue", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            "squeezer_http_requests_in_flight", "HTTP requests being served", registry=r
+        )
+
+    # EngineObserver -------------------------------------------------------------
+
+    def on_batch(
+        self, model: str, size: int, padded_tokens: int, real_tokens: int, compute_s: float
+    ) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.batch_tokens.labels(model).observe(padded_tokens)
+        self.batch_compute.labels(model).observe(compute_s)
+        self.tokens.labels(model).inc(real_tokens)
+
+    def on_queue_wait(self, model: str, seconds: float) -> None:
+        self.queue_wait.labels(model).observe(seconds)
+
+    def on_queue_depth(self, model: str, depth: int) -> None:
+        self.queue_depth.labels(model).set(depth)
+
+    # HTTP -----------------------------------------------------------------------
+
+    def on_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.request_latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,84 @@
+"""Probes, metrics and ``/info``: what operators and load balancers ask."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from squeezer import __version__
+from squeezer.errors import UnavailableError
+from squeezer.server.jsonio import json_response
+from squeezer.server.routes import runtime_of
+from squeezer.server.schemas import tei
+from squeezer.types import Task
+
+router = APIRouter(tags=["Admin"])
+
+
+@router.get("/health", summary="Liveness: the process is up and its compute threads answer")
+async def health(request: Request) -> Response:
+    runtime = runtime_of(request)
+    if runtime.phase.value == "stopped":
+        raise UnavailableError("server has stopped")
+    return json_response({"status": "ok", "phase": runtime.phase.value})
+
+
+@router.get("/ready", summary="Readiness: every model loaded and warmed up, and not draining")
+async def ready(request: Request) -> Response:
+    runtime = runtime_of(request)
+    if not runtime.ready:
+        raise UnavailableError(f"server is {runtime.phase.value}")
+    return json_response({"status": "ready", "models": [m.name for m in runtime.registry]})
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/info",
+    summary="TEI's Info for the default model, plus every served model",
+    responses={200: {"model": tei.Info}},
+)
+async def info(request: Request) -> Response:
+    runtime = runtime_of(request)
+    s = runtime.settings
+    if len(runtime.registry) == 0:
+        raise UnavailableError("models are still loading")
+    default = runtime.registry.default_for(Task.EMBED).info
+    return json_response(
+        {
+            "model_id": default.name,
+            "model_sha": default.content_hash,
+            "model_dtype": default.dtype,
+            "model_type": {"embedding": {"pooling": default.pooling or "mean"}},
+            "max_concurrent_requests": s.max_concurrent_requests,
+            "max_input_length": default.max_input_length,
+            "max_batch_tokens": s.max_batch_tokens,
+            "max_batch_requests": s.max_batch_requests,
+            "max_client_batch_size": s.max_client_batch_size,
+            "auto_truncate": False,
+            "tokenization_workers": s.tokenizer_workers,
+            "version": __version__,
+            "sha": None,
+            "docker_label": None,
+            "device": default.device,
+            "backend": default.backend,
+            "models": [
+                {
+                    "name": m.name,
+                    "tasks": [t.value for t in m.tasks],
+                    "backend": m.backend,
+                    "device": m.device,
+                    "dtype": m.dtype,
+                    "content_hash": m.content_hash,
+                    "path": m.path,
+                    "max_input_length": m.max_input_length,
+                }
+                for m in runtime.model_infos()
+            ],
+        }
+    )

@@ -1,0 +1,162 @@
+"""TEI 1.9's embedding routes: ``/embed``, ``/embed_all``, ``/similarity``, ``/tokenize``,
+``/decode``. They always use the default embedding model."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from squeezer.errors import EmptyInputError, TooManyInputsError
+from squeezer.server.jsonio import body_schema, json_response, read_json
+from squeezer.server.routes import runtime_of
+from squeezer.server.schemas import tei
+from squeezer.tasks import EmbedRequest
+
+router = APIRouter(tags=["TEI"])
+_ERRORS = {
+    s: {"model": tei.ErrorResponse, "description": d}
+    for s, d in (
+        (400, "Empty input"),
+        (413, "Body too large"),
+        (422, "Validation or tokenizer error"),
+        (424, "Inference failed"),
+        (429, "Overloaded"),
+        (503, "Not ready or shutting down"),
+    )
+}
+
+
+def as_batch(inputs: tei.TeiInput, max_client_batch_size: int) -> list[str] | list[list[int]]:
+    """TEI's input forms as a list of inputs; a flat list of ints is ONE id sequence."""
+    if isinstance(inputs, str):
+        batch: list[str] | list[list[int]] = [inputs]
+    elif inputs and all(isinstance(x, int) for x in inputs):
+        batch = [inputs]  # type: ignore[list-item]
+    else:
+        batch = inputs  # type: ignore[assignment]
+    if len(batch) > max_client_batch_size:
+        raise TooManyInputsError(
+            f"batch size {len(batch)} > maximum allowed batch size {max_client_batch_size} "
+            "(--max-client-batch-size)",
+            param="inputs",
+        )
+    return batch
+
+
+def embed_request(
+    body: tei.EmbedRequest | tei.EmbedAllRequest, max_client_batch_size: int, *, pooled: bool
+) -> EmbedRequest:
+    return EmbedRequest(
+        inputs=as_batch(body.inputs, max_client_batch_size),
+        normalize=getattr(body, "normalize", True),
+        truncate=bool(body.truncate),
+        truncation_direction=tei.direction(body.truncation_direction),
+        prompt_name=body.prompt_name,
+        pooled=pooled,
+        dimensions=getattr(body, "dimensions", None),
+    )
+
+
+@router.post(
+    "/embed",
+    summary="Pooled embeddings of the default embedding model",
+    openapi_extra=body_schema(tei.EmbedRequest),
+    responses={200: {"model": list[list[float]]}, **_ERRORS},
+)
+async def embed(request: Request) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, tei.EmbedRequest)
+    model = runtime.embed_model(None)
+    req = embed_request(body, runtime.settings.max_client_batch_size, pooled=True)
+    result = await runtime.embed(model, req)
+    return json_response(result.embeddings)
+
+
+@router.post(
+    "/embed_all",
+    summary="Every token's embedding, without pooling",
+    openapi_extra=body_schema(tei.EmbedAllRequest),
+    responses={200: {"model": list[list[list[float]]]}, **_ERRORS},
+)
+async def embed_all(request: Request) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, tei.EmbedAllRequest)
+    model = runtime.embed_model(None)
+    req = embed_request(body, runtime.settings.max_client_batch_size, pooled=False)
+    result = await runtime.embed(model, req)
+    return json_response(result.embeddings)
+
+
+@router.post(
+    "/similarity",
+    summary="Cosine similarity of a source sentence to each of several sentences",
+    openapi_extra=body_schema(tei.SimilarityRequest),
+    responses={200: {"model": list[float]}, **_ERRORS},
+)
+async def similarity(request: Request) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, tei.SimilarityRequest)
+    params = body.parameters or tei.SimilarityParameters()
+    texts = [body.inputs.source_sentence, *body.inputs.sentences]
+    as_batch(texts, runtime.settings.max_client_batch_size + 1)
+    model = runtime.embed_model(None)
+    req = EmbedRequest(
+        inputs=texts,
+        normalize=True,
+        truncate=bool(params.truncate),
+        truncation_direction=tei.direction(params.truncation_direction),
+        prompt_name=params.prompt_name,
+    )
+    vectors = (await runtime.embed(model, req)).embeddings
+    assert isinstance(vectors, np.ndarray)
+    return json_response(vectors[1:] @ vectors[0])
+
+
+@router.post(
+    "/tokenize",
+    summary="Tokens of each input, with their text and character offsets",
+    openapi_extra=body_schema(tei.TokenizeRequest),
+    responses={200: {"model": list[list[tei.SimpleToken]]}, **_ERRORS},
+)
+async def tokenize(request: Request) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, tei.TokenizeRequest)
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    as_batch(texts, runtime.settings.max_client_batch_size)
+    model = runtime.embed_model(None)
+    if model.embed is not None and body.prompt_name is not None:
+        prefix = model.embed.prompt(body.prompt_name)
+        texts = [prefix + t for t in texts]
+    tokens = await runtime.tokenize(model, texts, add_special_tokens=body.add_special_tokens)
+    return json_response(
+        [
+            [
+                {"id": t.id, "text": t.text, "special": t.special, "start": t.start, "stop": t.stop}
+                for t in seq
+            ]
+            for seq in tokens
+        ]
+    )
+
+
+@router.post(
+    "/decode",
+    summary="Text of token ids",
+    openapi_extra=body_schema(tei.DecodeRequest),
+    responses={200: {"model": list[str]}, **_ERRORS},
+)
+async def decode(request: Request) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, tei.DecodeRequest)
+    ids = [body.ids] if body.ids and isinstance(body.ids[0], int) else body.ids
+    if not ids or any(len(x) == 0 for x in ids):  # type: ignore[arg-type]
+        raise EmptyInputError("`ids` cannot be empty", param="ids")
+    model = runtime.embed_model(None)
+    texts = await runtime.decode(
+        model,
+        ids,  # type: ignore[arg-type]
+        skip_special_tokens=body.skip_special_tokens,
+    )
+    return json_response(texts)

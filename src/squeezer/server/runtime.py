@@ -1,0 +1,206 @@
+"""Everything a running server holds: models, tasks, the engine, and its lifecycle.
+
+Built from one ``Settings`` object with no process-global state, so several apps can
+live in one process (tests do this) and a Ray Serve replica can build its own.
+``start`` and ``stop`` are explicit lifecycle calls; the HTTP app only wires them to
+its lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
+
+from squeezer.backends import load_backend
+from squeezer.backends.device import resolve_device, resolve_dtype
+from squeezer.config import ModelSettings, Settings
+from squeezer.engine import Engine, EngineLimits, EngineObserver
+from squeezer.errors import ModelLoadError, UnavailableError
+from squeezer.models import locate, read_folder
+from squeezer.server.registry import ModelRegistry, ServedModel
+from squeezer.tasks import EmbedRequest, EmbedResult, EmbedTask, TextTokenizer, TokenInfo
+from squeezer.types import EngineRequest, ModelInfo, Task
+
+log = logging.getLogger("squeezer")
+
+#: Requests smaller than this (characters) are tokenized inline: a thread hop costs
+#: more than tokenizing one sentence (~20 us in Rust).
+_INLINE_TOKENIZE_CHARS = 2048
+_IMPLEMENTED_TASKS = (Task.EMBED,)
+
+
+class Phase(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Runtime:
+    """Loads the configured models, runs their requests through one engine."""
+
+    def __init__(self, settings: Settings, *, observer: EngineObserver | None = None) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(settings.default_models)
+        self.engine = Engine(
+            EngineLimits(
+                max_batch_tokens=settings.max_batch_tokens,
+                max_batch_requests=settings.max_batch_requests,
+                max_wait_ms=settings.max_wait_ms,
+                max_concurrent_requests=settings.max_concurrent_requests,
+            ),
+            observer=observer,
+        )
+        self._tokenize_pool = ThreadPoolExecutor(
+            settings.tokenizer_workers, thread_name_prefix="squeezer-tokenize"
+        )
+        self.phase = Phase.STARTING
+        self.cold_start_s: float | None = None
+        #: Wall-clock start time (``created`` in OpenAI's model list).
+        self.started_at = time.time()
+
+    # lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        for spec in self.settings.models:
+            served, backend = await asyncio.to_thread(self._load, spec)
+            self.registry.add(served)
+            if served.embed is not None:
+                self.engine.add_model(
+                    served.name,
+                    backend,
+                    served.embed.runner,
+                    device=served.info.device,
+                    max_batch_tokens=spec.max_batch_tokens,
+                    max_batch_requests=spec.max_batch_requests,
+                )
+            log.info(
+                "loaded %s from %s: tasks=%s backend=%s device=%s dtype=%s max_input_length=%d",
+                served.name,
+                served.info.path,
+                ",".join(t.value for t in served.info.tasks),
+                served.info.backend,
+                served.info.device,
+                served.info.dtype,
+                served.info.max_input_length,
+            )
+        self.registry.check_defaults()
+        await self.engine.start()
+        if self.settings.warmup:
+            await self._warm_up()
+        self.cold_start_s = time.perf_counter() - t0
+        self.phase = Phase.READY
+
+    def _load(self, spec: ModelSettings) -> tuple[ServedModel, object]:
+        s = self.settings
+        path = locate(spec.path)
+        folder = read_folder(path, pooling=spec.pooling, max_input_length=spec.max_input_length)
+        detected = folder.detect_tasks()
+        tasks = tuple(Task(t) for t in spec.tasks) if spec.tasks else detected
+        unsupported = [t.value for t in tasks if t not in _IMPLEMENTED_TASKS]
+        if not tasks or unsupported:
+            raise ModelLoadError(
+                f"model {spec.name!r} ({folder.model_type}, {list(folder.architectures)}): "
+                f"tasks {unsupported or 'none detected'} are not served yet; "
+                f"this version serves {[t.value for t in _IMPLEMENTED_TASKS]}"
+            )
+        device = resolve_device(spec.device or s.device)
+        dtype = resolve_dtype(spec.dtype or s.dtype, device)
+        backend_name = spec.backend or s.backend
+        backend = load_backend(backend_name, path, device=device, dtype=dtype)
+        tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
+        info = ModelInfo(
+            name=spec.name,
+            path=str(path),
+            tasks=tasks,
+            backend=backend_name,
+            device=device,
+            dtype=dtype,
+            content_hash=folder.content_hash(),
+            max_input_length=folder.max_input_length,
+            hidden_size=folder.hidden_size,
+            model_type=folder.model_type,
+            pooling=folder.pooling,
+            architectures=folder.architectures,
+        )
+        embed = EmbedTask(folder, tokenizer) if Task.EMBED in tasks else None
+        return ServedModel(info, folder, tokenizer, embed), backend
+
+    async def _warm_up(self) -> None:
+        """One short and one full-length batch per model, so first requests are not slow."""
+        for model in self.registry:
+            if model.embed is None:
+                continue
+            longest = " ".join(["warm"] * model.info.max_input_length)
+            for inputs in (["warm up"], [longest] * 4):
+                request = EmbedRequest(inputs=inputs, truncate=True)  # type: ignore[arg-type]
+                await self.embed(model, request, check_phase=False)
+
+    async def begin_drain(self) -> None:
+        """Stop taking new work; what was accepted still completes."""
+        if self.phase is Phase.READY:
+            self.phase = Phase.DRAINING
+
+    async def stop(self) -> None:
+        self.phase = Phase.STOPPED if self.phase is Phase.STARTING else Phase.DRAINING
+        await self.engine.stop(self.settings.shutdown_timeout)
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        self.phase = Phase.STOPPED
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    def model_infos(self) -> list[ModelInfo]:
+        return [m.info for m in self.registry]
+
+    # requests ------------------------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        if self.phase is not Phase.READY:
+            raise UnavailableError(f"server is {self.phase.value}; not accepting new requests")
+
+    def _deadline(self) -> float | None:
+        timeout = self.settings.request_timeout
+        return time.monotonic() + timeout if timeout > 0 else None
+
+    def embed_model(self, name: str | None) -> ServedModel:
+        return self.registry.get(name, Task.EMBED)
+
+    async def embed(
+        self, model: ServedModel, request: EmbedRequest, *, check_phase: bool = True
+    ) -> EmbedResult:
+        if check_phase:
+            self._check_accepting()
+        task = model.embed
+        assert task is not None, "registry.get(..., Task.EMBED) guarantees an embed task"
+        size = sum(len(x) for x in request.inputs)
+        if size > _INLINE_TOKENIZE_CHARS or len(request.inputs) > 8:
+            loop = asyncio.get_running_loop()
+            items = await loop.run_in_executor(self._tokenize_pool, task.prepare, request)
+        else:
+            items = task.prepare(request)
+        results = await self.engine.submit(
+            EngineRequest(model=model.name, items=list(items), deadline=self._deadline())
+        )
+        return task.finish(request, items, results)
+
+    async def tokenize(
+        self, model: ServedModel, texts: list[str], *, add_special_tokens: bool
+    ) -> list[list[TokenInfo]]:
+        self._check_accepting()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._tokenize_pool,
+            lambda: model.tokenizer.tokenize(texts, add_special_tokens=add_special_tokens),
+        )
+
+    async def decode(
+        self, model: ServedModel, ids: list[list[int]], *, skip_special_tokens: bool
+    ) -> list[str]:
+        self._check_accepting()
+        return model.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -1,0 +1,112 @@
+"""Request and response types of TEI 1.9's HTTP contract."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from squeezer.types import TruncationDirection
+
+#: A string, token ids, or a list of either (TEI's ``Input``).
+TeiInput = str | list[str] | list[int] | list[list[int]]
+Direction = Literal["Left", "Right", "left", "right"]
+
+
+def direction(value: str) -> TruncationDirection:
+    return TruncationDirection(value.lower())
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbedRequest(_Request):
+    inputs: TeiInput
+    normalize: bool = True
+    truncate: bool | None = False
+    truncation_direction: Direction = "Right"
+    prompt_name: str | None = None
+    dimensions: int | None = Field(default=None, gt=0)
+
+
+class EmbedAllRequest(_Request):
+    inputs: TeiInput
+    truncate: bool | None = False
+    truncation_direction: Direction = "Right"
+    prompt_name: str | None = None
+
+
+class SimilarityInput(_Request):
+    source_sentence: str
+    sentences: list[str]
+
+
+class SimilarityParameters(_Request):
+    truncate: bool | None = False
+    truncation_direction: Direction = "Right"
+    prompt_name: str | None = None
+
+
+class SimilarityRequest(_Request):
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+
+
+class TokenizeRequest(_Request):
+    inputs: str | list[str]
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+class DecodeRequest(_Request):
+    ids: list[int] | list[list[int]]
+    skip_special_tokens: bool = True
+
+
+class SimpleToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
+
+
+class EmbeddingModelType(BaseModel):
+    pooling: str
+
+
+class ServedModelInfo(BaseModel):
+    name: str
+    tasks: list[str]
+    backend: str
+    device: str
+    dtype: str
+    content_hash: str
+    path: str
+    max_input_length: int
+
+
+class Info(BaseModel):
+    """TEI's ``Info`` (every required field) plus squeezer's ``models`` list."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: dict[str, EmbeddingModelType]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None
+    models: list[ServedModelInfo]

@@ -1,0 +1,97 @@
+"""Run the app under uvicorn with a drain that load balancers can see.
+
+On the first SIGTERM/SIGINT the server keeps listening but ``/ready`` turns 503 and
+new requests get 503, every accepted request is finished, and only then does uvicorn
+close its sockets and run the shutdown (bounded by ``--shutdown-timeout``). A second
+signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from squeezer.config import Settings
+from squeezer.server.app import create_app
+
+log = logging.getLogger("squeezer")
+
+
+class _DrainingServer(uvicorn.Server):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        app: FastAPI,
+        drain_timeout: float,
+        announce: Callable[[int], None],
+    ) -> None:
+        super().__init__(config)
+        self._app = app
+        self._announce = announce
+        self._drain_timeout = drain_timeout
+        self._draining: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+        if self.started and self.servers:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            self._announce(port)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in _captured_signals on purpose: after a drain the process exits 0
+        # instead of uvicorn re-raising the signal at itself.
+        if self._draining is not None or not self.started or self._loop is None:
+            super().handle_exit(sig, frame)  # second signal, or still starting: plain exit
+            return
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        state = self._app.state
+        await state.runtime.begin_drain()
+        log.info("draining: finishing %d request(s) in flight", state.in_flight.count)
+        try:
+            await asyncio.wait_for(state.in_flight.wait_idle(), self._drain_timeout)
+        except TimeoutError:
+            log.warning("drain timed out after %.0f s; exiting", self._drain_timeout)
+        self.should_exit = True
+
+
+def run_server(settings: Settings) -> None:
+    """Build the app from ``settings`` and serve it until a signal drains it."""
+    t0 = time.perf_counter()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        access_log=False,
+        lifespan="on",
+    )
+
+    def announce(port: int) -> None:
+        print(
+            f"squeezer serving on http://{settings.host}:{port} (cold start "
+            f"{time.perf_counter() - t0:.1f} s; models "
+            f"{', '.join(m.name for m in settings.models)}; API docs at /docs)",
+            flush=True,
+        )
+
+    server = _DrainingServer(config, app, settings.shutdown_timeout, announce)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)

@@ -1,0 +1,175 @@
+"""The embedding task: pooled sentence vectors (``/embed``) and per-token vectors.
+
+Pooling follows the model's sentence-transformers config (mean, CLS or last token),
+computed for the whole batch at once on the compute thread; normalization is a
+per-request choice, applied when the result is finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from squeezer.errors import InvalidRequestError, TokenizerError
+from squeezer.models import ModelFolder
+from squeezer.tasks.tokenizer import TextTokenizer
+from squeezer.types import NamedArrays, TokenizedInput, TruncationDirection
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class EmbedRequest:
+    """An embedding request, whatever dialect it arrived in."""
+
+    #: Strings, or token-id lists used as given.
+    inputs: list[str] | list[list[int]]
+    normalize: bool = True
+    truncate: bool = False
+    truncation_direction: TruncationDirection = TruncationDirection.RIGHT
+    prompt_name: str | None = None
+    #: False asks for every token's vector (TEI ``/embed_all``) instead of one per input.
+    pooled: bool = True
+    #: Keep only the first N dimensions (then re-normalize); None keeps all.
+    dimensions: int | None = None
+
+
+@dataclass(slots=True)
+class EmbedItem:
+    """One input on its way through the engine."""
+
+    tokens: TokenizedInput
+    pooled: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.num_tokens
+
+
+@dataclass(slots=True)
+class EmbedResult:
+    #: (n, dim) for pooled requests; otherwise n arrays of (tokens, hidden).
+    embeddings: FloatArray | list[FloatArray]
+    prompt_tokens: int
+
+
+class EmbedRunner:
+    """Collates embed items into padded arrays and pools the hidden states back."""
+
+    def __init__(self, pooling: str, pad_id: int = 0) -> None:
+        if pooling not in ("mean", "cls", "last"):
+            raise ValueError(f"pooling {pooling!r}: expected mean, cls or last")
+        self.pooling = pooling
+        self.pad_id = pad_id
+
+    def collate(self, items: Sequence[EmbedItem]) -> NamedArrays:
+        lengths = [it.tokens.num_tokens for it in items]
+        width = max(lengths)
+        ids = np.full((len(items), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), width), dtype=np.int64)
+        type_ids = np.zeros((len(items), width), dtype=np.int64)
+        for row, (it, n) in enumerate(zip(items, lengths, strict=True)):
+            ids[row, :n] = it.tokens.ids
+            mask[row, :n] = 1
+            if it.tokens.type_ids is not None:
+                type_ids[row, :n] = it.tokens.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+
+    def _pool(self, hidden: FloatArray, lengths: npt.NDArray[np.int64]) -> FloatArray:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "last":
+            return hidden[np.arange(hidden.shape[0]), lengths - 1]
+        mask = (np.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(hidden.dtype)
+        summed = np.einsum("bld,bl->bd", hidden, mask)
+        return summed / np.maximum(lengths, 1)[:, None].astype(hidden.dtype)
+
+    def split(self, outputs: NamedArrays, items: Sequence[EmbedItem]) -> list[FloatArray]:
+        hidden = np.asarray(outputs["last_hidden_state"], dtype=np.float32)
+        lengths = np.fromiter((it.num_tokens for it in items), dtype=np.int64, count=len(items))
+        pooled = self._pool(hidden, lengths) if any(it.pooled for it in items) else None
+        out: list[FloatArray] = []
+        for row, it in enumerate(items):
+            if it.pooled:
+                assert pooled is not None
+                out.append(pooled[row].copy())
+            else:
+                out.append(hidden[row, : lengths[row]].copy())
+        return out
+
+
+class EmbedTask:
+    """Pre- and post-processing of embeddings for one model."""
+
+    def __init__(self, folder: ModelFolder, tokenizer: TextTokenizer) -> None:
+        self.folder = folder
+        self.tokenizer = tokenizer
+        self.runner = EmbedRunner(folder.pooling, int(folder.config.get("pad_token_id") or 0))
+        self.dimension = folder.hidden_size
+
+    def prompt(self, prompt_name: str | None) -> str:
+        """Text to prepend for ``prompt_name`` (or the model's default prompt)."""
+        name = prompt_name or self.folder.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.folder.prompts:
+            known = ", ".join(sorted(self.folder.prompts)) or "none"
+            raise InvalidRequestError(
+                f"prompt_name {name!r} is not defined by this model (it has: {known})",
+                param="prompt_name",
+            )
+        return self.folder.prompts[name]
+
+    def prepare(self, request: EmbedRequest) -> list[EmbedItem]:
+        """Validate and tokenize; runs off the event loop for large requests."""
+        if request.dimensions is not None and not 0 < request.dimensions <= self.dimension:
+            raise InvalidRequestError(
+                f"dimensions must be between 1 and {self.dimension} for this model",
+                param="dimensions",
+            )
+        inputs = request.inputs
+        if inputs and all(isinstance(x, str) for x in inputs):
+            prefix = self.prompt(request.prompt_name)
+            texts = [prefix + t for t in inputs] if prefix else list(inputs)
+            if prefix and any(t == "" for t in inputs):
+                raise InvalidRequestError("inputs cannot be empty strings", param="inputs")
+            tokens = self.tokenizer.encode(
+                texts,  # type: ignore[arg-type]
+                truncate=request.truncate,
+                direction=request.truncation_direction,
+            )
+        elif inputs and all(isinstance(x, list) for x in inputs):
+            if request.prompt_name is not None:
+                raise InvalidRequestError(
+                    "prompt_name applies to text inputs, not token ids", param="prompt_name"
+                )
+            tokens = self.tokenizer.from_ids(
+                inputs,  # type: ignore[arg-type]
+                truncate=request.truncate,
+                direction=request.truncation_direction,
+            )
+        elif not inputs:
+            tokens = self.tokenizer.encode([])  # raises EmptyInputError
+        else:
+            raise TokenizerError(
+                "inputs must be all strings or all lists of token ids", param="inputs"
+            )
+        return [EmbedItem(t, request.pooled) for t in tokens]
+
+    def finish(
+        self, request: EmbedRequest, items: Sequence[EmbedItem], results: list[Any]
+    ) -> EmbedResult:
+        prompt_tokens = sum(it.num_tokens for it in items)
+        if not request.pooled:
+            return EmbedResult([np.asarray(r, dtype=np.float32) for r in results], prompt_tokens)
+        vectors = np.stack(results).astype(np.float32, copy=False)
+        if request.dimensions is not None:
+            vectors = vectors[:, : request.dimensions]
+        if request.normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        return EmbedResult(np.ascontiguousarray(vectors), prompt_tokens)

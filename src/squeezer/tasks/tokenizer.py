@@ -1,0 +1,168 @@
+"""Tokenization with the Rust ``tokenizers`` library: validation, truncation, offsets.
+
+Every task tokenizes through this class so that the same rules hold everywhere: an
+input longer than the model takes is refused unless the request asked for truncation,
+token ids sent by a client are checked against the vocabulary, and nothing is padded
+or cut silently (the padding and truncation a ``tokenizer.json`` may carry are
+switched off; the engine pads per batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from squeezer.errors import (
+    EmptyInputError,
+    InputTooLongError,
+    ModelLoadError,
+    TokenizerError,
+)
+from squeezer.types import TokenizedInput, TruncationDirection
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """One token as TEI's ``/tokenize`` reports it."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class TextTokenizer:
+    """A model's fast tokenizer with squeezer's length rules.
+
+    ``encode_batch`` releases the GIL inside Rust, so calls from a worker thread
+    overlap with the forward pass on the compute thread.
+    """
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        try:
+            base = Tokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises plain Exception
+            raise ModelLoadError(f"{path}: cannot load tokenizer ({e})") from e
+        base.no_padding()
+        base.no_truncation()
+        self._plain = base
+        serialized = base.to_str()
+        self._truncating: dict[TruncationDirection, Tokenizer] = {}
+        for direction in TruncationDirection:
+            tok = Tokenizer.from_str(serialized)
+            tok.enable_truncation(max_length, direction=direction.value)
+            self._truncating[direction] = tok
+        self.max_length = max_length
+        self.vocab_size = base.get_vocab_size(with_added_tokens=True)
+
+    def _check_texts(self, texts: Sequence[str]) -> None:
+        if not texts:
+            raise EmptyInputError("`inputs` cannot be empty", param="inputs")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TokenizerError(f"input {i} is not a string", param="inputs")
+            if not text:
+                raise EmptyInputError(f"input {i} is an empty string", param="inputs")
+
+    def _too_long(self, index: int, length: int) -> InputTooLongError:
+        return InputTooLongError(
+            f"input {index} has {length} tokens; this model takes at most "
+            f"{self.max_length}. Pass truncate=true to cut it",
+            param="inputs",
+        )
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool = False,
+        direction: TruncationDirection = TruncationDirection.RIGHT,
+    ) -> list[TokenizedInput]:
+        """Tokenize with special tokens; over-long inputs are cut only when allowed."""
+        self._check_texts(texts)
+        encodings = self._plain.encode_batch(list(texts), add_special_tokens=True)
+        out: list[TokenizedInput] = []
+        for i, enc in enumerate(encodings):
+            truncated = False
+            if len(enc.ids) > self.max_length:
+                if not truncate:
+                    raise self._too_long(i, len(enc.ids))
+                enc = self._truncating[direction].encode(texts[i], add_special_tokens=True)
+                truncated = True
+            out.append(_to_input(enc, truncated))
+        return out
+
+    def from_ids(
+        self,
+        ids_lists: Sequence[Sequence[int]],
+        *,
+        truncate: bool = False,
+        direction: TruncationDirection = TruncationDirection.RIGHT,
+    ) -> list[TokenizedInput]:
+        """Token ids sent by the client, used as given (no special tokens added)."""
+        if not ids_lists:
+            raise EmptyInputError("`inputs` cannot be empty", param="inputs")
+        out: list[TokenizedInput] = []
+        for i, ids in enumerate(ids_lists):
+            if len(ids) == 0:
+                raise EmptyInputError(f"input {i} is an empty list of token ids", param="inputs")
+            arr = np.asarray(ids, dtype=np.int64)
+            if arr.min() < 0 or arr.max() >= self.vocab_size:
+                raise TokenizerError(
+                    f"input {i} holds token ids outside this model's vocabulary "
+                    f"[0, {self.vocab_size})",
+                    param="inputs",
+                )
+            truncated = False
+            if arr.shape[0] > self.max_length:
+                if not truncate:
+                    raise self._too_long(i, int(arr.shape[0]))
+                keep = self.max_length
+                arr = arr[:keep] if direction is TruncationDirection.RIGHT else arr[-keep:]
+                truncated = True
+            out.append(TokenizedInput(ids=arr, truncated=truncated))
+        return out
+
+    def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[TokenInfo]]:
+        """Tokens with their text and character offsets (TEI ``/tokenize``)."""
+        self._check_texts(texts)
+        encodings = self._plain.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        result = []
+        for text, enc in zip(texts, encodings, strict=True):
+            tokens = []
+            for tid, tok, special, (start, stop) in zip(
+                enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets, strict=True
+            ):
+                if special:
+                    tokens.append(TokenInfo(tid, tok, True, None, None))
+                else:
+                    tokens.append(TokenInfo(tid, text[start:stop], False, start, stop))
+            result.append(tokens)
+        return result
+
+    def decode(self, ids_lists: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
+        for i, ids in enumerate(ids_lists):
+            if any((not isinstance(t, int)) or t < 0 or t >= self.vocab_size for t in ids):
+                raise TokenizerError(
+                    f"ids {i} hold values outside this model's vocabulary [0, {self.vocab_size})",
+                    param="ids",
+                )
+        return self._plain.decode_batch(
+            [list(ids) for ids in ids_lists], skip_special_tokens=skip_special_tokens
+        )
+
+    def count(self, text: str) -> int:
+        return len(self._plain.encode(text, add_special_tokens=True).ids)
+
+
+def _to_input(enc: Encoding, truncated: bool) -> TokenizedInput:
+    return TokenizedInput(
+        ids=np.asarray(enc.ids, dtype=np.int64),
+        type_ids=np.asarray(enc.type_ids, dtype=np.int64),
+        truncated=truncated,
+    )

@@ -1,0 +1,46 @@
+"""In-process apps: the real ASGI app with its lifespan, on tiny models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from starlette.testclient import TestClient
+
+from squeezer.config import ModelSettings, Settings
+from squeezer.server.app import create_app
+
+
+def settings_for(models: dict[str, Path], **kw: Any) -> Settings:
+    return Settings(models=[ModelSettings(name=n, path=str(p)) for n, p in models.items()], **kw)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bert: Path, tiny_bert_cls: Path) -> Iterator[TestClient]:
+    """Two models: ``tiny`` (mean pooling, the default) and ``tiny-cls`` (CLS, prompts)."""
+    app = create_app(
+        settings_for({"tiny": tiny_bert, "tiny-cls": tiny_bert_cls}, max_client_batch_size=8)
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest_asyncio.fixture
+async def make_async_client() -> AsyncIterator[Any]:
+    """Factory for an async client on a started app (for concurrent requests)."""
+    started: list[Any] = []
+
+    async def make(settings: Settings) -> httpx.AsyncClient:
+        app = create_app(settings)
+        await app.state.runtime.start()
+        started.append(app.state.runtime)
+        transport = httpx.ASGITransport(app=app)
+        return httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30)
+
+    yield make
+    for runtime in started:
+        await runtime.stop()

@@ -1,0 +1,110 @@
+"""Tiny random models built at test time: no download, seconds to build.
+
+A WordPiece tokenizer is trained in-process on text that ships with Python
+(``pydoc_data.topics``), and a few-layer BERT with random weights is saved next to it
+with sentence-transformers' pooling files, exactly as a real model folder looks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def corpus(limit: int = 4000) -> list[str]:
+    """English sentences from Python's bundled documentation text."""
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics.values())
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text)]
+    return [s for s in sentences if 20 <= len(s) <= 300 and s.isascii()][:limit]
+
+
+def train_wordpiece(vocab_size: int = 600) -> Tokenizer:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL)
+    tok.train_from_iterator(corpus(), trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return tok
+
+
+def build_bert(
+    path: Path,
+    *,
+    pooling: str = "mean",
+    max_seq_length: int = 64,
+    prompts: dict[str, str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny BERT embedding model folder to ``path`` and return it."""
+    path.mkdir(parents=True, exist_ok=True)
+    tok = train_wordpiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    fast.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        architectures=["BertModel"],
+    )
+    BertModel(config).eval().save_pretrained(path, safe_serialization=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": 32,
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+                "pooling_mode_lasttoken": pooling == "last",
+            }
+        )
+    )
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    if prompts:
+        (path / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+    return path

@@ -65,7 +65,7 @@ def test_locate_never_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ModelLoadError, match="does not exist"):
         locate(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         locate(str(tmp_path / "empty"))
     with pytest.raises(ModelLoadError, match="not installed"):
         locate("package:no_such_package_here")

@@ -14,6 +14,7 @@ app = typer.Typer(
     help="Serve Hugging Face transformer models at production speed.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help texts hold literal [brackets] (TOML tables, defaults)
 )
 
 
@@ -97,6 +98,7 @@ def serve(
     """Serve models over HTTP (TEI, OpenAI and HF Inference API dialects)."""
     from squeezer.backends.device import configure_threads
     from squeezer.config import load_settings
+    from squeezer.errors import SqueezerError
     from squeezer.server.serve import run_server
 
     overrides = {
@@ -128,7 +130,11 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     configure_threads(settings.threads)
-    run_server(settings)
+    try:
+        run_server(settings)
+    except SqueezerError as e:
+        typer.echo(f"squeezer: {e.message}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _task_pair(arg: str) -> tuple[str, str]:

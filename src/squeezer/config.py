@@ -62,7 +62,7 @@ class Settings(BaseModel):
     backend: str = "torch"
     device: Device = "auto"
     dtype: DType = "auto"
-    #: Compute threads for torch / ONNX Runtime; 0 means one per physical core.
+    #: Compute threads for torch / ONNX Runtime; 0 means one per CPU this process may use.
     threads: int = Field(default=0, ge=0)
     #: Threads that tokenize requests concurrently with compute.
     tokenizer_workers: int = Field(default=1, ge=1)

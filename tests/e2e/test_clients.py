@@ -40,7 +40,7 @@ def test_openai_client_sees_errors(server: ServerProcess) -> None:
         client.embeddings.create(model="missing", input="x")
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="tiny", input="")
-    with pytest.raises(openai.UnprocessableEntityError, match="at most 64"):
+    with pytest.raises(openai.BadRequestError, match="at most 64"):
         client.embeddings.create(model="tiny", input="word " * 200)
 
 
@@ -60,7 +60,7 @@ def test_bad_input_over_http_keeps_the_server_serving(server: ServerProcess) -> 
         assert r.status_code == 422 and r.json()["error_type"] == "Validation"
         assert http.post("/embed", json={"inputs": []}).status_code == 400
         assert http.post("/embed", json={"inputs": [1.5]}).status_code == 422
-        assert http.post("/v1/embeddings", json={"input": {"a": 1}}).status_code == 422
+        assert http.post("/v1/embeddings", json={"input": {"a": 1}}).status_code == 400
         assert http.post("/embed", content=b"x" * 3_000_000).status_code == 413
         assert http.post("/embed", json={"inputs": "fine"}).status_code == 200
         assert "squeezer_requests_total" in http.get("/metrics").text

@@ -51,7 +51,7 @@ def test_openai_token_id_input_and_dimensions(client: TestClient) -> None:
     vec = np.asarray(r.json()["data"][0]["embedding"])
     assert vec.shape == (8,) and np.isclose(np.linalg.norm(vec), 1.0, atol=1e-5)
     r = client.post("/v1/embeddings", json={"input": "x", "dimensions": 10_000})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "dimensions"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
 
 
 def test_openai_errors_use_openai_shape(client: TestClient) -> None:
@@ -62,8 +62,10 @@ def test_openai_errors_use_openai_shape(client: TestClient) -> None:
     assert "nope" in err["message"] and err["param"] == "model"
     r = client.post("/v1/embeddings", json={"input": []})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = client.post("/v1/embeddings", json={"input": ["x"] * 9})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
     r = client.post("/v1/embeddings", content=b"[", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "error" in r.json()
+    assert r.status_code == 400 and "error" in r.json()
 
 
 def test_openai_model_list(client: TestClient) -> None:

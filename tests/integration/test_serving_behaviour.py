@@ -109,7 +109,7 @@ async def test_a_failing_batch_fails_only_its_requests(
     assert r.status_code == 424
     assert r.json()["error_type"] == "Backend" and "poisoned batch" in r.json()["error"]
     r = await client.post("/v1/embeddings", json={"input": [[2, POISON_ID, 3]]})
-    assert r.status_code == 424 and r.json()["error"]["type"] == "server_error"
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     assert (await client.post("/embed", json={"inputs": [[2, 8, 3]]})).status_code == 200
 
 
@@ -149,6 +149,7 @@ def test_body_over_the_limit_is_413_in_the_routes_dialect(tiny_bert: Path) -> No
         r = c.post("/embed", content=chunks(), headers={"content-type": "application/json"})
         assert r.status_code == 413
         assert c.post("/embed", json={"inputs": "small"}).status_code == 200
+        assert 'squeezer_requests_total{route="refused",status="413"}' in c.get("/metrics").text
 
 
 def test_metrics_count_requests_batches_and_tokens(client: TestClient) -> None:

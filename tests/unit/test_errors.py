@@ -42,6 +42,13 @@ def test_openai_shape_and_retry_after() -> None:
     }
 
 
+def test_openai_statuses_differ_where_openai_servers_differ() -> None:
+    assert error_response(e.InputTooLongError("x"), "/v1/embeddings").status_code == 400
+    assert error_response(e.BackendError("x"), "/v1/embeddings").status_code == 500
+    r = error_response(e.EmptyInputError("x", param="inputs"), "/v1/embeddings")
+    assert orjson.loads(r.body)["error"]["param"] == "input"
+
+
 def test_unexpected_errors_are_500_without_leaking_details() -> None:
     r = error_response(KeyError("secret"), "/models/a/v1/embeddings")
     assert r.status_code == 500

@@ -28,6 +28,9 @@ class TorchBackend:
 
     def __init__(self, path: Path, *, device: str = "cpu", dtype: str = "float32") -> None:
         from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a server log is no terminal
 
         self.device = device
         self.dtype = dtype

@@ -9,13 +9,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer import __version__
 from squeezer.config import Settings
 from squeezer.errors import InvalidRequestError, SqueezerError
-from squeezer.server.errors import error_response
+from squeezer.server.errors import error_response, http_error_response
 from squeezer.server.jsonio import add_body_schemas
 from squeezer.server.metrics import Metrics
 from squeezer.server.middleware import HttpGuard, InFlight
@@ -59,6 +60,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         return error_response(InvalidRequestError(f"invalid request: {exc}"), request.url.path)
 
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+        return http_error_response(exc.status_code, message, request.url.path)
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(SqueezerError, on_squeezer_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_squeezer_error)

@@ -32,23 +32,27 @@ class ErrorKind:
     status: int
     tei_type: str
     openai_type: str
+    #: OpenAI-compatible servers answer 400 where TEI answers 422, and 500 for 424.
+    openai_status: int | None = None
 
 
 #: Most specific class first: the first ``isinstance`` match wins.
 _TABLE: tuple[tuple[type[e.SqueezerError], ErrorKind], ...] = (
     (e.EmptyInputError, ErrorKind(400, "Empty", "invalid_request_error")),
-    (e.TokenizerError, ErrorKind(422, "Tokenizer", "invalid_request_error")),
-    (e.InvalidRequestError, ErrorKind(422, "Validation", "invalid_request_error")),
+    (e.TokenizerError, ErrorKind(422, "Tokenizer", "invalid_request_error", 400)),
+    (e.InvalidRequestError, ErrorKind(422, "Validation", "invalid_request_error", 400)),
     (e.ModelNotFoundError, ErrorKind(404, "Validation", "invalid_request_error")),
     (e.TaskNotSupportedError, ErrorKind(400, "Validation", "invalid_request_error")),
     (e.PayloadTooLargeError, ErrorKind(413, "Validation", "invalid_request_error")),
     (e.OverloadedError, ErrorKind(429, "Overloaded", "rate_limit_error")),
     (e.DeadlineExceededError, ErrorKind(504, "Overloaded", "timeout_error")),
-    (e.BackendError, ErrorKind(424, "Backend", "server_error")),
+    (e.BackendError, ErrorKind(424, "Backend", "server_error", 500)),
     (e.UnavailableError, ErrorKind(503, "Unhealthy", "service_unavailable_error")),
 )
 _FALLBACK = ErrorKind(400, "Validation", "invalid_request_error")
 _INTERNAL = ErrorKind(500, "Backend", "server_error")
+#: Field names the task layer reports, as OpenAI's request calls them.
+_OPENAI_PARAMS = {"inputs": "input"}
 _OPENAI_PATH = re.compile(r"^(/models/[^/]+)?/v1/")
 
 
@@ -80,7 +84,10 @@ def error_response(error: Exception, path: str) -> Response:
             None,
             None,
         )
+    status = kind.status
     if dialect_of(path) is Dialect.OPENAI:
+        status = kind.openai_status or kind.status
+        param = _OPENAI_PARAMS.get(param, param) if param else None
         body: dict[str, object] = {
             "error": {"message": message, "type": kind.openai_type, "param": param, "code": code}
         }
@@ -92,5 +99,21 @@ def error_response(error: Exception, path: str) -> Response:
     elif kind.status == 503:
         headers["Retry-After"] = "1"
     return Response(
-        orjson.dumps(body), status_code=kind.status, media_type="application/json", headers=headers
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
+
+
+def http_error_response(status: int, message: str, path: str) -> Response:
+    """Errors raised by routing itself (404 no such route, 405 wrong method)."""
+    if dialect_of(path) is Dialect.OPENAI:
+        body: dict[str, object] = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    else:
+        body = {"error": message, "error_type": "Validation"}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")

@@ -75,14 +75,17 @@ class HttpGuard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        refusal: Exception | None = None
         if self.draining() and path not in _ALWAYS_OPEN:
-            await error_response(UnavailableError("server is shutting down"), path)(
-                scope, receive, send
-            )
-            return
-        length = _content_length(scope)
-        if length is not None and length > self.max_body_bytes:
-            await error_response(self._too_large(length), path)(scope, receive, send)
+            refusal = UnavailableError("server is shutting down")
+        else:
+            length = _content_length(scope)
+            if length is not None and length > self.max_body_bytes:
+                refusal = self._too_large(length)
+        if refusal is not None:
+            response = error_response(refusal, path)
+            await response(scope, receive, send)
+            self.metrics.on_request("refused", response.status_code, 0.0)
             return
 
         status = 500

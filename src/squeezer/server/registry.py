@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from squeezer.errors import ModelNotFoundError, TaskNotSupportedError
+from squeezer.errors import ModelLoadError, ModelNotFoundError, TaskNotSupportedError
 from squeezer.models import ModelFolder
 from squeezer.tasks import EmbedTask, TextTokenizer
 from squeezer.types import ModelInfo, Task
@@ -43,7 +43,15 @@ class ModelRegistry:
 
     def __init__(self, defaults: dict[str, str] | None = None) -> None:
         self._models: dict[str, ServedModel] = {}
-        self._defaults = {Task(k): v for k, v in (defaults or {}).items()}
+        self._defaults: dict[Task, str] = {}
+        for task, name in (defaults or {}).items():
+            try:
+                self._defaults[Task(task)] = name
+            except ValueError:
+                known = ", ".join(t.value for t in Task)
+                raise ModelLoadError(
+                    f"--default-model {task}={name}: unknown task {task!r} (tasks: {known})"
+                ) from None
 
     def add(self, model: ServedModel) -> None:
         self._models[model.name] = model

@@ -107,6 +107,11 @@ async def _run(
     runtime: Runtime, model: ServedModel, pipeline: str | None, request: Request
 ) -> Response:
     body = await read_json(request, hf.InferenceRequest)
+    if Task.EMBED not in model.info.tasks:
+        raise TaskNotSupportedError(
+            f"model {model.name!r} serves {', '.join(t.value for t in model.info.tasks)}, "
+            "which this server does not run over the HF Inference API yet"
+        )
     if pipeline is not None:
         task = _PIPELINE_TASKS.get(pipeline)
         if task is None or task not in model.info.tasks:

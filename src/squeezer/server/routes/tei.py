@@ -126,7 +126,7 @@ async def tokenize(request: Request) -> Response:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     as_batch(texts, runtime.settings.max_client_batch_size)
     model = runtime.embed_model(None)
-    if model.embed is not None and body.prompt_name is not None:
+    if model.embed is not None:  # the same prompt /embed would prepend
         prefix = model.embed.prompt(body.prompt_name)
         texts = [prefix + t for t in texts]
     tokens = await runtime.tokenize(model, texts, add_special_tokens=body.add_special_tokens)

@@ -18,7 +18,8 @@ def direction(value: str) -> TruncationDirection:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # TEI (serde) ignores fields it does not know; clients send extras such as "model".
+    model_config = ConfigDict(extra="ignore")
 
 
 class EmbedRequest(_Request):

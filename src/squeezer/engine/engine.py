@@ -1,0 +1,234 @@
+"""The engine: admits requests, queues them per model, runs them per device, drains.
+
+It decides *when* work runs and nothing about what it means: items are opaque apart
+from ``num_tokens``, and the model's ``BatchRunner`` (from the task layer) turns them
+into arrays and back. Lifecycle is explicit (``start``/``stop``) and there is no
+process-global state, so one process can hold several engines (tests, Ray replicas).
+
+Threads: every public method is called on the event loop. Collate, forward and split
+run on the device's compute thread (``DeviceExecutor``), so the loop never blocks on
+compute; results come back through ``call_soon_threadsafe``. ``in_flight`` and
+``accepting`` are loop-only state and need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from squeezer.backends.base import Backend
+from squeezer.engine.executor import DeviceExecutor
+from squeezer.engine.limits import EngineLimits
+from squeezer.engine.observer import EngineObserver, NullObserver, SafeObserver
+from squeezer.engine.queue import ModelQueue, Pending
+from squeezer.errors import (
+    DeadlineExceededError,
+    ModelNotFoundError,
+    OverloadedError,
+    UnavailableError,
+)
+from squeezer.types import BatchRunner, EngineRequest
+
+T = TypeVar("T")
+
+
+class Engine:
+    """Queues and compute threads for every served model; see the module docstring."""
+
+    def __init__(
+        self,
+        limits: EngineLimits,
+        *,
+        observer: EngineObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits
+        self._observer = SafeObserver(observer or NullObserver())
+        self._clock = clock
+        self._models: dict[str, ModelQueue] = {}
+        self._executors: dict[str, DeviceExecutor] = {}
+        self._started = False
+        self._stopped = False
+        self._accepting = False
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None
+
+    # -- setup -----------------------------------------------------------------------
+
+    def add_model(
+        self,
+        name: str,
+        backend: Backend,
+        runner: BatchRunner[Any, Any],
+        *,
+        device: str,
+        max_batch_tokens: int | None = None,
+        max_batch_requests: int | None = None,
+    ) -> None:
+        """Serve ``name``; models with the same ``device`` string share one thread.
+
+        May be called after ``start`` (on the loop): a new device's thread starts then.
+        """
+        if name in self._models:
+            raise ValueError(f"model {name!r} is already added")
+        for label, value in (
+            ("max_batch_tokens", max_batch_tokens),
+            ("max_batch_requests", max_batch_requests),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{label} must be > 0, got {value}")
+        executor = self._executors.get(device)
+        if executor is None:
+            executor = DeviceExecutor(device, clock=self._clock)
+            self._executors[device] = executor
+        queue = ModelQueue(
+            name,
+            backend,
+            runner,
+            max_batch_tokens=max_batch_tokens or self.limits.max_batch_tokens,
+            max_batch_requests=max_batch_requests or self.limits.max_batch_requests,
+            max_wait_s=self.limits.max_wait_ms / 1000.0,
+            observer=self._observer,
+            clock=self._clock,
+            wake=executor.wake,
+        )
+        self._models[name] = queue
+        executor.add_source(queue)
+        if self._started and not self._stopped:
+            executor.start()
+
+    async def start(self) -> None:
+        """Start every device's compute thread and begin accepting requests."""
+        if self._stopped:
+            raise RuntimeError("an engine cannot be restarted after stop(); build a new one")
+        if self._started:
+            return
+        self._idle = asyncio.Event()
+        self._idle.set()
+        for executor in self._executors.values():
+            executor.start()
+        self._started = True
+        self._accepting = True
+
+    # -- requests --------------------------------------------------------------------
+
+    async def submit(self, request: EngineRequest) -> list[Any]:
+        """Run all of ``request.items``; results in item order.
+
+        Raises at once ``UnavailableError`` (not started, or draining),
+        ``ModelNotFoundError`` or ``OverloadedError`` (``max_concurrent_requests``
+        admitted already). Later: ``DeadlineExceededError`` if the deadline passes
+        while items are still queued, ``BackendError`` if a batch holding one of its
+        items fails. Cancelling the caller drops its still-queued items.
+        """
+        if not self._accepting:
+            raise UnavailableError("the engine is not accepting requests (starting or draining)")
+        queue = self._models.get(request.model)
+        if queue is None:
+            raise ModelNotFoundError(f"model {request.model!r} is not served")
+        if not request.items:
+            return []
+        if self._in_flight >= self.limits.max_concurrent_requests:
+            raise OverloadedError(
+                f"{self._in_flight} requests in flight (max_concurrent_requests="
+                f"{self.limits.max_concurrent_requests}); retry later",
+                retry_after_s=1.0,
+            )
+        now = self._clock()
+        if request.deadline is not None and request.deadline <= now:
+            raise DeadlineExceededError(
+                f"request to model {request.model!r} arrived {now - request.deadline:.3f}s "
+                "past its deadline; it waited 0.000s in the queue and was not computed"
+            )
+        loop = asyncio.get_running_loop()
+        pending = Pending(loop.create_future(), len(request.items), now, request.deadline)
+        self._admit()
+        try:
+            queue.enqueue(pending, request.items)
+            return await pending.fut
+        except asyncio.CancelledError:
+            queue.cancel(pending)
+            raise
+        finally:
+            self._release()
+
+    async def run_on_device(self, device: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on ``device``'s compute thread, in its turn among the models there
+        (warm-up now, generation steps later). Works while the engine is started,
+        draining included; ``UnavailableError`` before start and after stop."""
+        executor = self._executors.get(device)
+        if executor is None:
+            raise ValueError(f"no model is placed on device {device!r}")
+        if not self._started:
+            raise UnavailableError("the engine is not started")
+        return await executor.call(fn)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def stop(self, timeout: float) -> None:
+        """Drain: refuse new requests, finish every admitted one, stop the threads.
+
+        What is still unanswered after ``timeout`` seconds fails with
+        ``UnavailableError``; a forward pass still running then is abandoned (its
+        thread is a daemon and exits once the pass returns).
+        """
+        self._accepting = False
+        if self._stopped:
+            return
+        self._stopped = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.0, timeout)
+        for queue in self._models.values():
+            queue.flush = True
+        for executor in self._executors.values():
+            executor.wake()
+        if self._idle is not None and not self._idle.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), max(0.0, end - loop.time()))
+        if self._in_flight:
+            message = f"the engine stopped after a {timeout:g}s drain before this was computed"
+            for queue in self._models.values():
+                queue.fail_all(lambda: UnavailableError(message))
+            if self._idle is not None:  # the failed submits return within a loop turn or two
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), 1.0)
+        for executor in self._executors.values():
+            executor.close()
+        for executor in self._executors.values():
+            await asyncio.to_thread(executor.join, max(0.0, end - loop.time()))
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        """Whether ``submit`` admits new requests (started and not draining)."""
+        return self._accepting
+
+    def queue_depth(self, model: str) -> int:
+        """Items of ``model`` waiting in its queue (not those already computing)."""
+        queue = self._models.get(model)
+        if queue is None:
+            raise ModelNotFoundError(f"model {model!r} is not served")
+        return queue.depth
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests not yet answered."""
+        return self._in_flight
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self._models)
+
+    def _admit(self) -> None:
+        self._in_flight += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._idle is not None:
+            self._idle.set()

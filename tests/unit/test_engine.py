@@ -381,6 +381,42 @@ async def test_expired_deadline_is_answered_without_computing(env: Env) -> None:
     assert engine.queue_depth("m") == 0 and engine.in_flight == 0
 
 
+async def test_deadline_is_answered_while_the_worker_is_still_busy(env: Env) -> None:
+    # The timer runs on the event loop: the answer does not wait for the forward pass
+    # holding the compute thread. Real clock here, since the loop's timer is real.
+    import time
+
+    engine = Engine(EngineLimits())
+    env.engines.append(engine)
+    engine.add_model("m", FakeBackend("m", env.rec, env.gate, "cpu"), FakeRunner(), device="cpu")
+    await engine.start()
+    first = await busy(env, engine)
+    late = submit(engine, req("m", "late", deadline=time.monotonic() + 0.05))
+    with pytest.raises(DeadlineExceededError, match="passed its deadline"):
+        await late
+    assert env.gate.entered == 1 and not first.done()  # the worker is still held
+    assert engine.queue_depth("m") == 0
+    env.gate.open()
+    assert await first == ["m:busy"]
+    assert "late" not in env.rec.seen()
+
+
+async def test_a_request_partly_computed_is_not_expired(env: Env) -> None:
+    engine = env.engine(max_batch_requests=1)
+    env.model(engine)
+    await engine.start()
+    first = await busy(env, engine)
+    split = submit(engine, req("m", "a", "b", deadline=10.0))  # one item per batch
+    await until(lambda: engine.queue_depth("m") == 2, "queued")
+    env.gate.release(1)  # "busy" finishes; "a" enters the gate; "b" stays queued
+    await env.gate.wait_entered(2)
+    assert engine.queue_depth("m") == 1
+    env.clock.t = 20.0  # past the deadline while "a" is computing and "b" is queued
+    env.gate.open()
+    await first
+    assert await split == ["m:a", "m:b"]
+
+
 async def test_deadline_already_passed_at_submit(env: Env) -> None:
     engine = env.engine()
     env.model(engine, gated=False)

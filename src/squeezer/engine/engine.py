@@ -146,6 +146,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         pending = Pending(loop.create_future(), len(request.items), now, request.deadline)
         self._admit()
+        timer = None
+        if request.deadline is not None:
+            # Answer at the deadline itself, not when the model's next batch forms: a
+            # request stuck behind a long forward pass must not wait for it to end.
+            timer = loop.call_at(
+                loop.time() + (request.deadline - now), queue.expire_if_unstarted, pending
+            )
         try:
             queue.enqueue(pending, request.items)
             return await pending.fut
@@ -153,6 +160,8 @@ class Engine:
             queue.cancel(pending)
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             self._release()
 
     async def run_on_device(self, device: str, fn: Callable[[], T]) -> T:

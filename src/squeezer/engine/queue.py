@@ -141,21 +141,36 @@ class ModelQueue:
         return dropped
 
     def _expire(self, now: float) -> bool:
-        """Fail requests whose deadline passed (lock held); True if any did."""
+        """Fail requests whose deadline passed before any of their items ran (lock held).
+
+        A request with an item already computed or computing is let finish: failing it
+        then would waste the work done and tell the client nothing was computed.
+        """
         expired = [
             r
             for r in self._live.values()
-            if r.deadline is not None and r.deadline <= now and r.queued > 0
+            if r.deadline is not None and r.deadline <= now and r.queued == r.size
         ]
         for req in expired:
             self._finish(req)
-            waited = now - req.submitted_at
-            err = DeadlineExceededError(
-                f"request to model {self.name!r} waited {waited:.3f}s in the queue and "
-                "passed its deadline before it could be computed"
-            )
-            settle_threadsafe(req.fut, exc=err)
+            settle_threadsafe(req.fut, exc=self._deadline_error(req, now))
         return bool(expired)
+
+    def _deadline_error(self, req: Pending, now: float) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"request to model {self.name!r} waited {now - req.submitted_at:.3f}s in the "
+            "queue and passed its deadline before it could be computed"
+        )
+
+    def expire_if_unstarted(self, req: Pending) -> None:
+        """Deadline timer (event loop): answer now if none of the request's items ran."""
+        with self._lock:
+            if req.done or req.queued != req.size:
+                return
+            self._finish(req)
+            depth = self._depth
+        req.fut.set_exception(self._deadline_error(req, self._clock()))
+        self._observer.on_queue_depth(self.name, depth)
 
     def poll(self, now: float) -> Work | Later | None:
         """Form the next batch (compute thread). See ``batching`` for the rule."""

@@ -90,6 +90,14 @@ def serve(
             "Seconds to finish accepted requests after SIGTERM. [default: 30]", "SHUTDOWN_TIMEOUT"
         ),
     ] = None,
+    drain_delay: Annotated[
+        float | None,
+        _opt(
+            "Seconds to keep serving with /ready at 503 after SIGTERM, before the drain "
+            "completes (lets load balancers notice). [default: 0]",
+            "DRAIN_DELAY",
+        ),
+    ] = None,
     warmup: Annotated[
         bool | None, _opt("Run warm-up batches before /ready. [default: warmup]", "WARMUP")
     ] = None,
@@ -117,6 +125,7 @@ def serve(
         "max_body_bytes": max_body_bytes,
         "request_timeout": request_timeout,
         "shutdown_timeout": shutdown_timeout,
+        "drain_delay": drain_delay,
         "warmup": warmup,
         "log_level": log_level,
     }

@@ -78,6 +78,9 @@ class Settings(BaseModel):
     #: Seconds a request may wait before it is answered without being computed; 0 = none.
     request_timeout: float = Field(default=30.0, ge=0)
     shutdown_timeout: float = Field(default=30.0, ge=0)
+    #: Seconds to keep serving after SIGTERM with /ready at 503, so that load
+    #: balancers stop sending before the listener closes (a built-in preStop sleep).
+    drain_delay: float = Field(default=0.0, ge=0)
     warmup: bool = True
     log_level: str = "info"
 

@@ -88,3 +88,24 @@ def test_sigterm_answers_every_request_in_flight(tiny_bert: Path, tmp_path: Path
         assert "draining" in server.output()
     finally:
         server.terminate()
+
+
+def test_drain_delay_keeps_serving_with_ready_at_503(tiny_bert: Path, tmp_path: Path) -> None:
+    server = start_server(
+        ["--model", f"tiny={tiny_bert}", "--drain-delay", "3", "--no-warmup"],
+        tmp_path / "delay.log",
+    )
+    try:
+        server.proc.send_signal(15)
+        with httpx.Client(base_url=server.url, timeout=5) as http:
+            for _ in range(100):  # the signal is handled asynchronously
+                if http.get("/ready").status_code == 503:
+                    break
+                time.sleep(0.02)
+            assert http.get("/ready").status_code == 503
+            assert http.get("/health").status_code == 200
+            r = http.post("/embed", json={"inputs": "late"})
+            assert r.status_code == 503 and r.json()["error_type"] == "Unhealthy"
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.terminate()

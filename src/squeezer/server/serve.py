@@ -31,8 +31,10 @@ class _DrainingServer(uvicorn.Server):
         app: FastAPI,
         drain_timeout: float,
         announce: Callable[[int], None],
+        drain_delay: float = 0.0,
     ) -> None:
         super().__init__(config)
+        self._drain_delay = drain_delay
         self._app = app
         self._announce = announce
         self._drain_timeout = drain_timeout
@@ -61,6 +63,9 @@ class _DrainingServer(uvicorn.Server):
     async def _drain(self) -> None:
         state = self._app.state
         await state.runtime.begin_drain()
+        if self._drain_delay > 0:
+            log.info("draining: /ready is 503; still serving for %.1f s", self._drain_delay)
+            await asyncio.sleep(self._drain_delay)
         log.info("draining: finishing %d request(s) in flight", state.in_flight.count)
         try:
             await asyncio.wait_for(state.in_flight.wait_idle(), self._drain_timeout)
@@ -91,7 +96,9 @@ def run_server(settings: Settings) -> None:
             flush=True,
         )
 
-    server = _DrainingServer(config, app, settings.shutdown_timeout, announce)
+    server = _DrainingServer(
+        config, app, settings.shutdown_timeout, announce, drain_delay=settings.drain_delay
+    )
     server.run()
     if not server.started:
         raise SystemExit(3)

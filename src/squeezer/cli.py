@@ -65,6 +65,14 @@ def serve(
     max_batch_requests: Annotated[
         int | None, _opt("Inputs per forward pass. [default: 64]", "MAX_BATCH_REQUESTS")
     ] = None,
+    batch_overhead_tokens: Annotated[
+        float | None,
+        _opt(
+            "Fixed cost of a forward pass in padded tokens; batches split into length "
+            "groups by it. [default: 32 on CPU, no split on CUDA]",
+            "BATCH_OVERHEAD_TOKENS",
+        ),
+    ] = None,
     max_wait_ms: Annotated[
         float | None,
         _opt("Wait up to this long for a fuller batch (opt-in). [default: 0]", "MAX_WAIT_MS"),
@@ -120,6 +128,7 @@ def serve(
         "max_batch_tokens": max_batch_tokens,
         "max_batch_requests": max_batch_requests,
         "max_wait_ms": max_wait_ms,
+        "batch_overhead_tokens": batch_overhead_tokens,
         "max_concurrent_requests": max_concurrent_requests,
         "max_client_batch_size": max_client_batch_size,
         "max_body_bytes": max_body_bytes,

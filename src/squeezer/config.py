@@ -70,6 +70,10 @@ class Settings(BaseModel):
     #: Padded tokens per forward pass (batch size x longest input). 2 cores: ~8k.
     max_batch_tokens: int = Field(default=8192, gt=0)
     max_batch_requests: int = Field(default=64, gt=0)
+    #: Fixed cost of one forward pass, in padded tokens; batches are split into length
+    #: groups by this cost. None = by device: 32 on CPU (measured for MiniLM, see
+    #: docs/benchmarks.md), no split on CUDA (launch overhead dominates there).
+    batch_overhead_tokens: float | None = Field(default=None, ge=0)
     #: Opt-in wait for a fuller batch; 0 dispatches at once when the worker is idle.
     max_wait_ms: float = Field(default=0.0, ge=0)
     max_concurrent_requests: int = Field(default=512, gt=0)

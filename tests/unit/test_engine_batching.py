@@ -136,3 +136,35 @@ def test_random_streams_respect_bounds_and_never_starve() -> None:
         queue = [e for i, e in enumerate(queue) if i not in picked]
         for item_id in batches_since:
             batches_since[item_id] += 1
+
+
+def test_cost_split_keeps_long_and_short_apart_when_overhead_is_small() -> None:
+    queue = q(10, 60, 11, 58, 12, 61)
+    # One batch of all six costs 32 + 6 * 61 = 398; short and long apart: 2 * 32 + 3 * 12
+    # + 3 * 61 = 283. The oldest (10) goes with its own kind.
+    assert lens(
+        queue, select_batch(queue, max_tokens=10_000, max_requests=64, overhead_tokens=32)
+    ) == [10, 11, 12]
+    long_first = q(60, 10, 58, 11)
+    chosen = select_batch(long_first, max_tokens=10_000, max_requests=64, overhead_tokens=32)
+    assert lens(long_first, chosen) == [60, 58]
+
+
+def test_cost_split_merges_everything_when_overhead_dominates() -> None:
+    queue = q(10, 60, 11, 58)
+    chosen = select_batch(queue, max_tokens=10_000, max_requests=64, overhead_tokens=10_000)
+    assert chosen == [0, 1, 2, 3]
+    assert select_batch(queue, max_tokens=10_000, max_requests=64) == [0, 1, 2, 3]
+
+
+def test_cost_split_on_random_queues_is_a_contiguous_length_run_holding_the_oldest() -> None:
+    rng = random.Random(1)
+    for _ in range(200):
+        queue = q(*(rng.randint(1, 128) for _ in range(rng.randint(1, 40))))
+        whole = select_batch(queue, max_tokens=100_000, max_requests=64)
+        split = select_batch(queue, max_tokens=100_000, max_requests=64, overhead_tokens=32)
+        assert 0 in split and set(split) <= set(whole)
+        inside = lens(queue, split)
+        outside = [queue[i].num_tokens for i in whole if i not in split]
+        # a run of the sorted lengths: nothing left out lies strictly inside its range
+        assert not [n for n in outside if min(inside) < n < max(inside)]

@@ -14,6 +14,14 @@ The rule, and why:
   ``len(batch) * max(num_tokens) <= max_tokens``. Candidates that would break either are
   skipped (a shorter one further down may still fit). An oldest item larger than the
   whole token budget still runs, alone: refusing it would never make it smaller.
+* With ``overhead_tokens`` set, the candidates are then **split by cost**: a forward
+  pass costs about ``overhead + rows x longest`` (measured on the CPU for MiniLM:
+  ~4.5 ms fixed + ~0.14 ms per padded token, so the overhead is worth ~32 tokens). The
+  sorted candidates are partitioned into contiguous length groups minimizing that
+  total, and only the group holding the oldest item runs now; the others return to
+  the queue and are regrouped with whatever arrives meanwhile. On a CPU this keeps
+  long and short inputs apart (padding costs as much as real work there); on a GPU,
+  where the overhead dwarfs per-token cost, it keeps everything in one batch.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ def select_batch(
     max_tokens: int,
     max_requests: int,
     window: int | None = None,
+    overhead_tokens: float | None = None,
 ) -> list[int]:
     """Indices (ascending, so queue order) of the next batch; ``queue[0]`` is the oldest.
 
@@ -64,8 +73,30 @@ def select_batch(
         longest = new_longest
         if len(chosen) >= max_requests:
             break
+    if overhead_tokens is not None and len(chosen) > 1:
+        chosen = _cheapest_group(chosen, lengths, overhead_tokens)
     chosen.sort()
     return chosen
+
+
+def _cheapest_group(chosen: list[int], lengths: list[int], overhead: float) -> list[int]:
+    """The group holding ``chosen[0]`` in the cost-minimal partition of ``chosen``.
+
+    Sorted by length, an optimal partition uses contiguous runs (a group costs
+    ``overhead + size x its longest``), so an O(n^2) dynamic programme finds it.
+    """
+    order = sorted(chosen, key=lambda i: (lengths[i], i))
+    n = len(order)
+    best = [0.0] * (n + 1)  # best[j]: cost of the first j sorted items
+    cut = [0] * (n + 1)  # start of the last group in that optimum
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        best[j], cut[j] = min((best[i] + overhead + (j - i) * longest, i) for i in range(j))
+    oldest = order.index(chosen[0])
+    j = n
+    while cut[j] > oldest:
+        j = cut[j]
+    return order[cut[j] : j]
 
 
 def batch_is_full(

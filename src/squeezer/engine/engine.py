@@ -67,8 +67,12 @@ class Engine:
         device: str,
         max_batch_tokens: int | None = None,
         max_batch_requests: int | None = None,
+        batch_overhead_tokens: float | None = None,
     ) -> None:
         """Serve ``name``; models with the same ``device`` string share one thread.
+
+        ``batch_overhead_tokens``: the fixed cost of one forward pass in padded-token
+        units; when set, batches are split into length groups by cost (``batching``).
 
         May be called after ``start`` (on the loop): a new device's thread starts then.
         """
@@ -91,6 +95,7 @@ class Engine:
             max_batch_tokens=max_batch_tokens or self.limits.max_batch_tokens,
             max_batch_requests=max_batch_requests or self.limits.max_batch_requests,
             max_wait_s=self.limits.max_wait_ms / 1000.0,
+            overhead_tokens=batch_overhead_tokens,
             observer=self._observer,
             clock=self._clock,
             wake=executor.wake,

@@ -73,6 +73,7 @@ class ModelQueue:
         max_batch_tokens: int,
         max_batch_requests: int,
         max_wait_s: float,
+        overhead_tokens: float | None = None,
         observer: EngineObserver,
         clock: Callable[[], float],
         wake: Callable[[], None],
@@ -83,6 +84,7 @@ class ModelQueue:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
         self.max_wait_s = max_wait_s
+        self.overhead_tokens = overhead_tokens
         #: Items looked at per batch for length grouping (see ``batching``).
         self.window = max(256, 4 * max_batch_requests)
         #: Set when draining: nothing more will arrive, so never hold a batch back.
@@ -185,7 +187,10 @@ class ModelQueue:
                 result: Work | Later | None = None
             else:
                 chosen = select_batch(
-                    window, max_tokens=self.max_batch_tokens, max_requests=self.max_batch_requests
+                    window,
+                    max_tokens=self.max_batch_tokens,
+                    max_requests=self.max_batch_requests,
+                    overhead_tokens=self.overhead_tokens,
                 )
                 if self._hold(window, chosen, now):
                     self._entries.extendleft(reversed(window))

@@ -30,6 +30,9 @@ log = logging.getLogger("squeezer")
 #: more than tokenizing one sentence (~20 us in Rust).
 _INLINE_TOKENIZE_CHARS = 2048
 _IMPLEMENTED_TASKS = (Task.EMBED,)
+#: One CPU forward pass costs ~4.5 ms fixed + ~0.14 ms per padded token (MiniLM, 2
+#: cores; benchmarks/batch_cost.py): the fixed part is worth ~32 tokens of padding.
+_CPU_OVERHEAD_TOKENS = 32.0
 
 
 class Phase(str, Enum):
@@ -77,6 +80,7 @@ class Runtime:
                     device=served.info.device,
                     max_batch_tokens=spec.max_batch_tokens,
                     max_batch_requests=spec.max_batch_requests,
+                    batch_overhead_tokens=self._overhead_tokens(served.info.device),
                 )
             log.info(
                 "loaded %s from %s: tasks=%s backend=%s device=%s dtype=%s max_input_length=%d",
@@ -94,6 +98,11 @@ class Runtime:
             await self._warm_up()
         self.cold_start_s = time.perf_counter() - t0
         self.phase = Phase.READY
+
+    def _overhead_tokens(self, device: str) -> float | None:
+        if self.settings.batch_overhead_tokens is not None:
+            return self.settings.batch_overhead_tokens
+        return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
 
     def _load(self, spec: ModelSettings) -> tuple[ServedModel, object]:
         s = self.settings

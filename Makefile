@@ -34,11 +34,13 @@ test: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy src
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 lint:
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy src
 
 format:
 	$(VENV)/bin/ruff format src tests benchmarks

@@ -117,7 +117,7 @@ def serve(
     from squeezer.errors import SqueezerError
     from squeezer.server.serve import run_server
 
-    overrides = {
+    overrides: dict[str, Any] = {
         "host": host,
         "port": port,
         "backend": backend,

@@ -49,10 +49,9 @@ class WorkItem(Protocol):
 ItemT = TypeVar("ItemT", bound=WorkItem)
 ItemT_contra = TypeVar("ItemT_contra", bound=WorkItem, contravariant=True)
 ResultT = TypeVar("ResultT")
-ResultT_co = TypeVar("ResultT_co", covariant=True)
 
 
-class BatchRunner(Protocol[ItemT_contra, ResultT_co]):
+class BatchRunner(Protocol[ItemT_contra, ResultT]):
     """How a task turns a batch of its items into backend inputs and back.
 
     Both methods run on the compute thread, next to the forward pass, so they must be
@@ -61,7 +60,7 @@ class BatchRunner(Protocol[ItemT_contra, ResultT_co]):
 
     def collate(self, items: Sequence[ItemT_contra]) -> NamedArrays: ...
 
-    def split(self, outputs: NamedArrays, items: Sequence[ItemT_contra]) -> list[ResultT_co]: ...
+    def split(self, outputs: NamedArrays, items: Sequence[ItemT_contra]) -> list[ResultT]: ...
 
 
 @dataclass(slots=True)

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from squeezer.errors import PayloadTooLargeError, UnavailableError
 from squeezer.server.errors import error_response
 from squeezer.server.metrics import Metrics
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Routes that keep answering while the server drains (probes and scrapes).
 _ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
-from squeezer.backends import load_backend
+from squeezer.backends import Backend, load_backend
 from squeezer.backends.device import resolve_device, resolve_dtype
 from squeezer.config import ModelSettings, Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
@@ -104,7 +104,7 @@ class Runtime:
             return self.settings.batch_overhead_tokens
         return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
 
-    def _load(self, spec: ModelSettings) -> tuple[ServedModel, object]:
+    def _load(self, spec: ModelSettings) -> tuple[ServedModel, Backend]:
         s = self.settings
         path = locate(spec.path)
         folder = read_folder(path, pooling=spec.pooling, max_input_length=spec.max_input_length)

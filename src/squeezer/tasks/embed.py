@@ -134,7 +134,7 @@ class EmbedTask:
         inputs = request.inputs
         if inputs and all(isinstance(x, str) for x in inputs):
             prefix = self.prompt(request.prompt_name)
-            texts = [prefix + t for t in inputs] if prefix else list(inputs)
+            texts = [prefix + str(t) for t in inputs] if prefix else list(inputs)
             if prefix and any(t == "" for t in inputs):
                 raise InvalidRequestError("inputs cannot be empty strings", param="inputs")
             tokens = self.tokenizer.encode(

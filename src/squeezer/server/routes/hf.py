@@ -33,7 +33,7 @@ _PIPELINE_TASKS = {
     "sentence-embeddings": Task.EMBED,
     "sentence-similarity": Task.EMBED,
 }
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"description": "{'error': message, 'error_type': kind}"} for s in (400, 404, 422, 429)
 }
 

@@ -7,6 +7,7 @@ path names the model and the body's ``model`` (often a placeholder) is ignored.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter
@@ -23,7 +24,9 @@ from squeezer.tasks import EmbedRequest
 from squeezer.types import Task
 
 router = APIRouter(tags=["OpenAI"])
-_ERRORS = {s: {"model": oa.ErrorResponse} for s in (400, 404, 413, 422, 424, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": oa.ErrorResponse} for s in (400, 404, 413, 422, 424, 429, 503)
+}
 
 
 async def _embeddings(runtime: Runtime, model: ServedModel, body: oa.EmbeddingsRequest) -> Response:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -15,7 +17,7 @@ from squeezer.server.schemas import tei
 from squeezer.tasks import EmbedRequest
 
 router = APIRouter(tags=["TEI"])
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": tei.ErrorResponse, "description": d}
     for s, d in (
         (400, "Empty input"),
@@ -33,7 +35,7 @@ def as_batch(inputs: tei.TeiInput, max_client_batch_size: int) -> list[str] | li
     if isinstance(inputs, str):
         batch: list[str] | list[list[int]] = [inputs]
     elif inputs and all(isinstance(x, int) for x in inputs):
-        batch = [inputs]  # type: ignore[list-item]
+        batch = [inputs]  # type: ignore[list-item,assignment]
     else:
         batch = inputs  # type: ignore[assignment]
     if len(batch) > max_client_batch_size:

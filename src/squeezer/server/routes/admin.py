@@ -11,6 +11,7 @@ from squeezer import __version__
 from squeezer.errors import UnavailableError
 from squeezer.server.jsonio import json_response
 from squeezer.server.routes import runtime_of
+from squeezer.server.runtime import Phase
 from squeezer.server.schemas import tei
 from squeezer.types import Task
 
@@ -20,7 +21,7 @@ router = APIRouter(tags=["Admin"])
 @router.get("/health", summary="Liveness: the process is up and its compute threads answer")
 async def health(request: Request) -> Response:
     runtime = runtime_of(request)
-    if runtime.phase.value == "stopped":
+    if runtime.phase is Phase.STOPPED:
         raise UnavailableError("server has stopped")
     return json_response({"status": "ok", "phase": runtime.phase.value})
 

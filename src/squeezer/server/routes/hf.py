@@ -152,17 +152,13 @@ async def model_main_task(name: str, request: Request) -> Response:
     openapi_extra=body_schema(hf.InferenceRequest),
     responses=_ERRORS,
 )
-async def pipeline_task(pipeline: str, name: str, request: Request) -> Response:
-    runtime = runtime_of(request)
-    return await _run(runtime, runtime.registry.get(name), pipeline, request)
-
-
 @router.post(
     "/models/{name}/pipeline/{pipeline}",
     summary="Run one task of a model (the form huggingface_hub builds)",
     openapi_extra=body_schema(hf.InferenceRequest),
     responses=_ERRORS,
+    operation_id="model_pipeline_task",
 )
-async def model_pipeline_task(name: str, pipeline: str, request: Request) -> Response:
+async def pipeline_task(pipeline: str, name: str, request: Request) -> Response:
     runtime = runtime_of(request)
     return await _run(runtime, runtime.registry.get(name), pipeline, request)

@@ -68,11 +68,16 @@ def embed_request(
     responses={200: {"model": list[list[float]]}, **_ERRORS},
 )
 async def embed(request: Request) -> Response:
+    return await _embed(request, tei.EmbedRequest, pooled=True)
+
+
+async def _embed(
+    request: Request, schema: type[tei.EmbedRequest | tei.EmbedAllRequest], *, pooled: bool
+) -> Response:
     runtime = runtime_of(request)
-    body = await read_json(request, tei.EmbedRequest)
-    model = runtime.embed_model(None)
-    req = embed_request(body, runtime.settings.max_client_batch_size, pooled=True)
-    result = await runtime.embed(model, req)
+    body = await read_json(request, schema)
+    req = embed_request(body, runtime.settings.max_client_batch_size, pooled=pooled)
+    result = await runtime.embed(runtime.embed_model(None), req)
     return json_response(result.embeddings)
 
 
@@ -83,12 +88,7 @@ async def embed(request: Request) -> Response:
     responses={200: {"model": list[list[list[float]]]}, **_ERRORS},
 )
 async def embed_all(request: Request) -> Response:
-    runtime = runtime_of(request)
-    body = await read_json(request, tei.EmbedAllRequest)
-    model = runtime.embed_model(None)
-    req = embed_request(body, runtime.settings.max_client_batch_size, pooled=False)
-    result = await runtime.embed(model, req)
-    return json_response(result.embeddings)
+    return await _embed(request, tei.EmbedAllRequest, pooled=False)
 
 
 @router.post(

@@ -59,16 +59,22 @@ async def _wait(event: threading.Event) -> None:
     raise AssertionError("event never set")
 
 
+async def hold_worker(client: Any, gate: Gate, text: str) -> asyncio.Task[Any]:
+    """Send one request and return once its forward pass holds the compute thread."""
+    gate.release.clear()
+    gate.entered.clear()
+    task = asyncio.create_task(client.post("/embed", json={"inputs": text}))
+    await _wait(gate.entered)
+    return task
+
+
 async def test_overload_gets_429_with_retry_after(
     tiny_bert: Path, gate: Gate, make_async_client: Any
 ) -> None:
     client = await make_async_client(
         settings_for({"tiny": tiny_bert}, max_concurrent_requests=2, warmup=False)
     )
-    gate.release.clear()
-    gate.entered.clear()
-    first = asyncio.create_task(client.post("/embed", json={"inputs": "one"}))
-    await _wait(gate.entered)
+    first = await hold_worker(client, gate, "one")
     second = asyncio.create_task(client.post("/embed", json={"inputs": "two"}))
     await asyncio.sleep(0.05)
     r = await client.post("/embed", json={"inputs": "three"})
@@ -87,10 +93,7 @@ async def test_a_request_that_expires_in_the_queue_is_answered_not_computed(
     client = await make_async_client(
         settings_for({"tiny": tiny_bert}, request_timeout=0.2, warmup=False)
     )
-    gate.release.clear()
-    gate.entered.clear()
-    first = asyncio.create_task(client.post("/embed", json={"inputs": "holds the worker"}))
-    await _wait(gate.entered)
+    first = await hold_worker(client, gate, "holds the worker")
     late = asyncio.create_task(client.post("/embed", json={"inputs": "waits too long"}))
     await asyncio.sleep(0.5)  # past the 0.2 s deadline while the worker is held
     calls_before = gate.calls
@@ -118,10 +121,7 @@ async def test_drain_refuses_new_work_and_finishes_accepted_work(
 ) -> None:
     client = await make_async_client(settings_for({"tiny": tiny_bert}, warmup=False))
     runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
-    gate.release.clear()
-    gate.entered.clear()
-    accepted = asyncio.create_task(client.post("/embed", json={"inputs": "accepted"}))
-    await _wait(gate.entered)
+    accepted = await hold_worker(client, gate, "accepted")
     await runtime.begin_drain()
     assert (await client.get("/ready")).status_code == 503
     assert (await client.get("/health")).status_code == 200

@@ -129,6 +129,11 @@ def test_similarity_is_the_cosine_of_embeddings(client: TestClient) -> None:
     assert r.status_code == 200
     vectors = np.asarray(client.post("/embed", json={"inputs": [source, *others]}).json())
     assert np.allclose(r.json(), vectors[1:] @ vectors[0], atol=1e-5)
+    too_many = {"inputs": {"source_sentence": source, "sentences": ["x"] * 9}}
+    r = client.post("/similarity", json=too_many)
+    assert r.status_code == 422 and "--max-client-batch-size" in r.json()["error"]
+    r = client.post("/pipeline/sentence-similarity/tiny", json={"inputs": {"sentences": 3}})
+    assert r.status_code == 422 and r.json()["error_type"] == "Validation"
 
 
 def test_tokenize_and_decode_round_trip(client: TestClient) -> None:

@@ -14,15 +14,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
+import numpy as np
+import numpy.typing as npt
+
 from squeezer.backends import Backend, load_backend
 from squeezer.backends.device import resolve_device, resolve_dtype
 from squeezer.config import ModelSettings, Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
-from squeezer.errors import ModelLoadError, UnavailableError
+from squeezer.errors import ModelLoadError, TooManyInputsError, UnavailableError
 from squeezer.models import locate, read_folder
 from squeezer.server.registry import ModelRegistry, ServedModel
 from squeezer.tasks import EmbedRequest, EmbedResult, EmbedTask, TextTokenizer, TokenInfo
-from squeezer.types import EngineRequest, ModelInfo, Task
+from squeezer.types import EngineRequest, ModelInfo, Task, TruncationDirection
 
 log = logging.getLogger("squeezer")
 
@@ -197,6 +200,35 @@ class Runtime:
             EngineRequest(model=model.name, items=list(items), deadline=self._deadline())
         )
         return task.finish(request, items, results)
+
+    async def similarity(
+        self,
+        model: ServedModel,
+        source: str,
+        sentences: list[str],
+        *,
+        truncate: bool = False,
+        direction: TruncationDirection = TruncationDirection.RIGHT,
+        prompt_name: str | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Cosine of ``source`` to each sentence (TEI ``/similarity``, HF
+        sentence-similarity): normalized embeddings, one dot product each."""
+        limit = self.settings.max_client_batch_size
+        if len(sentences) > limit:
+            raise TooManyInputsError(
+                f"{len(sentences)} sentences > maximum allowed batch size {limit} "
+                "(--max-client-batch-size)",
+                param="inputs",
+            )
+        request = EmbedRequest(
+            inputs=[source, *sentences],
+            truncate=truncate,
+            truncation_direction=direction,
+            prompt_name=prompt_name,
+        )
+        vectors = (await self.embed(model, request)).embeddings
+        assert isinstance(vectors, np.ndarray), "pooled requests give one array"
+        return vectors[1:] @ vectors[0]
 
     async def tokenize(
         self, model: ServedModel, texts: list[str], *, add_special_tokens: bool

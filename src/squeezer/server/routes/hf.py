@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,7 +20,7 @@ from squeezer.server.registry import ServedModel
 from squeezer.server.routes import runtime_of
 from squeezer.server.routes.tei import as_batch
 from squeezer.server.runtime import Runtime
-from squeezer.server.schemas import hf
+from squeezer.server.schemas import hf, tei
 from squeezer.tasks import EmbedRequest
 from squeezer.types import Task, TruncationDirection
 
@@ -78,29 +77,17 @@ async def _feature_extraction(
 
 
 async def _similarity(runtime: Runtime, model: ServedModel, body: hf.InferenceRequest) -> Response:
-    inputs = body.inputs
-    if not (
-        isinstance(inputs, dict)
-        and isinstance(inputs.get("source_sentence"), str)
-        and isinstance(inputs.get("sentences"), list)
-        and all(isinstance(s, str) for s in inputs["sentences"])
-    ):
-        raise InvalidRequestError(
-            "sentence-similarity inputs must be {source_sentence: str, sentences: [str]}",
-            param="inputs",
-        )
+    inputs = parse(body.inputs, tei.SimilarityInput)
     params = _embed_params(body)
-    texts = [inputs["source_sentence"], *inputs["sentences"]]
-    as_batch(texts, runtime.settings.max_client_batch_size + 1)
-    req = EmbedRequest(
-        inputs=texts,
+    scores = await runtime.similarity(
+        model,
+        inputs.source_sentence,
+        inputs.sentences,
         truncate=bool(params.truncate),
-        truncation_direction=_direction(params.truncation_direction),
+        direction=_direction(params.truncation_direction),
         prompt_name=params.prompt_name,
     )
-    vectors = (await runtime.embed(model, req)).embeddings
-    assert isinstance(vectors, np.ndarray)
-    return json_response(vectors[1:] @ vectors[0])
+    return json_response(scores)
 
 
 async def _run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -101,19 +100,15 @@ async def similarity(request: Request) -> Response:
     runtime = runtime_of(request)
     body = await read_json(request, tei.SimilarityRequest)
     params = body.parameters or tei.SimilarityParameters()
-    texts = [body.inputs.source_sentence, *body.inputs.sentences]
-    as_batch(texts, runtime.settings.max_client_batch_size + 1)
-    model = runtime.embed_model(None)
-    req = EmbedRequest(
-        inputs=texts,
-        normalize=True,
+    scores = await runtime.similarity(
+        runtime.embed_model(None),
+        body.inputs.source_sentence,
+        body.inputs.sentences,
         truncate=bool(params.truncate),
-        truncation_direction=tei.direction(params.truncation_direction),
+        direction=tei.direction(params.truncation_direction),
         prompt_name=params.prompt_name,
     )
-    vectors = (await runtime.embed(model, req)).embeddings
-    assert isinstance(vectors, np.ndarray)
-    return json_response(vectors[1:] @ vectors[0])
+    return json_response(scores)
 
 
 @router.post(
@@ -132,15 +127,7 @@ async def tokenize(request: Request) -> Response:
         prefix = model.embed.prompt(body.prompt_name)
         texts = [prefix + t for t in texts]
     tokens = await runtime.tokenize(model, texts, add_special_tokens=body.add_special_tokens)
-    return json_response(
-        [
-            [
-                {"id": t.id, "text": t.text, "special": t.special, "start": t.start, "stop": t.stop}
-                for t in seq
-            ]
-            for seq in tokens
-        ]
-    )
+    return json_response(tokens)  # orjson writes the TokenInfo dataclasses as objects
 
 
 @router.post(

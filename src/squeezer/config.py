@@ -8,7 +8,6 @@ environment (typer does both) and hands the explicit values here as overrides.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,8 +150,3 @@ def load_settings(
         raise ValueError(f"model names must be unique; repeated: {sorted(dupes)}")
     data["models"] = models
     return Settings(**data)
-
-
-def env_flag(name: str, default: str | None = None) -> str | None:
-    """Read one ``SQUEEZER_*`` variable (for the few settings that are not flags)."""
-    return os.environ.get(f"SQUEEZER_{name.upper()}", default)

@@ -156,9 +156,6 @@ class TextTokenizer:
             [list(ids) for ids in ids_lists], skip_special_tokens=skip_special_tokens
         )
 
-    def count(self, text: str) -> int:
-        return len(self._plain.encode(text, add_special_tokens=True).ids)
-
 
 def _to_input(enc: Encoding, truncated: bool) -> TokenizedInput:
     return TokenizedInput(

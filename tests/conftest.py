@@ -36,3 +36,64 @@ def _torch_threads() -> Iterator[None]:
 
     torch.set_num_threads(2)
     yield
+
+
+def _head_model(
+    factory: pytest.TempPathFactory, name: str, architecture: str, labels: list[str] | None = None
+) -> Path:
+    return build_bert(
+        factory.mktemp("models") / name,
+        architecture=architecture,
+        labels=labels,
+        sentence_transformers=False,
+        seed=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three-label sentiment classifier, max 128 tokens."""
+    return _head_model(
+        tmp_path_factory,
+        "tiny-classifier",
+        "BertForSequenceClassification",
+        ["negative", "neutral", "positive"],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One-label cross-encoder (a reranker, as TEI defines one)."""
+    return _head_model(
+        tmp_path_factory, "tiny-reranker", "BertForSequenceClassification", ["score"]
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_nli(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """NLI classifier: serves text-classification and zero-shot-classification."""
+    return _head_model(
+        tmp_path_factory,
+        "tiny-nli",
+        "BertForSequenceClassification",
+        ["contradiction", "neutral", "entailment"],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_ner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Token classifier with BIO labels, max 128 tokens."""
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    return _head_model(tmp_path_factory, "tiny-ner", "BertForTokenClassification", labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Masked LM: serves fill-mask and embeddings."""
+    return _head_model(tmp_path_factory, "tiny-mlm", "BertForMaskedLM")
+
+
+@pytest.fixture(scope="session")
+def tiny_qa(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Extractive question answering head, max 128 tokens."""
+    return _head_model(tmp_path_factory, "tiny-qa", "BertForQuestionAnswering")

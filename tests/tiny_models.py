@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import torch
+import transformers
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -21,7 +22,7 @@ from tokenizers import (
     processors,
     trainers,
 )
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+from transformers import BertConfig, PreTrainedTokenizerFast
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -58,8 +59,16 @@ def build_bert(
     max_seq_length: int = 64,
     prompts: dict[str, str] | None = None,
     seed: int = 0,
+    architecture: str = "BertModel",
+    labels: list[str] | None = None,
+    sentence_transformers: bool = True,
 ) -> Path:
-    """Write a tiny BERT embedding model folder to ``path`` and return it."""
+    """Write a tiny BERT model folder to ``path`` and return it.
+
+    ``architecture`` picks the head (``BertForSequenceClassification``,
+    ``BertForTokenClassification``, ``BertForMaskedLM``, ``BertForQuestionAnswering``);
+    ``labels`` names a classifier's outputs, in order.
+    """
     path.mkdir(parents=True, exist_ok=True)
     tok = train_wordpiece()
     fast = PreTrainedTokenizerFast(
@@ -80,9 +89,15 @@ def build_bert(
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
-        architectures=["BertModel"],
+        architectures=[architecture],
     )
-    BertModel(config).eval().save_pretrained(path, safe_serialization=True)
+    if labels is not None:
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    model = getattr(transformers, architecture)(config).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    if not sentence_transformers:
+        return path
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {

@@ -58,6 +58,10 @@ class BatchRunner(Protocol[ItemT_contra, ResultT]):
     cheap and must not touch the event loop.
     """
 
+    def outputs(self, items: Sequence[ItemT_contra]) -> tuple[str, ...]:
+        """The backend outputs these items need (the backend computes only those)."""
+        ...
+
     def collate(self, items: Sequence[ItemT_contra]) -> NamedArrays: ...
 
     def split(self, outputs: NamedArrays, items: Sequence[ItemT_contra]) -> list[ResultT]: ...
@@ -72,6 +76,9 @@ class TokenizedInput:
     #: (start, end) character offsets per token, kept only when a task needs them.
     offsets: list[tuple[int, int]] | None = None
     truncated: bool = False
+    #: Which input of a pair each token came from (None for special tokens); kept
+    #: with the offsets.
+    sequence_ids: list[int | None] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -38,13 +38,13 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     g = Gate()
     original = TorchBackend.forward
 
-    def forward(self: TorchBackend, inputs: Any) -> Any:
+    def forward(self: TorchBackend, inputs: Any, outputs: Any = None) -> Any:
         g.calls += 1
         g.entered.set()
         g.release.wait(timeout=30)
         if (inputs["input_ids"] == POISON_ID).any():
             raise RuntimeError("poisoned batch")
-        return original(self, inputs)
+        return original(self, inputs, outputs)
 
     monkeypatch.setattr(TorchBackend, "forward", forward)
     yield g

@@ -9,7 +9,16 @@ import pytest
 
 from squeezer.errors import EmptyInputError, InputTooLongError, TokenizerError
 from squeezer.models import read_folder
-from squeezer.tasks import EmbedItem, EmbedRequest, EmbedRunner, EmbedTask, TextTokenizer
+from squeezer.tasks import (
+    EmbedRequest,
+    EmbedTask,
+    EncoderItem,
+    EncoderRunner,
+    Head,
+    PooledHead,
+    TextTokenizer,
+    TokenVectorsHead,
+)
 from squeezer.types import TokenizedInput, TruncationDirection
 
 
@@ -50,12 +59,13 @@ def test_mixed_input_kinds_are_refused(task: EmbedTask) -> None:
         task.prepare(EmbedRequest(inputs=["a", [1, 2]]))  # type: ignore[list-item]
 
 
-def _item(ids: list[int], pooled: bool = True) -> EmbedItem:
-    return EmbedItem(TokenizedInput(ids=np.asarray(ids, dtype=np.int64)), pooled)
+def _item(ids: list[int], head: Head | None = None) -> EncoderItem:
+    tokens = TokenizedInput(ids=np.asarray(ids, dtype=np.int64))
+    return EncoderItem(tokens, head or PooledHead("mean"))
 
 
 def test_collate_pads_right_with_a_mask() -> None:
-    arrays = EmbedRunner("mean", pad_id=0).collate([_item([5, 6, 7]), _item([8])])
+    arrays = EncoderRunner(pad_id=0).collate([_item([5, 6, 7]), _item([8])])
     assert arrays["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert arrays["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert arrays["token_type_ids"].tolist() == [[0, 0, 0], [0, 0, 0]]
@@ -65,8 +75,9 @@ def test_collate_pads_right_with_a_mask() -> None:
 def test_pooling_ignores_padding(pooling: str) -> None:
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(2, 4, 3)).astype(np.float32)
-    items = [_item([1, 2, 3, 4]), _item([1, 2])]
-    out = EmbedRunner(pooling).split({"last_hidden_state": hidden}, items)
+    head = PooledHead(pooling)
+    items = [_item([1, 2, 3, 4], head), _item([1, 2], head)]
+    out = EncoderRunner().split({"last_hidden_state": hidden}, items)
     short = hidden[1, :2]
     want = {"mean": short.mean(0), "cls": short[0], "last": short[-1]}[pooling]
     assert np.allclose(out[1], want, atol=1e-6)
@@ -74,10 +85,11 @@ def test_pooling_ignores_padding(pooling: str) -> None:
 
 def test_unpooled_items_get_their_own_tokens_only() -> None:
     hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
-    out = EmbedRunner("mean").split(
-        {"last_hidden_state": hidden}, [_item([1, 2, 3], pooled=False), _item([1], pooled=False)]
+    head = TokenVectorsHead()
+    out = EncoderRunner().split(
+        {"last_hidden_state": hidden}, [_item([1, 2, 3], head), _item([1], PooledHead("cls"))]
     )
-    assert out[0].shape == (3, 2) and out[1].shape == (1, 2)
+    assert out[0].shape == (3, 2) and np.array_equal(out[1], hidden[1, 0])
 
 
 def test_finish_normalizes_and_cuts_dimensions(task: EmbedTask) -> None:

@@ -107,7 +107,8 @@ class FakeBackend:
     ) -> None:
         self.model, self.rec, self.gate, self.device = model, rec, gate, device
 
-    def forward(self, inputs: NamedArrays) -> NamedArrays:
+    def forward(self, inputs: NamedArrays, outputs: Sequence[str] | None = None) -> NamedArrays:
+        assert outputs == ("tags",)
         tags = [str(t) for t in inputs["tags"]]
         with self.rec.lock:
             self.rec.active += 1
@@ -133,6 +134,9 @@ class FakeRunner:
     def __init__(self, split_error: Exception | None = None, short_split: bool = False) -> None:
         self.split_error = split_error
         self.short_split = short_split
+
+    def outputs(self, items: Sequence[Item]) -> tuple[str, ...]:
+        return ("tags",)
 
     def collate(self, items: Sequence[Item]) -> NamedArrays:
         return {

@@ -7,6 +7,7 @@ change when a runtime is added.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from squeezer.types import NamedArrays
@@ -29,6 +30,13 @@ class Backend(Protocol):
     @property
     def output_names(self) -> tuple[str, ...]: ...
 
-    def forward(self, inputs: NamedArrays) -> NamedArrays: ...
+    def forward(self, inputs: NamedArrays, outputs: Sequence[str] | None = None) -> NamedArrays:
+        """Compute ``outputs`` (all of ``output_names`` when None) for a batch.
+
+        ``inputs`` may hold ``logit_positions`` ((N, 2) rows of ``[batch row, token]``):
+        a model with a vocabulary head then returns ``logits`` of shape (N, vocab) for
+        just those tokens instead of (batch, length, vocab).
+        """
+        ...
 
     def close(self) -> None: ...

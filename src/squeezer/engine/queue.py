@@ -237,7 +237,7 @@ class ModelQueue:
         lengths = [e.num_tokens for e in batch]
         started = time.perf_counter()  # a duration for metrics: real time, not the clock
         try:
-            outputs = self.backend.forward(self.runner.collate(items))
+            outputs = self.backend.forward(self.runner.collate(items), self.runner.outputs(items))
             results = self.runner.split(outputs, items)
             if len(results) != len(items):
                 raise RuntimeError(f"split returned {len(results)} results for {len(items)}")

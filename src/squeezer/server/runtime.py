@@ -24,7 +24,14 @@ from squeezer.engine import Engine, EngineLimits, EngineObserver
 from squeezer.errors import ModelLoadError, TooManyInputsError, UnavailableError
 from squeezer.models import locate, read_folder
 from squeezer.server.registry import ModelRegistry, ServedModel
-from squeezer.tasks import EmbedRequest, EmbedResult, EmbedTask, TextTokenizer, TokenInfo
+from squeezer.tasks import (
+    EmbedRequest,
+    EmbedResult,
+    EmbedTask,
+    EncoderRunner,
+    TextTokenizer,
+    TokenInfo,
+)
 from squeezer.types import EngineRequest, ModelInfo, Task, TruncationDirection
 
 log = logging.getLogger("squeezer")
@@ -79,7 +86,7 @@ class Runtime:
                 self.engine.add_model(
                     served.name,
                     backend,
-                    served.embed.runner,
+                    EncoderRunner(int(served.folder.config.get("pad_token_id") or 0)),
                     device=served.info.device,
                     max_batch_tokens=spec.max_batch_tokens,
                     max_batch_requests=spec.max_batch_requests,

@@ -16,8 +16,9 @@ import numpy.typing as npt
 
 from squeezer.errors import InvalidRequestError, TokenizerError
 from squeezer.models import ModelFolder
+from squeezer.tasks.encoder import EncoderItem, Head, Row
 from squeezer.tasks.tokenizer import TextTokenizer
-from squeezer.types import NamedArrays, TokenizedInput, TruncationDirection
+from squeezer.types import NamedArrays, TruncationDirection
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -39,67 +40,46 @@ class EmbedRequest:
 
 
 @dataclass(slots=True)
-class EmbedItem:
-    """One input on its way through the engine."""
-
-    tokens: TokenizedInput
-    pooled: bool
-
-    @property
-    def num_tokens(self) -> int:
-        return self.tokens.num_tokens
-
-
-@dataclass(slots=True)
 class EmbedResult:
     #: (n, dim) for pooled requests; otherwise n arrays of (tokens, hidden).
     embeddings: FloatArray | list[FloatArray]
     prompt_tokens: int
 
 
-class EmbedRunner:
-    """Collates embed items into padded arrays and pools the hidden states back."""
+class PooledHead:
+    """One vector per input, pooled over the batch at once (mean, CLS or last token)."""
 
-    def __init__(self, pooling: str, pad_id: int = 0) -> None:
+    outputs = ("last_hidden_state",)
+
+    def __init__(self, pooling: str) -> None:
         if pooling not in ("mean", "cls", "last"):
             raise ValueError(f"pooling {pooling!r}: expected mean, cls or last")
         self.pooling = pooling
-        self.pad_id = pad_id
 
-    def collate(self, items: Sequence[EmbedItem]) -> NamedArrays:
-        lengths = [it.tokens.num_tokens for it in items]
-        width = max(lengths)
-        ids = np.full((len(items), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(items), width), dtype=np.int64)
-        type_ids = np.zeros((len(items), width), dtype=np.int64)
-        for row, (it, n) in enumerate(zip(items, lengths, strict=True)):
-            ids[row, :n] = it.tokens.ids
-            mask[row, :n] = 1
-            if it.tokens.type_ids is not None:
-                type_ids[row, :n] = it.tokens.type_ids
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-
-    def _pool(self, hidden: FloatArray, lengths: npt.NDArray[np.int64]) -> FloatArray:
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if self.pooling == "last":
-            return hidden[np.arange(hidden.shape[0]), lengths - 1]
-        mask = (np.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(hidden.dtype)
-        summed = np.einsum("bld,bl->bd", hidden, mask)
-        return summed / np.maximum(lengths, 1)[:, None].astype(hidden.dtype)
-
-    def split(self, outputs: NamedArrays, items: Sequence[EmbedItem]) -> list[FloatArray]:
+    def take(self, outputs: NamedArrays, batch: Sequence[Row]) -> list[FloatArray]:
         hidden = np.asarray(outputs["last_hidden_state"], dtype=np.float32)
-        lengths = np.fromiter((it.num_tokens for it in items), dtype=np.int64, count=len(items))
-        pooled = self._pool(hidden, lengths) if any(it.pooled for it in items) else None
-        out: list[FloatArray] = []
-        for row, it in enumerate(items):
-            if it.pooled:
-                assert pooled is not None
-                out.append(pooled[row].copy())
-            else:
-                out.append(hidden[row, : lengths[row]].copy())
-        return out
+        rows = np.fromiter((r.row for r in batch), dtype=np.int64, count=len(batch))
+        lengths = np.fromiter((r.length for r in batch), dtype=np.int64, count=len(batch))
+        states = hidden[rows]
+        if self.pooling == "cls":
+            pooled = states[:, 0]
+        elif self.pooling == "last":
+            pooled = states[np.arange(len(batch)), lengths - 1]
+        else:
+            mask = (np.arange(states.shape[1])[None, :] < lengths[:, None]).astype(np.float32)
+            summed = np.einsum("bld,bl->bd", states, mask)
+            pooled = summed / np.maximum(lengths, 1)[:, None].astype(np.float32)
+        return list(pooled)
+
+
+class TokenVectorsHead:
+    """Every token's vector, unpooled (TEI ``/embed_all``)."""
+
+    outputs = ("last_hidden_state",)
+
+    def take(self, outputs: NamedArrays, batch: Sequence[Row]) -> list[FloatArray]:
+        hidden = np.asarray(outputs["last_hidden_state"], dtype=np.float32)
+        return [hidden[r.row, : r.length].copy() for r in batch]
 
 
 class EmbedTask:
@@ -108,7 +88,8 @@ class EmbedTask:
     def __init__(self, folder: ModelFolder, tokenizer: TextTokenizer) -> None:
         self.folder = folder
         self.tokenizer = tokenizer
-        self.runner = EmbedRunner(folder.pooling, int(folder.config.get("pad_token_id") or 0))
+        self.pooled_head = PooledHead(folder.pooling)
+        self.tokens_head = TokenVectorsHead()
         self.dimension = folder.hidden_size
 
     def prompt(self, prompt_name: str | None) -> str:
@@ -124,7 +105,7 @@ class EmbedTask:
             )
         return self.folder.prompts[name]
 
-    def prepare(self, request: EmbedRequest) -> list[EmbedItem]:
+    def prepare(self, request: EmbedRequest) -> list[EncoderItem]:
         """Validate and tokenize; runs off the event loop for large requests."""
         if request.dimensions is not None and not 0 < request.dimensions <= self.dimension:
             raise InvalidRequestError(
@@ -158,10 +139,11 @@ class EmbedTask:
             raise TokenizerError(
                 "inputs must be all strings or all lists of token ids", param="inputs"
             )
-        return [EmbedItem(t, request.pooled) for t in tokens]
+        head: Head = self.pooled_head if request.pooled else self.tokens_head
+        return [EncoderItem(t, head) for t in tokens]
 
     def finish(
-        self, request: EmbedRequest, items: Sequence[EmbedItem], results: list[Any]
+        self, request: EmbedRequest, items: Sequence[EncoderItem], results: list[Any]
     ) -> EmbedResult:
         prompt_tokens = sum(it.num_tokens for it in items)
         if not request.pooled:

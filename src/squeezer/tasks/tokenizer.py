@@ -9,9 +9,11 @@ switched off; the engine pads per batch).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -19,6 +21,7 @@ from tokenizers import Encoding, Tokenizer
 from squeezer.errors import (
     EmptyInputError,
     InputTooLongError,
+    InvalidRequestError,
     ModelLoadError,
     TokenizerError,
 )
@@ -80,22 +83,64 @@ class TextTokenizer:
         self,
         texts: Sequence[str],
         *,
+        pairs: Sequence[str] | None = None,
         truncate: bool = False,
         direction: TruncationDirection = TruncationDirection.RIGHT,
+        offsets: bool = False,
     ) -> list[TokenizedInput]:
-        """Tokenize with special tokens; over-long inputs are cut only when allowed."""
+        """Tokenize with special tokens; over-long inputs are cut only when allowed.
+
+        ``pairs`` gives each text a second sequence (cross-encoders, NLI); a pair too
+        long is cut from its longer side, as ``transformers`` does.
+        """
         self._check_texts(texts)
-        encodings = self._plain.encode_batch(list(texts), add_special_tokens=True)
+        if pairs is not None:
+            self._check_texts(pairs)
+            if len(pairs) != len(texts):
+                raise TokenizerError("every text needs its pair", param="inputs")
+        batch: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
+        encodings = self._plain.encode_batch(batch, add_special_tokens=True)
         out: list[TokenizedInput] = []
         for i, enc in enumerate(encodings):
             truncated = False
             if len(enc.ids) > self.max_length:
                 if not truncate:
                     raise self._too_long(i, len(enc.ids))
-                enc = self._truncating[direction].encode(texts[i], add_special_tokens=True)
+                enc = _encode(self._truncating[direction], batch[i])
                 truncated = True
-            out.append(_to_input(enc, truncated))
+            out.append(_to_input(enc, truncated, offsets))
         return out
+
+    def windows(
+        self, text: str, pair: str | None = None, *, stride: int, max_length: int | None = None
+    ) -> list[TokenizedInput]:
+        """Overlapping windows covering all of ``text`` (or of ``pair``, the context of
+        a question), each at most ``max_length`` tokens, consecutive windows sharing
+        ``stride`` tokens: how long inputs are read whole instead of cut."""
+        self._check_texts([text] if pair is None else [text, pair])
+        length = min(max_length or self.max_length, self.max_length)
+        first = _encode(self._plain, text if pair is None else (text, pair))
+        if len(first.ids) <= length:
+            return [_to_input(first, False, True)]
+        fixed = self._plain.num_special_tokens_to_add(pair is not None)
+        if pair is not None:
+            fixed += len(self._plain.encode(text, add_special_tokens=False).ids)
+        if stride < 0 or length - fixed <= stride:
+            raise InvalidRequestError(
+                f"stride {stride} must be between 0 and {length - fixed - 1} so that "
+                f"windows of {length} tokens advance",
+                param="stride",
+            )
+        windowing = self._windowing(length, stride, pair is not None)
+        enc = _encode(windowing, text if pair is None else (text, pair))
+        return [_to_input(e, False, True) for e in (enc, *enc.overflowing)]
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - a few per model, alive as long as it
+    def _windowing(self, length: int, stride: int, second_only: bool) -> Tokenizer:
+        tok = Tokenizer.from_str(self._plain.to_str())
+        strategy = "only_second" if second_only else "longest_first"
+        tok.enable_truncation(length, stride=stride, strategy=strategy)
+        return tok
 
     def from_ids(
         self,
@@ -157,9 +202,17 @@ class TextTokenizer:
         )
 
 
-def _to_input(enc: Encoding, truncated: bool) -> TokenizedInput:
+def _encode(tokenizer: Tokenizer, item: str | tuple[str, str]) -> Encoding:
+    if isinstance(item, str):
+        return tokenizer.encode(item)
+    return tokenizer.encode(item[0], item[1])
+
+
+def _to_input(enc: Encoding, truncated: bool, offsets: bool = False) -> TokenizedInput:
     return TokenizedInput(
         ids=np.asarray(enc.ids, dtype=np.int64),
         type_ids=np.asarray(enc.type_ids, dtype=np.int64),
         truncated=truncated,
+        offsets=list(enc.offsets) if offsets else None,
+        sequence_ids=list(enc.sequence_ids) if offsets else None,
     )

@@ -30,6 +30,7 @@ class Task(str, Enum):
     FILL_MASK = "fill-mask"
     RERANK = "rerank"
     QUESTION_ANSWERING = "question-answering"
+    ZERO_SHOT = "zero-shot"
     GENERATE = "generate"
 
 
@@ -118,3 +119,5 @@ class ModelInfo:
     pooling: str | None = None
     architectures: tuple[str, ...] = ()
     revision: str | None = None
+    #: A classifier's output names in logit order (``id2label``); empty otherwise.
+    labels: tuple[str, ...] = ()

@@ -58,5 +58,16 @@ def test_unexpected_errors_are_500_without_leaking_details() -> None:
 def test_dialect_by_path() -> None:
     assert dialect_of("/v1/embeddings") is Dialect.OPENAI
     assert dialect_of("/models/x/v1/models") is Dialect.OPENAI
-    assert dialect_of("/models/x") is Dialect.TEI
+    assert dialect_of("/models/x") is Dialect.HF
+    assert dialect_of("/pipeline/fill-mask/x") is Dialect.HF
     assert dialect_of("/embed") is Dialect.TEI
+    assert dialect_of("/v1/rerank") is Dialect.OPENAI
+
+
+def test_a_task_the_model_cannot_do_is_424_on_tei_routes_only() -> None:
+    error = e.TaskNotSupportedError("model is not a re-ranker")
+    tei = error_response(error, "/rerank")
+    assert tei.status_code == 424 and orjson.loads(tei.body)["error_type"] == "Backend"
+    hf = error_response(error, "/models/m")
+    assert hf.status_code == 400 and orjson.loads(hf.body)["error_type"] == "Validation"
+    assert error_response(error, "/v1/rerank").status_code == 400

@@ -32,17 +32,50 @@ def test_without_sentence_transformers_files(tiny_bert: Path, tmp_path: Path) ->
     assert f.max_input_length == 128  # tokenizer_config's model_max_length under positions
 
 
-def test_tasks_from_architectures(tiny_bert: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "clf"
+@pytest.mark.parametrize(
+    ("architecture", "labels", "st", "tasks"),
+    [
+        ("BertModel", None, True, (Task.EMBED,)),
+        ("BertForSequenceClassification", ["score"], False, (Task.CLASSIFY, Task.RERANK)),
+        ("BertForSequenceClassification", ["neg", "pos"], False, (Task.CLASSIFY,)),
+        (
+            "BertForSequenceClassification",
+            ["contradiction", "neutral", "entailment"],
+            False,
+            (Task.CLASSIFY, Task.ZERO_SHOT),
+        ),
+        ("BertForTokenClassification", ["O", "B-PER"], False, (Task.TOKEN_CLASSIFY,)),
+        ("BertForMaskedLM", None, False, (Task.FILL_MASK, Task.EMBED)),
+        ("BertForMaskedLM", None, True, (Task.EMBED, Task.FILL_MASK)),
+        ("BertForQuestionAnswering", None, False, (Task.QUESTION_ANSWERING,)),
+        ("LlamaForCausalLM", None, False, (Task.GENERATE,)),
+    ],
+)
+def test_tasks_from_architectures(
+    tiny_bert: Path,
+    tmp_path: Path,
+    architecture: str,
+    labels: list[str] | None,
+    st: bool,
+    tasks: tuple[Task, ...],
+) -> None:
+    folder = tmp_path / "model"
     shutil.copytree(tiny_bert, folder)
+    if not st:
+        (folder / "modules.json").unlink()
     config = json.loads((folder / "config.json").read_text())
-    config["architectures"] = ["BertForSequenceClassification"]
-    config["id2label"] = {"0": "score"}
+    config["architectures"] = [architecture]
+    if labels:
+        config["id2label"] = {str(i): label for i, label in enumerate(labels)}
     (folder / "config.json").write_text(json.dumps(config))
-    assert read_folder(folder).detect_tasks() == (Task.EMBED, Task.RERANK)
-    config["architectures"] = ["LlamaForCausalLM"]
-    (folder / "config.json").write_text(json.dumps(config))
-    assert read_folder(folder).detect_tasks() == (Task.GENERATE,)
+    f = read_folder(folder)
+    assert f.detect_tasks() == tasks
+    if tasks != (Task.GENERATE,):
+        assert Task.EMBED in f.possible_tasks()
+
+
+def test_special_token_roles(tiny_bert: Path) -> None:
+    assert read_folder(tiny_bert).special_tokens["mask_token"] == "[MASK]"
 
 
 def test_content_hash_changes_with_the_weights(tiny_bert: Path, tmp_path: Path) -> None:

@@ -32,6 +32,13 @@ _ENCODER_TYPES = {
     "new",
 }
 _DECODER_SUFFIX = "ForCausalLM"
+#: Head architectures by class-name suffix.
+_HEAD_TASKS = {
+    "ForSequenceClassification": Task.CLASSIFY,
+    "ForTokenClassification": Task.TOKEN_CLASSIFY,
+    "ForMaskedLM": Task.FILL_MASK,
+    "ForQuestionAnswering": Task.QUESTION_ANSWERING,
+}
 #: Learned position tables of RoBERTa-style models start after the padding index.
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
 #: Files whose bytes define the model's behaviour, hashed for pinning.
@@ -50,6 +57,11 @@ class ModelFolder:
     default_prompt_name: str | None = None
     #: True when sentence-transformers' pipeline ends with a Normalize module.
     st_normalize: bool = False
+    #: True for a sentence-transformers folder (``modules.json``): made to embed.
+    sentence_transformers: bool = False
+    #: Special tokens by role (``mask_token``, ``pad_token``, ...) from the tokenizer
+    #: config: the Rust tokenizer knows special tokens but not their roles.
+    special_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def model_type(self) -> str:
@@ -68,25 +80,45 @@ class ModelFolder:
         return self.path / "tokenizer.json"
 
     def detect_tasks(self) -> tuple[Task, ...]:
-        """Tasks this folder's architecture can serve (embeddings from any encoder)."""
+        """Tasks this folder can serve, its main task first (what HF's Inference API
+        runs when a request names no task).
+
+        A head decides: a sequence classifier classifies (and reranks with one label,
+        and classifies zero-shot when a label means entailment), a token classifier
+        tags, an MLM fills masks, a QA head answers. Bare encoders, MLMs and
+        sentence-transformers folders also embed, the latter as their main task.
+        """
         archs = self.architectures
         if any(a.endswith(_DECODER_SUFFIX) for a in archs):
             return (Task.GENERATE,)
         if self.model_type not in _ENCODER_TYPES and not any(
-            a.endswith(("Model", "ForMaskedLM")) for a in archs
+            a.endswith(("Model", *_HEAD_TASKS)) for a in archs
         ):
             return ()
-        tasks = [Task.EMBED]
-        if any(a.endswith("ForSequenceClassification") for a in archs):
-            labels = self.config.get("id2label") or {}
-            tasks.append(Task.RERANK if len(labels) == 1 else Task.CLASSIFY)
-        if any(a.endswith("ForTokenClassification") for a in archs):
-            tasks.append(Task.TOKEN_CLASSIFY)
-        if any(a.endswith("ForMaskedLM") for a in archs):
-            tasks.append(Task.FILL_MASK)
-        if any(a.endswith("ForQuestionAnswering") for a in archs):
-            tasks.append(Task.QUESTION_ANSWERING)
+        tasks: list[Task] = []
+        for arch in archs:
+            for suffix, task in _HEAD_TASKS.items():
+                if arch.endswith(suffix) and task not in tasks:
+                    tasks.append(task)
+        if Task.CLASSIFY in tasks:
+            labels = [str(v) for v in (self.config.get("id2label") or {}).values()]
+            if len(labels) == 1:
+                tasks.append(Task.RERANK)
+            if any(label.lower().startswith("entail") for label in labels):
+                tasks.append(Task.ZERO_SHOT)
+        if not tasks or Task.FILL_MASK in tasks:
+            tasks.append(Task.EMBED)
+        if self.sentence_transformers and Task.EMBED in tasks:
+            tasks.remove(Task.EMBED)
+            tasks.insert(0, Task.EMBED)
         return tuple(tasks)
+
+    def possible_tasks(self) -> tuple[Task, ...]:
+        """What may be configured: the detected tasks, plus embeddings from any encoder."""
+        tasks = self.detect_tasks()
+        if tasks and Task.GENERATE not in tasks and Task.EMBED not in tasks:
+            tasks = (*tasks, Task.EMBED)
+        return tasks
 
     def content_hash(self) -> str:
         """sha256 over the files that define the model, so a deployment can pin it."""
@@ -149,6 +181,20 @@ def _max_length(path: Path, config: dict[str, Any]) -> int:
     return positions
 
 
+def _special_tokens(path: Path) -> dict[str, str]:
+    roles: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        data = _read_json(path / name)
+        if not isinstance(data, dict):
+            continue
+        for key, value in data.items():
+            if isinstance(value, dict):
+                value = value.get("content")
+            if key.endswith("_token") and isinstance(value, str):
+                roles[key] = value
+    return roles
+
+
 def read_folder(
     path: Path, *, pooling: str | None = None, max_input_length: int | None = None
 ) -> ModelFolder:
@@ -173,4 +219,6 @@ def read_folder(
         prompts=prompts,
         default_prompt_name=st_cfg.get("default_prompt_name"),
         st_normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),
+        special_tokens=_special_tokens(path),
+        sentence_transformers=bool(modules),
     )

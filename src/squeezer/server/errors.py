@@ -1,10 +1,13 @@
 """The one table from squeezer's error kinds to HTTP statuses and dialect shapes.
 
 TEI's contract (``{"error", "error_type"}`` with its own type names and statuses) is
-used by the TEI, HF Inference API and admin routes; OpenAI's routes answer
-``{"error": {"message", "type", "param", "code"}}``. Which shape a response takes is
-decided by the path, so a failure before routing (a body too large) still speaks the
-client's dialect.
+used by the TEI, HF Inference API and admin routes; OpenAI's routes (and the
+``/v1/rerank`` API vLLM serves) answer ``{"error": {"message", "type", "param",
+"code"}}``. Which shape a response takes is decided by the path, so a failure before
+routing (a body too large) still speaks the client's dialect.
+
+A model asked for a task it cannot do is TEI's 424 ("Backend error: model is not a
+re-ranker model") on TEI's own routes, and a 400 elsewhere.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ log = logging.getLogger("squeezer")
 
 class Dialect(str, Enum):
     TEI = "tei"
+    #: HF Inference API routes: TEI's error shape, its own statuses.
+    HF = "hf"
     OPENAI = "openai"
 
 
@@ -34,6 +39,9 @@ class ErrorKind:
     openai_type: str
     #: OpenAI-compatible servers answer 400 where TEI answers 422, and 500 for 424.
     openai_status: int | None = None
+    #: Status and type on TEI's own routes (``/predict``, ``/rerank``, ...) when they
+    #: differ from the HF Inference API's, which shares TEI's shape.
+    tei_route: tuple[int, str] | None = None
 
 
 #: Most specific class first: the first ``isinstance`` match wins.
@@ -42,7 +50,10 @@ _TABLE: tuple[tuple[type[e.SqueezerError], ErrorKind], ...] = (
     (e.TokenizerError, ErrorKind(422, "Tokenizer", "invalid_request_error", 400)),
     (e.InvalidRequestError, ErrorKind(422, "Validation", "invalid_request_error", 400)),
     (e.ModelNotFoundError, ErrorKind(404, "Validation", "invalid_request_error")),
-    (e.TaskNotSupportedError, ErrorKind(400, "Validation", "invalid_request_error")),
+    (
+        e.TaskNotSupportedError,
+        ErrorKind(400, "Validation", "invalid_request_error", tei_route=(424, "Backend")),
+    ),
     (e.PayloadTooLargeError, ErrorKind(413, "Validation", "invalid_request_error")),
     (e.OverloadedError, ErrorKind(429, "Overloaded", "rate_limit_error")),
     (e.DeadlineExceededError, ErrorKind(504, "Overloaded", "timeout_error")),
@@ -54,6 +65,7 @@ _INTERNAL = ErrorKind(500, "Backend", "server_error")
 #: Field names the task layer reports, as OpenAI's request calls them.
 _OPENAI_PARAMS = {"inputs": "input"}
 _OPENAI_PATH = re.compile(r"^(/models/[^/]+)?/v1/")
+_HF_PATH = re.compile(r"^/(models|pipeline)/")
 
 
 def kind_of(error: e.SqueezerError) -> ErrorKind:
@@ -64,7 +76,9 @@ def kind_of(error: e.SqueezerError) -> ErrorKind:
 
 
 def dialect_of(path: str) -> Dialect:
-    return Dialect.OPENAI if _OPENAI_PATH.match(path) else Dialect.TEI
+    if _OPENAI_PATH.match(path):
+        return Dialect.OPENAI
+    return Dialect.HF if _HF_PATH.match(path) else Dialect.TEI
 
 
 def _snake(name: str) -> str:
@@ -84,15 +98,18 @@ def error_response(error: Exception, path: str) -> Response:
             None,
             None,
         )
-    status = kind.status
-    if dialect_of(path) is Dialect.OPENAI:
+    status, tei_type = kind.status, kind.tei_type
+    dialect = dialect_of(path)
+    if dialect is Dialect.TEI and kind.tei_route is not None:
+        status, tei_type = kind.tei_route
+    if dialect is Dialect.OPENAI:
         status = kind.openai_status or kind.status
         param = _OPENAI_PARAMS.get(param, param) if param else None
         body: dict[str, object] = {
             "error": {"message": message, "type": kind.openai_type, "param": param, "code": code}
         }
     else:
-        body = {"error": message, "error_type": kind.tei_type}
+        body = {"error": message, "error_type": tei_type}
     headers = {}
     if isinstance(error, e.OverloadedError):
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))

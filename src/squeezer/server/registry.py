@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from squeezer.errors import ModelLoadError, ModelNotFoundError, TaskNotSupportedError
 from squeezer.models import ModelFolder
-from squeezer.tasks import EmbedTask, TextTokenizer
+from squeezer.tasks import EmbedTask, EncoderTask, TextTokenizer
 from squeezer.types import ModelInfo, Task
 
 #: Model names that mean "whatever this server's default is".
@@ -27,11 +27,16 @@ class ServedModel:
     info: ModelInfo
     folder: ModelFolder
     tokenizer: TextTokenizer
-    embed: EmbedTask | None
+    tasks: dict[Task, EncoderTask]
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def embed(self) -> EmbedTask | None:
+        task = self.tasks.get(Task.EMBED)
+        return task if isinstance(task, EmbedTask) else None
 
     @property
     def main_task(self) -> Task:
@@ -74,6 +79,9 @@ class ModelRegistry:
                     f"{[t.value for t in model.info.tasks]}"
                 )
 
+    def serving(self, task: Task) -> list[str]:
+        return [m.name for m in self._models.values() if task in m.info.tasks]
+
     def default_for(self, task: Task) -> ServedModel:
         name = self._defaults.get(task)
         if name is not None:
@@ -98,10 +106,22 @@ class ModelRegistry:
                 f"model {name!r} is not served here; served: {', '.join(self._models)}",
                 param="model",
             )
-        if task is not None and task not in model.info.tasks:
-            raise TaskNotSupportedError(
-                f"model {name!r} does not serve {task.value!r}; it serves "
-                f"{', '.join(t.value for t in model.info.tasks)}",
-                param="model",
-            )
+        if task is not None:
+            self.check(model, task)
         return model
+
+    def check(self, model: ServedModel, task: Task) -> None:
+        """Refuse a task the model cannot do, naming what it can and who can."""
+        if task in model.info.tasks:
+            return
+        others = self.serving(task)
+        raise TaskNotSupportedError(
+            f"model {model.name!r} does not serve {task.value!r}; it serves "
+            f"{', '.join(t.value for t in model.info.tasks)}. "
+            + (
+                f"Models serving {task.value!r}: {', '.join(others)}"
+                if others
+                else f"No served model can do {task.value!r}"
+            ),
+            param="model",
+        )

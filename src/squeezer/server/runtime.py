@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,13 +27,29 @@ from squeezer.errors import ModelLoadError, TooManyInputsError, UnavailableError
 from squeezer.models import locate, read_folder
 from squeezer.server.registry import ModelRegistry, ServedModel
 from squeezer.tasks import (
+    ClassifyRequest,
     EmbedRequest,
     EmbedResult,
-    EmbedTask,
+    EncoderItem,
     EncoderRunner,
+    EntityGroup,
+    FillMaskRequest,
+    LabelScore,
+    MaskFill,
+    QAAnswer,
+    QARequest,
+    RerankRequest,
+    RerankResult,
     TextTokenizer,
+    TokenClassifyRequest,
+    TokenEntity,
     TokenInfo,
+    TokenVectorsHead,
+    ZeroShotRequest,
+    ZeroShotResult,
+    build_tasks,
 )
+from squeezer.tasks.classify import label_names
 from squeezer.types import EngineRequest, ModelInfo, Task, TruncationDirection
 
 log = logging.getLogger("squeezer")
@@ -39,7 +57,6 @@ log = logging.getLogger("squeezer")
 #: Requests smaller than this (characters) are tokenized inline: a thread hop costs
 #: more than tokenizing one sentence (~20 us in Rust).
 _INLINE_TOKENIZE_CHARS = 2048
-_IMPLEMENTED_TASKS = (Task.EMBED,)
 #: One CPU forward pass costs ~4.5 ms fixed + ~0.14 ms per padded token (MiniLM, 2
 #: cores; benchmarks/batch_cost.py): the fixed part is worth ~32 tokens of padding.
 _CPU_OVERHEAD_TOKENS = 32.0
@@ -82,16 +99,15 @@ class Runtime:
         for spec in self.settings.models:
             served, backend = await asyncio.to_thread(self._load, spec)
             self.registry.add(served)
-            if served.embed is not None:
-                self.engine.add_model(
-                    served.name,
-                    backend,
-                    EncoderRunner(int(served.folder.config.get("pad_token_id") or 0)),
-                    device=served.info.device,
-                    max_batch_tokens=spec.max_batch_tokens,
-                    max_batch_requests=spec.max_batch_requests,
-                    batch_overhead_tokens=self._overhead_tokens(served.info.device),
-                )
+            self.engine.add_model(
+                served.name,
+                backend,
+                EncoderRunner(int(served.folder.config.get("pad_token_id") or 0)),
+                device=served.info.device,
+                max_batch_tokens=spec.max_batch_tokens,
+                max_batch_requests=spec.max_batch_requests,
+                batch_overhead_tokens=self._overhead_tokens(served.info.device),
+            )
             log.info(
                 "loaded %s from %s: tasks=%s backend=%s device=%s dtype=%s max_input_length=%d",
                 served.name,
@@ -120,18 +136,17 @@ class Runtime:
         folder = read_folder(path, pooling=spec.pooling, max_input_length=spec.max_input_length)
         detected = folder.detect_tasks()
         tasks = tuple(Task(t) for t in spec.tasks) if spec.tasks else detected
-        unsupported = [t.value for t in tasks if t not in _IMPLEMENTED_TASKS]
-        if not tasks or unsupported:
+        if not tasks:
             raise ModelLoadError(
                 f"model {spec.name!r} ({folder.model_type}, {list(folder.architectures)}): "
-                f"tasks {unsupported or 'none detected'} are not served yet; "
-                f"this version serves {[t.value for t in _IMPLEMENTED_TASKS]}"
+                "no task detected; name its tasks in the model's settings"
             )
         device = resolve_device(spec.device or s.device)
         dtype = resolve_dtype(spec.dtype or s.dtype, device)
         backend_name = spec.backend or s.backend
-        backend = load_backend(backend_name, path, device=device, dtype=dtype)
         tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
+        handlers = build_tasks(spec.name, tasks, folder, tokenizer)
+        backend = load_backend(backend_name, path, device=device, dtype=dtype)
         info = ModelInfo(
             name=spec.name,
             path=str(path),
@@ -145,19 +160,21 @@ class Runtime:
             model_type=folder.model_type,
             pooling=folder.pooling,
             architectures=folder.architectures,
+            labels=tuple(label_names(folder.config)) if folder.config.get("id2label") else (),
         )
-        embed = EmbedTask(folder, tokenizer) if Task.EMBED in tasks else None
-        return ServedModel(info, folder, tokenizer, embed), backend
+        return ServedModel(info, folder, tokenizer, handlers), backend
 
     async def _warm_up(self) -> None:
-        """One short and one full-length batch per model, so first requests are not slow."""
+        """One short and one full-length batch per model, so first requests are not slow.
+
+        Warm-up runs the encoder (all but a head's last layer), whatever the tasks."""
+        head = TokenVectorsHead()
         for model in self.registry:
-            if model.embed is None:
-                continue
             longest = " ".join(["warm"] * model.info.max_input_length)
-            for inputs in (["warm up"], [longest] * 4):
-                request = EmbedRequest(inputs=inputs, truncate=True)  # type: ignore[arg-type]
-                await self.embed(model, request, check_phase=False)
+            for texts in (["warm up"], [longest] * 4):
+                tokens = model.tokenizer.encode(texts, truncate=True)
+                items = [EncoderItem(t, head) for t in tokens]
+                await self.engine.submit(EngineRequest(model=model.name, items=items))
 
     async def begin_drain(self) -> None:
         """Stop taking new work; what was accepted still completes."""
@@ -190,23 +207,88 @@ class Runtime:
     def embed_model(self, name: str | None) -> ServedModel:
         return self.registry.get(name, Task.EMBED)
 
-    async def embed(
-        self, model: ServedModel, request: EmbedRequest, *, check_phase: bool = True
-    ) -> EmbedResult:
-        if check_phase:
-            self._check_accepting()
-        task = model.embed
-        assert task is not None, "registry.get(..., Task.EMBED) guarantees an embed task"
-        size = sum(len(x) for x in request.inputs)
-        if size > _INLINE_TOKENIZE_CHARS or len(request.inputs) > 8:
+    async def _run(
+        self, model: ServedModel, task: Task, request: Any, *, texts: Sequence[str]
+    ) -> Any:
+        """Prepare (tokenize), batch and compute, finish: one request of any task.
+
+        Big requests are tokenized on the tokenizer pool, off the event loop; a
+        sentence or two inline, where a thread hop would cost more than the work."""
+        self._check_accepting()
+        self.registry.check(model, task)
+        handler = model.tasks[task]
+        if len(texts) > 8 or sum(len(t) for t in texts) > _INLINE_TOKENIZE_CHARS:
             loop = asyncio.get_running_loop()
-            items = await loop.run_in_executor(self._tokenize_pool, task.prepare, request)
+            items = await loop.run_in_executor(self._tokenize_pool, handler.prepare, request)
         else:
-            items = task.prepare(request)
+            items = handler.prepare(request)
         results = await self.engine.submit(
             EngineRequest(model=model.name, items=list(items), deadline=self._deadline())
         )
-        return task.finish(request, items, results)
+        return handler.finish(request, items, results)
+
+    def _check_batch(self, count: int, param: str = "inputs") -> None:
+        limit = self.settings.max_client_batch_size
+        if count > limit:
+            raise TooManyInputsError(
+                f"batch size {count} > maximum allowed batch size {limit} "
+                "(--max-client-batch-size)",
+                param=param,
+            )
+
+    async def embed(self, model: ServedModel, request: EmbedRequest) -> EmbedResult:
+        texts = [x for x in request.inputs if isinstance(x, str)]
+        result: EmbedResult = await self._run(model, Task.EMBED, request, texts=texts)
+        return result
+
+    async def classify(
+        self, model: ServedModel, request: ClassifyRequest
+    ) -> list[list[LabelScore]]:
+        self._check_batch(len(request.inputs))
+        texts = [t for x in request.inputs for t in ((x,) if isinstance(x, str) else x)]
+        result: list[list[LabelScore]] = await self._run(model, Task.CLASSIFY, request, texts=texts)
+        return result
+
+    async def rerank(self, model: ServedModel, request: RerankRequest) -> RerankResult:
+        self._check_batch(len(request.texts), "texts")
+        result: RerankResult = await self._run(
+            model, Task.RERANK, request, texts=[request.query, *request.texts]
+        )
+        return result
+
+    async def zero_shot(self, model: ServedModel, request: ZeroShotRequest) -> list[ZeroShotResult]:
+        self._check_batch(len(request.inputs) * len(request.candidate_labels), "candidate_labels")
+        result: list[ZeroShotResult] = await self._run(
+            model, Task.ZERO_SHOT, request, texts=list(request.inputs)
+        )
+        return result
+
+    async def token_classify(
+        self, model: ServedModel, request: TokenClassifyRequest
+    ) -> list[list[TokenEntity | EntityGroup]]:
+        self._check_batch(len(request.inputs))
+        result: list[list[TokenEntity | EntityGroup]] = await self._run(
+            model, Task.TOKEN_CLASSIFY, request, texts=request.inputs
+        )
+        return result
+
+    async def fill_mask(
+        self, model: ServedModel, request: FillMaskRequest
+    ) -> list[list[list[MaskFill]]]:
+        self._check_batch(len(request.inputs))
+        result: list[list[list[MaskFill]]] = await self._run(
+            model, Task.FILL_MASK, request, texts=list(request.inputs)
+        )
+        return result
+
+    async def question_answering(self, model: ServedModel, request: QARequest) -> list[QAAnswer]:
+        result: list[QAAnswer] = await self._run(
+            model,
+            Task.QUESTION_ANSWERING,
+            request,
+            texts=[request.question, request.context],
+        )
+        return result
 
     async def similarity(
         self,
@@ -220,13 +302,7 @@ class Runtime:
     ) -> npt.NDArray[np.float32]:
         """Cosine of ``source`` to each sentence (TEI ``/similarity``, HF
         sentence-similarity): normalized embeddings, one dot product each."""
-        limit = self.settings.max_client_batch_size
-        if len(sentences) > limit:
-            raise TooManyInputsError(
-                f"{len(sentences)} sentences > maximum allowed batch size {limit} "
-                "(--max-client-batch-size)",
-                param="inputs",
-            )
+        self._check_batch(len(sentences))
         request = EmbedRequest(
             inputs=[source, *sentences],
             truncate=truncate,

@@ -106,3 +106,13 @@ class EncoderRunner:
             for r, result in zip(rows, taken, strict=True):
                 results[r.row] = result
         return results
+
+
+class EncoderTask(Protocol):
+    """A task's two steps around the engine: ``prepare`` validates and tokenizes a
+    request into items (in a worker thread for big requests), ``finish`` turns the
+    items' results back into the task's answer (on the event loop)."""
+
+    def prepare(self, request: Any) -> list[EncoderItem]: ...
+
+    def finish(self, request: Any, items: Sequence[EncoderItem], results: list[Any]) -> Any: ...

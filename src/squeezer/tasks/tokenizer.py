@@ -190,6 +190,14 @@ class TextTokenizer:
             result.append(tokens)
         return result
 
+    def token_id(self, token: str) -> int | None:
+        """The id of a vocabulary entry (``[MASK]``, ``paris``), None when absent."""
+        return self._plain.token_to_id(token)
+
+    def pieces(self, text: str) -> list[int]:
+        """Ids of ``text`` without special tokens."""
+        return list(self._plain.encode(text, add_special_tokens=False).ids)
+
     def decode(self, ids_lists: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
         for i, ids in enumerate(ids_lists):
             if any((not isinstance(t, int)) or t < 0 or t >= self.vocab_size for t in ids):

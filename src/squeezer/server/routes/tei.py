@@ -1,5 +1,6 @@
-"""TEI 1.9's embedding routes: ``/embed``, ``/embed_all``, ``/similarity``, ``/tokenize``,
-``/decode``. They always use the default embedding model."""
+"""TEI 1.9's routes: ``/embed``, ``/embed_all``, ``/similarity``, ``/tokenize``,
+``/decode`` on the default embedding model, ``/predict`` on the default classifier and
+``/rerank`` on the default reranker. TEI serves one model; these routes name none."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from squeezer.errors import EmptyInputError, TooManyInputsError
+from squeezer.errors import EmptyInputError, InvalidRequestError, TooManyInputsError
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.routes import runtime_of
 from squeezer.server.schemas import tei
-from squeezer.tasks import EmbedRequest
+from squeezer.tasks import ClassifyRequest, EmbedRequest, RerankRequest
+from squeezer.types import Task
 
 router = APIRouter(tags=["TEI"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -149,3 +151,86 @@ async def decode(request: Request) -> Response:
         skip_special_tokens=body.skip_special_tokens,
     )
     return json_response(texts)
+
+
+def predict_inputs(inputs: tei.PredictInput) -> tuple[list[str | tuple[str, str]], bool]:
+    """TEI's predict inputs as a list, and whether they were a batch.
+
+    As TEI reads them: a string is one input, a list of two strings is ONE pair, and a
+    list of lists is a batch of texts ([text]) and pairs ([text, text_pair])."""
+    shape = (
+        "expected a string, a pair of strings [string, string] or a batch of mixed "
+        "strings and pairs [[string], [string, string], ...]"
+    )
+    if isinstance(inputs, str):
+        return [inputs], False
+    if inputs and all(isinstance(x, str) for x in inputs):
+        if len(inputs) > 2:
+            raise InvalidRequestError(
+                f"inputs: invalid length {len(inputs)}, {shape}", param="inputs"
+            )
+        flat = [str(x) for x in inputs]
+        return [flat[0] if len(flat) == 1 else (flat[0], flat[1])], False
+    batch: list[str | tuple[str, str]] = []
+    for x in inputs:
+        if not isinstance(x, list) or len(x) not in (1, 2):
+            raise InvalidRequestError(
+                f"inputs: invalid batch element {x!r}, {shape}", param="inputs"
+            )
+        batch.append(str(x[0]) if len(x) == 1 else (str(x[0]), str(x[1])))
+    if not batch:
+        raise InvalidRequestError(f"inputs: invalid length 0, {shape}", param="inputs")
+    return batch, True
+
+
+@router.post(
+    "/predict",
+    summary="Labels and scores of the default classifier, for texts and pairs",
+    openapi_extra=body_schema(tei.PredictRequest),
+    responses={200: {"model": list[tei.Prediction] | list[list[tei.Prediction]]}, **_ERRORS},
+)
+async def predict(request: Request) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, tei.PredictRequest)
+    inputs, is_batch = predict_inputs(body.inputs)
+    model = runtime.registry.default_for(Task.CLASSIFY)
+    # TEI's scores: softmax over several labels, sigmoid of a single one, whatever
+    # the config's problem_type says.
+    activation = "sigmoid" if len(model.info.labels) == 1 else "softmax"
+    req = ClassifyRequest(
+        inputs=inputs,
+        top_k=None,
+        function_to_apply="none" if body.raw_scores else activation,
+        truncate=bool(body.truncate),
+        truncation_direction=tei.direction(body.truncation_direction),
+    )
+    results = await runtime.classify(model, req)
+    return json_response(results if is_batch else results[0])
+
+
+@router.post(
+    "/rerank",
+    summary="Texts ranked by relevance to a query, by the default cross-encoder",
+    openapi_extra=body_schema(tei.RerankRequest),
+    responses={200: {"model": list[tei.Rank]}, **_ERRORS},
+)
+async def rerank(request: Request) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, tei.RerankRequest)
+    if not body.texts:
+        raise EmptyInputError("`texts` cannot be empty", param="texts")
+    req = RerankRequest(
+        query=body.query,
+        texts=body.texts,
+        raw_scores=body.raw_scores,
+        return_text=body.return_text,
+        truncate=bool(body.truncate),
+        truncation_direction=tei.direction(body.truncation_direction),
+    )
+    result = await runtime.rerank(runtime.registry.default_for(Task.RERANK), req)
+    return json_response(
+        [
+            {"index": h.index, "score": h.score, **({"text": h.text} if body.return_text else {})}
+            for h in result.hits
+        ]
+    )

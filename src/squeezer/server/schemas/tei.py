@@ -65,6 +65,37 @@ class DecodeRequest(_Request):
     skip_special_tokens: bool = True
 
 
+#: A text, a [text, text_pair] pair, or a batch of [text] and [text, text_pair] lists.
+PredictInput = str | list[str] | list[list[str]]
+
+
+class PredictRequest(_Request):
+    inputs: PredictInput
+    truncate: bool | None = False
+    truncation_direction: Direction = "Right"
+    raw_scores: bool = False
+
+
+class RerankRequest(_Request):
+    query: str
+    texts: list[str]
+    truncate: bool | None = False
+    truncation_direction: Direction = "Right"
+    raw_scores: bool = False
+    return_text: bool = False
+
+
+class Prediction(BaseModel):
+    score: float
+    label: str
+
+
+class Rank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
 class SimpleToken(BaseModel):
     id: int
     text: str

@@ -1,0 +1,265 @@
+"""Token classification against transformers' pipeline, on the tiny random NER model.
+
+The model is random, so its labels mean nothing; what is checked is that every
+strategy, window merge and word rule gives what the pipeline gives on the same logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from squeezer.backends.torch_backend import TorchBackend
+from squeezer.errors import EmptyInputError, InvalidRequestError
+from squeezer.models import read_folder
+from squeezer.tasks.encoder import EncoderRunner, Row
+from squeezer.tasks.token_classify import (
+    DEFAULT_AGGREGATION,
+    EntityGroup,
+    TokenClassifyRequest,
+    TokenClassifyTask,
+    TokenEntity,
+    TokenLogitsHead,
+)
+from squeezer.tasks.tokenizer import TextTokenizer
+from tests.tiny_models import corpus
+
+STRATEGIES = ("none", "simple", "first", "average", "max")
+#: Unknown characters, an added token inside the text, accents, punctuation.
+ODD = "Hello [MASK] wörld, café naïve ﬁsh 🙂 x-ray (re-run) U.S.A. isn't"
+
+
+def sentences() -> list[str]:
+    return [*corpus()[:8:2], ODD]
+
+
+def long_text() -> str:
+    return " ".join(corpus()[10:22])  # 444 tokens: four windows and more
+
+
+def _task(path: Path) -> TokenClassifyTask:
+    folder = read_folder(path)
+    return TokenClassifyTask(folder, TextTokenizer(folder.tokenizer_file, folder.max_input_length))
+
+
+def _pipeline(path: Path) -> Any:
+    import transformers
+
+    model = transformers.AutoModelForTokenClassification.from_pretrained(path).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    return transformers.pipeline("token-classification", model=model, tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def task(tiny_ner: Path) -> TokenClassifyTask:
+    return _task(tiny_ner)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_ner: Path) -> TorchBackend:
+    return TorchBackend(tiny_ner)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_ner: Path) -> Any:
+    return _pipeline(tiny_ner)
+
+
+def run(
+    task: TokenClassifyTask, backend: TorchBackend, request: TokenClassifyRequest
+) -> list[list[Any]]:
+    runner = EncoderRunner()
+    items = task.prepare(request)
+    results = runner.split(backend.forward(runner.collate(items), runner.outputs(items)), items)
+    return task.finish(request, items, results)
+
+
+def assert_same(ours: list[list[Any]], theirs: list[list[dict[str, Any]]], index: bool = True):
+    assert len(ours) == len(theirs)
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert [type(e) for e in mine] == [type(mine[0]) if mine else None] * len(mine)
+        got = [dataclasses.asdict(e) for e in mine]
+        assert [list(g) for g in got] == [list(r) for r in ref]  # same fields, same order
+        for g, r in zip(got, ref, strict=True):
+            assert isinstance(g["score"], float) and g["score"] == pytest.approx(
+                float(r.pop("score")), abs=1e-5
+            )
+            g.pop("score")
+            if not index:
+                g.pop("index", None), r.pop("index", None)
+            assert g == {k: (int(v) if k in ("start", "end", "index") else v) for k, v in r.items()}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("ignore", [None, [], ["PER", "B-LOC"]])
+def test_short_inputs_match_the_pipeline(
+    task: TokenClassifyTask,
+    backend: TorchBackend,
+    reference: Any,
+    strategy: str,
+    ignore: list[str] | None,
+) -> None:
+    texts = sentences()
+    ours = run(task, backend, TokenClassifyRequest(texts, strategy, ignore))
+    kwargs = {} if ignore is None else {"ignore_labels": ignore}
+    theirs = reference(texts, aggregation_strategy=strategy, **kwargs)
+    assert_same(ours, theirs)
+    found = [e for per_input in ours for e in per_input]
+    assert found, "a random model still tags something"
+    assert all(isinstance(e, TokenEntity if strategy == "none" else EntityGroup) for e in found)
+    labels = {e.entity if isinstance(e, TokenEntity) else e.entity_group for e in found}
+    assert not labels & set(["O"] if ignore is None else ignore)
+    if ignore == []:
+        tokens = sum(len(task.tokenizer._plain.encode(t).ids) - 2 for t in texts)
+        if strategy == "none":
+            assert len(found) == tokens
+        else:  # tokens were joined into words and groups, not passed through
+            assert len(found) < tokens
+
+
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
+@pytest.mark.parametrize("stride", [0, 17, 64])
+def test_long_input_matches_the_pipeline_with_stride(
+    task: TokenClassifyTask, backend: TorchBackend, reference: Any, strategy: str, stride: int
+) -> None:
+    text = long_text()
+    assert len(task.tokenizer._plain.encode(text).ids) > 3 * 128
+    for ignore in (None, []):
+        request = TokenClassifyRequest([text], strategy, ignore, stride=stride)
+        kwargs = {} if ignore is None else {"ignore_labels": ignore}
+        theirs = reference([text], aggregation_strategy=strategy, stride=stride, **kwargs)
+        assert_same(run(task, backend, request), theirs)
+
+
+def test_nothing_past_the_first_window_is_lost(
+    task: TokenClassifyTask, backend: TorchBackend, reference: Any
+) -> None:
+    text = long_text()
+    first_window = task.tokenizer.windows(text, stride=task.default_stride)[0]
+    assert first_window.offsets is not None
+    window_end = max(end for _, end in first_window.offsets)
+    ours = run(task, backend, TokenClassifyRequest([text], ignore_labels=[]))[0]
+    last_token_end = task.tokenizer._plain.encode(text).offsets[-2][1]
+    assert max(e.end for e in ours) == last_token_end > 3 * window_end
+    late = [e for e in run(task, backend, TokenClassifyRequest([text]))[0] if e.start > window_end]
+    assert late, "entities after the first window"
+    truncated = reference(text, aggregation_strategy=DEFAULT_AGGREGATION)
+    assert max(e["end"] for e in truncated) <= window_end  # the pipeline alone cuts
+    # Without a stride in the request the default one is used.
+    theirs = reference([text], aggregation_strategy="simple", stride=task.default_stride)
+    assert_same(run(task, backend, TokenClassifyRequest([text])), theirs)
+
+
+def test_strategy_none_windows_long_inputs_with_whole_text_indices(
+    task: TokenClassifyTask, backend: TorchBackend, reference: Any
+) -> None:
+    """The pipeline refuses stride with an explicit "none", yet windows and merges
+    tokens when stride comes without a strategy; that is what "none" does here, with
+    ``index`` counted in the whole input's tokens instead of in each window."""
+    text = long_text()
+    ours = run(task, backend, TokenClassifyRequest([text], "none", []))[0]
+    theirs = reference([text], stride=task.default_stride, ignore_labels=[])
+    assert_same([ours], theirs, index=False)
+    full = task.tokenizer._plain.encode(text)
+    assert len(ours) == len(full.ids) - 2  # every token once, overlaps merged
+    for e in ours:
+        assert tuple(full.offsets[e.index]) == (e.start, e.end)
+        assert full.tokens[e.index] == e.word or full.ids[e.index] == task._unk_id
+    assert [e.index for e in ours] == sorted({e.index for e in ours})
+
+
+def test_inputs_keep_their_order_and_windows(
+    task: TokenClassifyTask, backend: TorchBackend
+) -> None:
+    texts = [sentences()[0], long_text(), ODD, long_text()[:500]]
+    together = run(task, backend, TokenClassifyRequest(texts, "average", stride=40))
+    alone = [run(task, backend, TokenClassifyRequest([t], "average", stride=40))[0] for t in texts]
+    assert len(together) == len(texts)
+    for a, b in zip(together, alone, strict=True):
+        assert [(e.entity_group, e.start, e.end, e.word) for e in a] == [
+            (e.entity_group, e.start, e.end, e.word) for e in b
+        ]
+        assert np.allclose([e.score for e in a], [e.score for e in b], atol=1e-5)
+
+
+def test_tokenizer_without_subword_prefix_uses_the_fallback_heuristic(
+    tiny_ner: Path, tmp_path: Path, backend: TorchBackend
+) -> None:
+    """Without a continuing-subword prefix the pipeline guesses words from spaces."""
+    path = tmp_path / "no-prefix"
+    shutil.copytree(tiny_ner, path)
+    spec = json.loads((path / "tokenizer.json").read_text())
+    spec["model"]["continuing_subword_prefix"] = ""
+    (path / "tokenizer.json").write_text(json.dumps(spec))
+    task, reference = _task(path), _pipeline(path)
+    assert not task._subword_prefix
+    texts = sentences()
+    for strategy in ("simple", "first", "max"):
+        ours = run(task, backend, TokenClassifyRequest(texts, strategy, []))
+        with (
+            pytest.warns(UserWarning, match="fallback heuristic")
+            if strategy != "simple"
+            else (_no_warning())
+        ):
+            theirs = reference(texts, aggregation_strategy=strategy, ignore_labels=[])
+        assert_same(ours, theirs)
+
+
+class _no_warning:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_head_returns_each_rows_real_tokens_as_float32_copies() -> None:
+    logits = np.arange(2 * 5 * 3, dtype=np.float16).reshape(2, 5, 3)
+    dummy: Any = None
+    rows = [Row(dummy, 1, 4, slice(0, 0)), Row(dummy, 0, 2, slice(0, 0))]
+    taken = TokenLogitsHead().take({"logits": logits}, rows)
+    assert [t.shape for t in taken] == [(4, 3), (2, 3)]
+    assert all(t.dtype == np.float32 for t in taken)
+    assert np.array_equal(taken[0], logits[1, :4])
+    taken[0][:] = 0
+    assert logits[1, 0, 1] == 16
+
+
+def test_strategy_names_are_checked_and_case_blind(task: TokenClassifyTask) -> None:
+    with pytest.raises(InvalidRequestError, match="aggregation_strategy") as e:
+        task.prepare(TokenClassifyRequest(["x"], "longest"))
+    assert e.value.param == "aggregation_strategy"
+    assert len(task.prepare(TokenClassifyRequest(["Hello world"], "FIRST"))) == 1
+
+
+@pytest.mark.parametrize("stride", [-1, 126, 1000])
+def test_stride_out_of_range_is_refused(task: TokenClassifyTask, stride: int) -> None:
+    with pytest.raises(InvalidRequestError, match="stride") as e:
+        task.prepare(TokenClassifyRequest(["Hello world"], stride=stride))
+    assert e.value.param == "stride"
+
+
+def test_stride_with_strategy_none_is_refused_like_the_pipeline(
+    task: TokenClassifyTask, reference: Any
+) -> None:
+    with pytest.raises(InvalidRequestError, match="none") as e:
+        task.prepare(TokenClassifyRequest(["Hello world"], "none", stride=10))
+    assert e.value.param == "stride"
+    with pytest.raises(ValueError, match="stride"):
+        reference("Hello world", aggregation_strategy="none", stride=10)
+
+
+def test_largest_stride_and_empty_inputs(task: TokenClassifyTask) -> None:
+    assert task.default_stride == 128 // 4
+    windows = task.prepare(TokenClassifyRequest([long_text()[:700]], stride=125))
+    assert len(windows) > 1 and all(w.num_tokens <= 128 for w in windows)
+    with pytest.raises(EmptyInputError):
+        task.prepare(TokenClassifyRequest([]))
+    with pytest.raises(EmptyInputError):
+        task.prepare(TokenClassifyRequest(["ok", ""]))

@@ -79,6 +79,7 @@ def build_bert(
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=128,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],  # as BERT's
     )
     fast.save_pretrained(path)
     torch.manual_seed(seed)

@@ -190,7 +190,7 @@ def test_a_long_context_is_read_in_overlapping_windows(
     )
 
 
-@pytest.mark.parametrize("top_k", [1, 3, 10_000])
+@pytest.mark.parametrize("top_k", [1, 3])
 def test_the_impossible_answer_competes_when_asked_for(
     task: QATask, backend: TorchBackend, reference_model: tuple[Any, Any], top_k: int
 ) -> None:
@@ -198,7 +198,6 @@ def test_the_impossible_answer_competes_when_asked_for(
         request = QARequest(
             QUESTIONS[1], context, top_k=top_k, doc_stride=stride, handle_impossible_answer=True
         )
-        got = answer(task, backend, request)
         want = reference(
             reference_model,
             QUESTIONS[1],
@@ -207,12 +206,34 @@ def test_the_impossible_answer_competes_when_asked_for(
             doc_stride=stride,
             handle_impossible_answer=True,
         )
-        assert_same(got, want)
-        if top_k > 100:  # every answer is returned, the null one included
-            null = [a for a in got if a.answer == ""]
-            assert len(null) == 1 and (null[0].start, null[0].end) == (0, 0)
-    plain = answer(task, backend, QARequest(QUESTIONS[1], SHORT[1], top_k=10_000))
-    assert len(plain) > 100 and all(a.answer for a in plain)
+        assert_same(answer(task, backend, request), want)
+
+
+def test_every_answer_when_top_k_exceeds_them(
+    task: QATask, backend: TorchBackend, reference_model: tuple[Any, Any]
+) -> None:
+    """All candidates come back, merged by text, the null one once; compared by text
+    because the order deep in the tail rests on float noise."""
+    for impossible in (True, False):
+        request = QARequest(
+            QUESTIONS[1], SHORT[1], top_k=10_000, handle_impossible_answer=impossible
+        )
+        got = answer(task, backend, request)
+        want = reference(
+            reference_model,
+            QUESTIONS[1],
+            SHORT[1],
+            top_k=10_000,
+            handle_impossible_answer=impossible,
+        )
+        assert len(got) == len(want) > 100
+        assert [a.score for a in got] == sorted((a.score for a in got), reverse=True)
+        expected = {w[3].lower(): w for w in want}
+        for a in got:
+            score, start, end, text = expected[a.answer.lower()]
+            assert (a.start, a.end, a.answer) == (start, end, text)
+            assert a.score == pytest.approx(score, rel=1e-4, abs=1e-9)
+        assert sum(a.answer == "" for a in got) == impossible
 
 
 def test_aligned_answers_hold_whole_words(task: QATask, backend: TorchBackend) -> None:
@@ -253,6 +274,10 @@ def test_the_question_is_cut_and_the_default_stride_makes_room(
 
     items, got = run(task, backend, QARequest(long_question, LONG))
     assert all(question_tokens(it) == 64 for it in items) and len(items) > 1
+    # 128 - 3 special - 64 question tokens leave 61 for the context, less than the
+    # default stride of 64: windows then share half of those 61 tokens.
+    shared = [it.tokens.ids[it.tokens.sequence_ids.index(1) :][:-1] for it in items]
+    assert shared[0][-30:].tolist() == shared[1][:30].tolist() and len(shared[0]) == 61
     assert len(got) == 1 and got[0].answer == LONG[got[0].start : got[0].end]
     short = task.prepare(QARequest(long_question, SHORT[0], max_question_len=5))
     assert question_tokens(short[0]) == 5

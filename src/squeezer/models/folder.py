@@ -57,6 +57,9 @@ class ModelFolder:
     default_prompt_name: str | None = None
     #: True when sentence-transformers' pipeline ends with a Normalize module.
     st_normalize: bool = False
+    #: False when the tokenizer config leaves ``token_type_ids`` out of the model's
+    #: inputs (``transformers`` then never passes them: they are all zero).
+    token_type_ids: bool = True
     #: True for a sentence-transformers folder (``modules.json``): made to embed.
     sentence_transformers: bool = False
     #: Special tokens by role (``mask_token``, ``pad_token``, ...) from the tokenizer
@@ -195,6 +198,12 @@ def _special_tokens(path: Path) -> dict[str, str]:
     return roles
 
 
+def _takes_token_types(path: Path) -> bool:
+    cfg = _read_json(path / "tokenizer_config.json")
+    names = cfg.get("model_input_names") if isinstance(cfg, dict) else None
+    return not isinstance(names, list) or "token_type_ids" in names
+
+
 def read_folder(
     path: Path, *, pooling: str | None = None, max_input_length: int | None = None
 ) -> ModelFolder:
@@ -221,4 +230,5 @@ def read_folder(
         st_normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),
         special_tokens=_special_tokens(path),
         sentence_transformers=bool(modules),
+        token_type_ids=_takes_token_types(path),
     )

@@ -102,7 +102,10 @@ class Runtime:
             self.engine.add_model(
                 served.name,
                 backend,
-                EncoderRunner(int(served.folder.config.get("pad_token_id") or 0)),
+                EncoderRunner(
+                    int(served.folder.config.get("pad_token_id") or 0),
+                    token_type_ids=served.folder.token_type_ids,
+                ),
                 device=served.info.device,
                 max_batch_tokens=spec.max_batch_tokens,
                 max_batch_requests=spec.max_batch_requests,

@@ -65,8 +65,10 @@ class Row:
 class EncoderRunner:
     """The engine's ``BatchRunner`` for encoder models: pad, mask, split by head."""
 
-    def __init__(self, pad_id: int = 0) -> None:
+    def __init__(self, pad_id: int = 0, *, token_type_ids: bool = True) -> None:
         self.pad_id = pad_id
+        #: False for models whose tokenizer gives no type ids (all zero then).
+        self.token_type_ids = token_type_ids
 
     def outputs(self, items: Sequence[EncoderItem]) -> tuple[str, ...]:
         wanted: dict[str, None] = {}
@@ -83,7 +85,7 @@ class EncoderRunner:
         for row, (it, n) in enumerate(zip(items, lengths, strict=True)):
             ids[row, :n] = it.tokens.ids
             mask[row, :n] = 1
-            if it.tokens.type_ids is not None:
+            if self.token_type_ids and it.tokens.type_ids is not None:
                 type_ids[row, :n] = it.tokens.type_ids
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
         positions = [(row, p) for row, it in enumerate(items) for p in it.positions]

@@ -76,7 +76,7 @@ class FillMaskTask:
                 pieces = self.tokenizer.pieces(target) if target else []
                 if len(pieces) != 1:
                     raise InvalidRequestError(
-                        f"target {target!r} is {len(pieces)} tokens for this model; "
+                        f"targets: {target!r} is {len(pieces)} tokens for this model; "
                         "fill-mask fills exactly one token per mask",
                         param="targets",
                     )

@@ -20,8 +20,8 @@ v4.57; transformers 5 removed the pipeline), so answers, scores and ties agree w
   Answers are sorted by score and cut to ``top_k``.
 
 Deviations, all where transformers fails or returns filler: a ``doc_stride`` left to
-its default is lowered when a long question leaves less room than it (transformers
-crashes in the tokenizer); spans touching CLS are never returned (transformers returns
+its default becomes half the room a long question leaves the context when the default
+would not fit (transformers crashes in the tokenizer); spans touching CLS are never returned (transformers returns
 such zero-score spans only when a window has fewer spans than it keeps); the question
 is cut to ``max_question_len`` tokens, as the pipeline documents (its fast path ignored
 the parameter).
@@ -130,7 +130,9 @@ class QATask:
         question, room = self._question(request, max_seq_len)
         stride = request.doc_stride
         if stride is None:
-            stride = max(0, min(max_seq_len // 2, DEFAULT_MAX_STRIDE, room - 1))
+            stride = min(max_seq_len // 2, DEFAULT_MAX_STRIDE)
+            if stride >= room:  # transformers fails here; overlap half the room instead
+                stride = room // 2
         elif not 0 <= stride <= max_seq_len:
             raise InvalidRequestError(
                 f"doc_stride must be between 0 and max_seq_len ({max_seq_len})",

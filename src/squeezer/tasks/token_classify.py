@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -239,9 +240,9 @@ class TokenClassifyTask:
             covered = np.minimum(ends, len(text)) - np.minimum(starts, len(text))
             subword = lengths != covered
         else:
-            # Fallback: a token is a sub-word when neither it nor the character before
-            # it starts with a space (the pipeline's heuristic for tokenizers without
-            # a continuing-subword prefix).
+            # The pipeline's fallback without a prefix: a token that neither starts the
+            # text nor touches a space (its first character or the one before it)
+            # continues a word. Wrong on punctuation; the pipeline has nothing better.
             space = np.fromiter((c == " " for c in text), np.bool_, len(text))
             space = np.append(space, False)
             before = np.clip(starts - 1, 0, len(text))
@@ -283,7 +284,7 @@ class TokenClassifyTask:
             mean = _nanmean_at(t.probs, heads)
             best = mean.argmax(axis=-1)
             score = mean[np.arange(heads.size), best]
-        words = [self._decode(t.words[a:z]) for a, z in zip(bounds, bounds[1:], strict=False)]
+        words = [self._decode(t.words[a:z]) for a, z in pairwise(bounds)]
         ends = t.ends[np.asarray(bounds[1:]) - 1]
         return self._group(best, score.astype(np.float64), words, t.starts[heads], ends, ignore)
 
@@ -304,7 +305,7 @@ class TokenClassifyTask:
         means = _nanmean_at(score, heads)
         bounds = [*heads.tolist(), len(words)]
         groups: list[Entity] = []
-        for g, (a, z) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        for g, (a, z) in enumerate(pairwise(bounds)):
             name = self._group_names[best[a]]
             if name not in ignore:
                 word = self._decode(words[a:z])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -13,7 +15,7 @@ from squeezer.server.jsonio import json_response
 from squeezer.server.routes import runtime_of
 from squeezer.server.runtime import Phase
 from squeezer.server.schemas import tei
-from squeezer.types import Task
+from squeezer.types import ModelInfo, Task
 
 router = APIRouter(tags=["Admin"])
 
@@ -39,6 +41,17 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _model_type(info: ModelInfo) -> dict[str, Any]:
+    """TEI's ``model_type``: what the model is, as TEI tells classifiers apart."""
+    if info.tasks[0] is Task.EMBED or not info.labels:
+        return {"embedding": {"pooling": info.pooling or "mean"}}
+    labels = {
+        "id2label": {str(i): name for i, name in enumerate(info.labels)},
+        "label2id": {name: i for i, name in enumerate(info.labels)},
+    }
+    return {"reranker" if Task.RERANK in info.tasks else "classifier": labels}
+
+
 @router.get(
     "/info",
     summary="TEI's Info for the default model, plus every served model",
@@ -49,13 +62,16 @@ async def info(request: Request) -> Response:
     s = runtime.settings
     if len(runtime.registry) == 0:
         raise UnavailableError("models are still loading")
-    default = runtime.registry.default_for(Task.EMBED).info
+    served = runtime.registry
+    default = (
+        served.default_for(Task.EMBED) if served.serving(Task.EMBED) else served.get(None)
+    ).info
     return json_response(
         {
             "model_id": default.name,
             "model_sha": default.content_hash,
             "model_dtype": default.dtype,
-            "model_type": {"embedding": {"pooling": default.pooling or "mean"}},
+            "model_type": _model_type(default),
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_input_length": default.max_input_length,
             "max_batch_tokens": s.max_batch_tokens,

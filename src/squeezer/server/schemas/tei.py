@@ -113,6 +113,11 @@ class EmbeddingModelType(BaseModel):
     pooling: str
 
 
+class ClassifierModelType(BaseModel):
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+
 class ServedModelInfo(BaseModel):
     name: str
     tasks: list[str]
@@ -130,7 +135,8 @@ class Info(BaseModel):
     model_id: str
     model_sha: str | None
     model_dtype: str
-    model_type: dict[str, EmbeddingModelType]
+    #: ``{"embedding": ...}``, ``{"classifier": ...}`` or ``{"reranker": ...}``.
+    model_type: dict[str, EmbeddingModelType | ClassifierModelType]
     max_concurrent_requests: int
     max_input_length: int
     max_batch_tokens: int

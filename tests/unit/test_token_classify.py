@@ -72,13 +72,56 @@ def reference(tiny_ner: Path) -> Any:
     return _pipeline(tiny_ner)
 
 
+def forward(backend: TorchBackend, items: list[Any]) -> list[Any]:
+    runner = EncoderRunner()
+    return runner.split(backend.forward(runner.collate(items), runner.outputs(items)), items)
+
+
 def run(
     task: TokenClassifyTask, backend: TorchBackend, request: TokenClassifyRequest
 ) -> list[list[Any]]:
-    runner = EncoderRunner()
+    """The whole path, as the engine takes it: prepare, batch, forward, split, finish."""
     items = task.prepare(request)
-    results = runner.split(backend.forward(runner.collate(items), runner.outputs(items)), items)
-    return task.finish(request, items, results)
+    return task.finish(request, items, forward(backend, items))
+
+
+class Both:
+    """Our task and the pipeline on the same inputs, each model run once per input set
+    and stride: strategies and ignore_labels only re-read the same logits."""
+
+    def __init__(self, task: TokenClassifyTask, backend: TorchBackend, pipe: Any) -> None:
+        self.task, self.backend, self.pipe = task, backend, pipe
+        self._ours: dict[Any, Any] = {}
+        self._theirs: dict[Any, Any] = {}
+
+    def ours(
+        self, texts: list[str], strategy: str, ignore: list[str] | None, stride: int | None = None
+    ) -> list[list[Any]]:
+        key = (tuple(texts), stride)
+        if key not in self._ours:
+            items = self.task.prepare(TokenClassifyRequest(texts, stride=stride))
+            self._ours[key] = items, forward(self.backend, items)
+        items, results = self._ours[key]
+        return self.task.finish(TokenClassifyRequest(texts, strategy, ignore), items, results)
+
+    def theirs(
+        self, texts: list[str], strategy: str, ignore: list[str] | None, stride: int | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """The pipeline's own preprocess, forward and postprocess (what its __call__
+        chains), with the forward passes cached."""
+        pipe, key = self.pipe, (tuple(texts), stride)
+        if key not in self._theirs:
+            pre = pipe._sanitize_parameters(stride=stride)[0]
+            self._theirs[key] = [
+                [pipe.forward(x) for x in pipe.preprocess(t, **pre)] for t in texts
+            ]
+        post = pipe._sanitize_parameters(aggregation_strategy=strategy, ignore_labels=ignore)[2]
+        return [pipe.postprocess(outputs, **post) for outputs in self._theirs[key]]
+
+
+@pytest.fixture(scope="module")
+def both(task: TokenClassifyTask, backend: TorchBackend, reference: Any) -> Both:
+    return Both(task, backend, reference)
 
 
 def assert_same(
@@ -103,17 +146,11 @@ def assert_same(
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("ignore", [None, [], ["PER", "B-LOC"]])
 def test_short_inputs_match_the_pipeline(
-    task: TokenClassifyTask,
-    backend: TorchBackend,
-    reference: Any,
-    strategy: str,
-    ignore: list[str] | None,
+    both: Both, task: TokenClassifyTask, strategy: str, ignore: list[str] | None
 ) -> None:
     texts = sentences()
-    ours = run(task, backend, TokenClassifyRequest(texts, strategy, ignore))
-    kwargs = {} if ignore is None else {"ignore_labels": ignore}
-    theirs = reference(texts, aggregation_strategy=strategy, batch_size=8, **kwargs)
-    assert_same(ours, theirs)
+    ours = both.ours(texts, strategy, ignore)
+    assert_same(ours, both.theirs(texts, strategy, ignore))
     found = [e for per_input in ours for e in per_input]
     assert found, "a random model still tags something"
     assert all(isinstance(e, TokenEntity if strategy == "none" else EntityGroup) for e in found)
@@ -130,16 +167,14 @@ def test_short_inputs_match_the_pipeline(
 @pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
 @pytest.mark.parametrize("stride", [0, 17, 64])
 def test_long_input_matches_the_pipeline_with_stride(
-    task: TokenClassifyTask, backend: TorchBackend, reference: Any, strategy: str, stride: int
+    both: Both, task: TokenClassifyTask, strategy: str, stride: int
 ) -> None:
     text = long_text()
     assert len(task.tokenizer._plain.encode(text).ids) > 3 * 128
-    ignore = [] if stride == 17 else ["O"]
-    request = TokenClassifyRequest([text], strategy, ignore, stride=stride)
-    theirs = reference(
-        [text], aggregation_strategy=strategy, stride=stride, ignore_labels=ignore, batch_size=32
-    )
-    assert_same(run(task, backend, request), theirs)
+    ignores: list[list[str] | None] = [None, []]
+    for ignore in ignores:
+        ours = both.ours([text], strategy, ignore, stride)
+        assert_same(ours, both.theirs([text], strategy, ignore, stride))
 
 
 def test_nothing_past_the_first_window_is_lost(
@@ -156,23 +191,23 @@ def test_nothing_past_the_first_window_is_lost(
     assert late, "entities after the first window"
     truncated = reference(text, aggregation_strategy=DEFAULT_AGGREGATION)
     assert max(e["end"] for e in truncated) <= window_end  # the pipeline alone cuts
-    # Without a stride in the request the default one is used.
-    theirs = reference(
-        [text], aggregation_strategy="simple", stride=task.default_stride, batch_size=32
-    )
+    # Without a stride in the request the default one is used (the pipeline whole).
+    theirs = reference([text], aggregation_strategy="simple", stride=task.default_stride)
     assert_same(run(task, backend, TokenClassifyRequest([text])), theirs)
 
 
 def test_strategy_none_windows_long_inputs_with_whole_text_indices(
-    task: TokenClassifyTask, backend: TorchBackend, reference: Any
+    task: TokenClassifyTask, backend: TorchBackend, reference: Any, both: Both
 ) -> None:
     """The pipeline refuses stride with an explicit "none", yet windows and merges
     tokens when stride comes without a strategy; that is what "none" does here, with
     ``index`` counted in the whole input's tokens instead of in each window."""
     text = long_text()
     ours = run(task, backend, TokenClassifyRequest([text], "none", []))[0]
-    theirs = reference([text], stride=task.default_stride, ignore_labels=[], batch_size=32)
+    theirs = reference([text], stride=task.default_stride, ignore_labels=[])
     assert_same([ours], theirs, index=False)
+    default = [e for e in ours if e.entity != "O"]
+    assert_same([default], both.theirs([text], "none", None, task.default_stride), index=False)
     full = task.tokenizer._plain.encode(text)
     assert len(ours) == len(full.ids) - 2  # every token once, overlaps merged
     for e in ours:
@@ -211,7 +246,7 @@ def test_tokenizer_without_subword_prefix_uses_the_fallback_heuristic(
         ours = run(task, backend, TokenClassifyRequest(texts, strategy, []))
         warns = strategy != "simple"
         with pytest.warns(UserWarning, match="fallback") if warns else contextlib.nullcontext():
-            theirs = reference(texts, aggregation_strategy=strategy, ignore_labels=[], batch_size=8)
+            theirs = reference(texts, aggregation_strategy=strategy, ignore_labels=[])
         assert_same(ours, theirs)
 
 

@@ -256,6 +256,10 @@ async def _run(
     body = await read_json(request, hf.InferenceRequest)
     if pipeline is None:
         task = model.main_task
+        # An NLI model classifies, unless the body is zero-shot-shaped (the client
+        # sends no task; the parameters say it).
+        if Task.ZERO_SHOT in model.info.tasks and "candidate_labels" in (body.parameters or {}):
+            task = Task.ZERO_SHOT
     else:
         task = _pipeline_task(pipeline)
         runtime.registry.check(model, task)

@@ -11,6 +11,7 @@ CLS "no answer" added last.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def answer(task: QATask, backend: TorchBackend, request: QARequest) -> list[QAAn
 def run(
     task: QATask, backend: TorchBackend, request: QARequest
 ) -> tuple[list[EncoderItem], list[QAAnswer]]:
-    runner = EncoderRunner()
+    runner = EncoderRunner(token_type_ids=task.folder.token_type_ids)
     items = task.prepare(request)
     outputs = backend.forward(runner.collate(items), runner.outputs(items))
     return items, task.finish(request, items, runner.split(outputs, items))
@@ -103,11 +104,8 @@ def reference(
     null = 1_000_000.0
     for i, ids in enumerate(enc["input_ids"]):
         seq = enc.sequence_ids(i)
-        with torch.inference_mode():
-            out = model(
-                input_ids=torch.tensor([ids]),
-                token_type_ids=torch.tensor([enc["token_type_ids"][i]]),
-            )
+        with torch.inference_mode():  # the pipeline fed the inputs its tokenizer names
+            out = model(**{k: torch.tensor([enc[k][i]]) for k in tok.model_input_names})
         allowed = [j for j, s in enumerate(seq) if s == 1 or ids[j] == tok.cls_token_id]
         p_start = _probabilities(out.start_logits[0].double().numpy(), allowed)
         p_end = _probabilities(out.end_logits[0].double().numpy(), allowed)
@@ -260,14 +258,19 @@ def test_windows_carry_their_logits_and_character_spans(
         assert (item.first, item.stop) == (context[0], context[-1] + 1)
         assert item.chars.tolist() == [list(o) for o in item.tokens.offsets[item.first : item.stop]]
     shared = [w.tokens.ids[w.first : w.stop] for w in items if isinstance(w, QAWindow)]
-    for left, right in zip(shared, shared[1:], strict=False):
+    for left, right in itertools.pairwise(shared):
         assert left[-20:].tolist() == right[:20].tolist()
 
 
-def test_the_question_is_cut_and_the_default_stride_makes_room(
+def test_a_long_question_is_refused_not_cut_and_the_default_stride_makes_room(
     task: QATask, backend: TorchBackend
 ) -> None:
-    long_question = " ".join(SENTENCES[30:36])  # well over 64 tokens
+    too_long = " ".join(SENTENCES[30:36])  # well over 64 tokens
+    with pytest.raises(InvalidRequestError) as e:
+        task.prepare(QARequest(too_long, LONG))
+    assert e.value.param == "max_question_len"
+    offsets = task.tokenizer._plain.encode(too_long, add_special_tokens=False).offsets
+    long_question = too_long[: offsets[63][1]]  # exactly 64 tokens
 
     def question_tokens(item: EncoderItem) -> int:
         return sum(s == 0 for s in item.tokens.sequence_ids or [])
@@ -276,11 +279,14 @@ def test_the_question_is_cut_and_the_default_stride_makes_room(
     assert all(question_tokens(it) == 64 for it in items) and len(items) > 1
     # 128 - 3 special - 64 question tokens leave 61 for the context, less than the
     # default stride of 64: windows then share half of those 61 tokens.
-    shared = [it.tokens.ids[it.tokens.sequence_ids.index(1) :][:-1] for it in items]
-    assert shared[0][-30:].tolist() == shared[1][:30].tolist() and len(shared[0]) == 61
+    first, second = (it for it in items[:2] if isinstance(it, QAWindow))
+    assert first.stop - first.first == 61
+    assert first.tokens.ids[first.stop - 30 : first.stop].tolist() == (
+        second.tokens.ids[second.first : second.first + 30].tolist()
+    )
     assert len(got) == 1 and got[0].answer == LONG[got[0].start : got[0].end]
-    short = task.prepare(QARequest(long_question, SHORT[0], max_question_len=5))
-    assert question_tokens(short[0]) == 5
+    with pytest.raises(InvalidRequestError, match="max_question_len 5"):
+        task.prepare(QARequest(long_question, SHORT[0], max_question_len=5))
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,12 @@ v4.57; transformers 5 removed the pipeline), so answers, scores and ties agree w
 
 Deviations, all where transformers fails or returns filler: a ``doc_stride`` left to
 its default becomes half the room a long question leaves the context when the default
-would not fit (transformers crashes in the tokenizer); spans touching CLS are never returned (transformers returns
-such zero-score spans only when a window has fewer spans than it keeps); the question
-is cut to ``max_question_len`` tokens, as the pipeline documents (its fast path ignored
-the parameter).
+would not fit (transformers crashes in the tokenizer); spans touching CLS are never
+returned (transformers returns such zero-score spans only when a window has fewer
+spans than it keeps); a question over ``max_question_len`` tokens is refused (the
+pipeline documents a cut; its fast path ignored the parameter; squeezer never shortens
+what a user sent unasked). The question always comes
+first (transformers puts it second for tokenizers that pad on the left).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class QARequest:
     #: Tokens per window, question and special tokens included; None is
     #: ``min(model max, 384)``.
     max_seq_len: int | None = None
-    #: The question is cut to this many tokens.
+    #: Longest question accepted, in tokens (longer ones are refused, not cut).
     max_question_len: int = 64
     #: Also offer "no answer" (``""`` at 0..0), scored by the CLS token.
     handle_impossible_answer: bool = False
@@ -138,7 +140,6 @@ class QATask:
                 f"doc_stride must be between 0 and max_seq_len ({max_seq_len})",
                 param="doc_stride",
             )
-        context_words = self._char_words(request.context)
         try:
             windows = self.tokenizer.windows(
                 question, request.context, stride=stride, max_length=max_seq_len
@@ -152,7 +153,10 @@ class QATask:
                 f"{room}",
                 param="doc_stride",
             ) from e
-        return [self._window(w, context_words, request.align_to_words) for w in windows]
+        if 1 not in (windows[0].sequence_ids or ()):
+            raise EmptyInputError("context has no tokens", param="context")
+        words = self._char_words(request.context) if request.align_to_words else None
+        return [self._window(w, words) for w in windows]
 
     def finish(
         self, request: QARequest, items: Sequence[EncoderItem], results: list[Any]
@@ -201,19 +205,23 @@ class QATask:
         return request.max_seq_len
 
     def _question(self, request: QARequest, max_seq_len: int) -> tuple[str, int]:
-        """The question cut to ``max_question_len`` tokens, and the room it leaves."""
+        """The question, refused beyond ``max_question_len`` tokens (never cut: what a
+        user asked is not silently shortened), and the room it leaves the context."""
         question = request.question
         plain = self.tokenizer._plain
         enc = plain.encode(question, add_special_tokens=False)
         if len(enc.ids) > request.max_question_len:
-            question = question[: enc.offsets[request.max_question_len - 1][1]]
-            enc = plain.encode(question, add_special_tokens=False)
+            raise InvalidRequestError(
+                f"the question has {len(enc.ids)} tokens > max_question_len "
+                f"{request.max_question_len}; shorten it or raise max_question_len",
+                param="max_question_len",
+            )
         room = max_seq_len - self._pair_specials - len(enc.ids)
         if room < 1:
             raise InvalidRequestError(
                 f"the question has {len(enc.ids)} tokens, which leaves no room for the "
-                f"context in windows of {max_seq_len} tokens: shorten the question, lower "
-                "max_question_len or raise max_seq_len",
+                f"context in windows of {max_seq_len} tokens: shorten the question or raise "
+                "max_seq_len",
                 param="question",
             )
         return question, room
@@ -222,15 +230,13 @@ class QATask:
         """Word index of every character of the context (-1 between words), from the
         pre-tokenizer's words: what ``align_to_words`` widens answers to."""
         enc = self.tokenizer._plain.encode(context, add_special_tokens=False)
-        if not enc.ids:
-            raise EmptyInputError("context has no tokens", param="context")
         words = np.full(len(context) + 1, -1, dtype=np.int64)
         for word, (begin, end) in zip(enc.word_ids, enc.offsets, strict=True):
             if word is not None:
                 words[begin:end] = word
         return words
 
-    def _window(self, tokens: TokenizedInput, char_words: IntArray, align: bool) -> QAWindow:
+    def _window(self, tokens: TokenizedInput, char_words: IntArray | None) -> QAWindow:
         assert tokens.sequence_ids is not None and tokens.offsets is not None
         in_context = np.array([s == 1 for s in tokens.sequence_ids], dtype=np.bool_)
         scored = in_context.copy()
@@ -239,7 +245,7 @@ class QATask:
         where = np.flatnonzero(in_context)
         first, stop = (int(where[0]), int(where[-1]) + 1) if where.size else (0, 0)
         spans = np.asarray(tokens.offsets[first:stop], dtype=np.int64).reshape(-1, 2)
-        if align and spans.size:
+        if char_words is not None and spans.size:
             spans = _word_spans(spans, char_words)
         return QAWindow(tokens, self.head, first=first, stop=stop, scored=scored, chars=spans)
 

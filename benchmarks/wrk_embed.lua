@@ -8,7 +8,7 @@
 --
 -- Why a response() callback: wrk's own summary counts only status >= 400 and would count a
 -- 200 carrying garbage as a success. We count anything outside 2xx, and 2xx bodies that do not
--- look like TEI's `[[floats]]`.
+-- look like a JSON array (TEI's `[[floats]]`, `/predict`'s `[{label, score}]`).
 --
 -- done() prints one line `WRK_JSON {...}` (latencies in microseconds) that the driver parses;
 -- this is sturdier than parsing wrk's human-readable text.
@@ -52,7 +52,7 @@ end
 function response(status, headers, body)
    if status < 200 or status >= 300 then
       non2xx = non2xx + 1
-   elseif body == nil or body:sub(1, 2) ~= "[[" then
+   elseif body == nil or body:sub(1, 1) ~= "[" then
       malformed = malformed + 1
    end
 end

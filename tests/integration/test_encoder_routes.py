@@ -127,9 +127,7 @@ def test_tei_routes_answer_424_without_a_model_for_the_task(client: TestClient) 
     assert r.status_code == 424 and "rerank" in r.json()["error"]
 
 
-def test_hf_text_classification(
-    heads: TestClient, tiny_classifier: Path, tiny_nli: Path
-) -> None:
+def test_hf_text_classification(heads: TestClient, tiny_classifier: Path, tiny_nli: Path) -> None:
     ref = pipeline("text-classification", model=str(tiny_classifier), device="cpu")
     out = heads.post("/models/sentiment", json={"inputs": TEXTS[0]}).json()
     assert len(out) == 1 and _labels(out[0]) == _labels(ref(TEXTS[0], top_k=None))

@@ -103,9 +103,7 @@ def test_rerank_scores_are_the_cross_encoder_sigmoid_best_first(tiny_reranker: P
     tok = AutoTokenizer.from_pretrained(tiny_reranker)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reranker).eval()
     with torch.no_grad():
-        logits = [
-            model(**tok(query, t, return_tensors="pt")).logits[0, 0].item() for t in TEXTS
-        ]
+        logits = [model(**tok(query, t, return_tensors="pt")).logits[0, 0].item() for t in TEXTS]
     want = 1 / (1 + np.exp(-np.asarray(logits)))
     assert [h.index for h in result.hits] == list(np.argsort(-want, kind="stable"))
     assert np.allclose([h.score for h in result.hits], np.sort(want)[::-1], atol=TOL)

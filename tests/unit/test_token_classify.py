@@ -27,6 +27,7 @@ from squeezer.tasks.token_classify import (
     TokenClassifyTask,
     TokenEntity,
     TokenLogitsHead,
+    _merge_overlapping,
 )
 from squeezer.tasks.tokenizer import TextTokenizer
 from tests.tiny_models import corpus
@@ -248,6 +249,27 @@ def test_tokenizer_without_subword_prefix_uses_the_fallback_heuristic(
         with pytest.warns(UserWarning, match="fallback") if warns else contextlib.nullcontext():
             theirs = reference(texts, aggregation_strategy=strategy, ignore_labels=[])
         assert_same(ours, theirs)
+
+
+def test_overlapping_entities_keep_the_longer_then_the_surer_then_the_first() -> None:
+    def group(score: float, start: int, end: int, word: str = "w") -> EntityGroup:
+        return EntityGroup("PER", score, word, start, end)
+
+    merged = _merge_overlapping(
+        [
+            group(0.5, 0, 4, "first"),
+            group(0.9, 10, 14),
+            group(0.5, 0, 4, "tie"),  # same span, same score: the earlier window's stays
+            group(0.6, 10, 14, "less sure"),
+            group(0.1, 12, 20, "longer"),  # starts inside and is longer: replaces
+            group(0.7, 30, 32),
+        ]
+    )
+    assert [(e.word, e.start, e.end) for e in merged] == [
+        ("first", 0, 4),
+        ("longer", 12, 20),
+        ("w", 30, 32),
+    ]
 
 
 def test_head_returns_each_rows_real_tokens_as_float32_copies() -> None:

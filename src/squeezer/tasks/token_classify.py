@@ -29,7 +29,7 @@ from squeezer.models import ModelFolder
 from squeezer.tasks.classify import FloatArray, label_names, softmax
 from squeezer.tasks.encoder import EncoderItem, Row
 from squeezer.tasks.tokenizer import TextTokenizer
-from squeezer.types import NamedArrays
+from squeezer.types import NamedArrays, TokenizedInput
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -94,26 +94,22 @@ class TokenLogitsHead:
         return [np.array(logits[r.row, : r.length], dtype=np.float32) for r in batch]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class TokenWindow(EncoderItem):
-    """A window of one input; ``finish`` needs to know whose and where it starts."""
+    """A window of one input with its tokens read as the pipeline's "pre-entities",
+    all computed in ``prepare`` so that ``finish``, on the event loop, only adds what
+    the logits say."""
 
-    input_index: int = 0
-    #: Content tokens of the input before this window's first one.
-    shift: int = 0
-
-
-@dataclass(slots=True)
-class _Tokens:
-    """A window's non-special tokens: the pipeline's "pre-entities", as arrays."""
-
-    probs: FloatArray  # (n, labels)
-    best: IntArray
-    top: FloatArray
-    index: IntArray
+    input_index: int
+    #: Positions of the text's tokens in the window (special tokens left out).
+    content: IntArray
+    #: Added to ``content`` gives a token's position in the whole input's tokens.
+    shift: int
+    #: Vocabulary strings (for an unknown token, the text it covers).
     words: list[str]
     starts: IntArray
     ends: IntArray
+    #: True where a token continues the word of the token before it.
     subword: BoolArray
 
 
@@ -195,10 +191,45 @@ class TokenClassifyTask:
         for i, text in enumerate(request.inputs):
             shift = 0
             for window in self.tokenizer.windows(text, stride=stride):
-                items.append(TokenWindow(window, self.head, input_index=i, shift=shift))
-                content = sum(s is not None for s in window.sequence_ids or ())
-                shift += content - stride
+                item = self._window(text, window, i, shift)
+                items.append(item)
+                shift += len(item.content) - stride
         return items
+
+    def _window(self, text: str, tokens: TokenizedInput, i: int, shift: int) -> TokenWindow:
+        sequence_ids = tokens.sequence_ids or [None] * tokens.num_tokens
+        keep = np.fromiter((s is not None for s in sequence_ids), np.bool_, len(sequence_ids))
+        content = np.flatnonzero(keep)
+        ids = tokens.ids[content]
+        spans = np.asarray(tokens.offsets or [(0, 0)] * tokens.num_tokens, dtype=np.int64)
+        starts, ends = spans[content, 0], spans[content, 1]
+        words: list[str] = self._token_strings[ids].tolist()
+        if self._subword_prefix:
+            lengths = np.fromiter(map(len, words), np.int64, len(words))
+            covered = np.minimum(ends, len(text)) - np.minimum(starts, len(text))
+            subword = lengths != covered
+        else:
+            # The pipeline's fallback without a prefix: a token that neither starts the
+            # text nor touches a space (its first character or the one before it)
+            # continues a word. Wrong on punctuation; the pipeline has nothing better.
+            space = np.append(np.fromiter((c == " " for c in text), np.bool_, len(text)), False)
+            at = np.clip(starts, 0, len(text))
+            subword = (starts > 0) & ~space[np.maximum(at - 1, 0)] & ~space[at]
+        unknown = ids == self._unk_id
+        for j in np.flatnonzero(unknown):
+            words[j] = text[starts[j] : ends[j]]
+        subword &= ~unknown
+        return TokenWindow(
+            tokens,
+            self.head,
+            input_index=i,
+            content=content,
+            shift=shift,
+            words=words,
+            starts=starts,
+            ends=ends,
+            subword=subword,
+        )
 
     def finish(
         self, request: TokenClassifyRequest, items: Sequence[EncoderItem], results: list[Any]
@@ -209,79 +240,50 @@ class TokenClassifyTask:
         found: list[list[Entity]] = [[] for _ in request.inputs]
         windows = [0] * len(found)
         for item, logits in zip(items, results, strict=True):
-            i = item.input_index if isinstance(item, TokenWindow) else 0
-            shift = item.shift if isinstance(item, TokenWindow) else 0
-            tokens = self._tokens(request.inputs[i], item, np.asarray(logits), shift)
-            if tokens is not None:
-                found[i].extend(self._entities(tokens, strategy, ignore))
-            windows[i] += 1
+            if not isinstance(item, TokenWindow):
+                raise TypeError("token classification finishes the items its prepare made")
+            if item.content.size:
+                found[item.input_index].extend(
+                    self._entities(item, np.asarray(logits), strategy, ignore)
+                )
+            windows[item.input_index] += 1
         return [_merge_overlapping(f) if n > 1 else f for f, n in zip(found, windows, strict=True)]
 
-    def _tokens(
-        self, text: str, item: EncoderItem, logits: FloatArray, shift: int
-    ) -> _Tokens | None:
-        tokens = item.tokens
-        sequence_ids = tokens.sequence_ids or [None] * tokens.num_tokens
-        keep = np.fromiter((s is not None for s in sequence_ids), np.bool_, len(sequence_ids))
-        pos = np.flatnonzero(keep)
-        if pos.size == 0:
-            return None
+    def _entities(
+        self, t: TokenWindow, logits: FloatArray, strategy: str, ignore: set[str]
+    ) -> list[Entity]:
         if logits.shape[-1] > len(self.labels):
             self._label_table(logits.shape[-1])
-        probs = softmax(logits[pos].astype(np.float32, copy=False))
-        best = probs.argmax(axis=-1)
-        top = probs[np.arange(pos.size), best]
-        ids = tokens.ids[pos]
-        spans = np.asarray(tokens.offsets or [(0, 0)] * tokens.num_tokens, dtype=np.int64)[pos]
-        starts, ends = spans[:, 0], spans[:, 1]
-        words: list[str] = self._token_strings[ids].tolist()
-        if self._subword_prefix:
-            lengths = np.fromiter(map(len, words), np.int64, len(words))
-            covered = np.minimum(ends, len(text)) - np.minimum(starts, len(text))
-            subword = lengths != covered
-        else:
-            # The pipeline's fallback without a prefix: a token that neither starts the
-            # text nor touches a space (its first character or the one before it)
-            # continues a word. Wrong on punctuation; the pipeline has nothing better.
-            space = np.fromiter((c == " " for c in text), np.bool_, len(text))
-            space = np.append(space, False)
-            before = np.clip(starts - 1, 0, len(text))
-            at = np.clip(starts, 0, len(text))
-            subword = (starts > 0) & ~space[before] & ~space[at]
-        unknown = ids == self._unk_id
-        for j in np.flatnonzero(unknown):
-            words[j] = text[starts[j] : ends[j]]
-        subword &= ~unknown
-        return _Tokens(probs, best, top, pos + shift, words, starts, ends, subword)
-
-    def _entities(self, t: _Tokens, strategy: str, ignore: set[str]) -> list[Entity]:
+        probs = softmax(logits[t.content].astype(np.float32, copy=False))
+        top_label = probs.argmax(axis=-1)
+        top = probs[np.arange(t.content.size), top_label]
         if strategy == "none":
             return [
                 TokenEntity(self.labels[b], float(s), int(i), w, int(a), int(z))
                 for b, s, i, w, a, z in zip(
-                    t.best, t.top, t.index, t.words, t.starts, t.ends, strict=True
+                    top_label, top, t.content + t.shift, t.words, t.starts, t.ends, strict=True
                 )
                 if self.labels[b] not in ignore
             ]
         if strategy == "simple":
-            return self._group(t.best, t.top.astype(np.float64), t.words, t.starts, t.ends, ignore)
+            return self._group(top_label, top.astype(np.float64), t.words, t.starts, t.ends, ignore)
         # Words: a token that is not a sub-word begins one (and so does the first).
         begins = ~t.subword
         begins[0] = True
         heads = np.flatnonzero(begins)
         bounds = [*heads.tolist(), len(t.words)]
         if strategy == "first":
-            best, score = t.best[heads], t.top[heads]
+            best, score = top_label[heads], top[heads]
         elif strategy == "max":
             # The word's most confident token decides (the first of equals).
             word_of = np.cumsum(begins) - 1
-            peak = np.maximum.reduceat(t.top, heads)
-            hits = np.flatnonzero(t.top == peak[word_of])
+            peak = np.maximum.reduceat(top, heads)
+            hits = np.flatnonzero(top == peak[word_of])
             _, first_hit = np.unique(word_of[hits], return_index=True)
             chosen = hits[first_hit]
-            best, score = t.best[chosen], t.top[chosen]
+            best, score = top_label[chosen], top[chosen]
         else:  # average: the word's mean distribution decides
-            mean = _nanmean_at(t.probs, heads)
+            mean = _nanmean_at(probs, heads)
             best = mean.argmax(axis=-1)
             score = mean[np.arange(heads.size), best]
         words = [self._decode(t.words[a:z]) for a, z in pairwise(bounds)]

@@ -97,3 +97,23 @@ def tiny_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_qa(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Extractive question answering head, max 128 tokens."""
     return _head_model(tmp_path_factory, "tiny-qa", "BertForQuestionAnswering")
+
+
+@pytest.fixture(scope="session")
+def head_models(
+    tiny_classifier: Path,
+    tiny_reranker: Path,
+    tiny_nli: Path,
+    tiny_ner: Path,
+    tiny_mlm: Path,
+    tiny_qa: Path,
+) -> dict[str, Path]:
+    """One tiny model per encoder head, by the name the HTTP tests serve it under."""
+    return {
+        "sentiment": tiny_classifier,
+        "reranker": tiny_reranker,
+        "nli": tiny_nli,
+        "ner": tiny_ner,
+        "mlm": tiny_mlm,
+        "qa": tiny_qa,
+    }

@@ -22,22 +22,9 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def heads_server(
-    tiny_classifier: Path,
-    tiny_reranker: Path,
-    tiny_nli: Path,
-    tiny_ner: Path,
-    tiny_mlm: Path,
-    tiny_qa: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    head_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    models = {
-        "sentiment": tiny_classifier,
-        "reranker": tiny_reranker,
-        "nli": tiny_nli,
-        "ner": tiny_ner,
-        "mlm": tiny_mlm,
-        "qa": tiny_qa,
-    }
+    models = head_models
     args = [a for name, path in models.items() for a in ("--model", f"{name}={path}")]
     s = start_server(args, tmp_path_factory.mktemp("e2e-heads") / "server.log")
     yield s

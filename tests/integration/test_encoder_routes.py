@@ -21,24 +21,8 @@ TEXTS = corpus()[:4]
 
 
 @pytest.fixture(scope="module")
-def heads(
-    tiny_bert: Path,
-    tiny_classifier: Path,
-    tiny_reranker: Path,
-    tiny_nli: Path,
-    tiny_ner: Path,
-    tiny_mlm: Path,
-    tiny_qa: Path,
-) -> Iterator[TestClient]:
-    models = {
-        "embedder": tiny_bert,
-        "sentiment": tiny_classifier,
-        "reranker": tiny_reranker,
-        "nli": tiny_nli,
-        "ner": tiny_ner,
-        "mlm": tiny_mlm,
-        "qa": tiny_qa,
-    }
+def heads(tiny_bert: Path, head_models: dict[str, Path]) -> Iterator[TestClient]:
+    models = {"embedder": tiny_bert, **head_models}
     with TestClient(create_app(settings_for(models, max_client_batch_size=8))) as c:
         yield c
 

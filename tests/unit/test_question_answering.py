@@ -269,7 +269,7 @@ def test_a_long_question_is_refused_not_cut_and_the_default_stride_makes_room(
     with pytest.raises(InvalidRequestError) as e:
         task.prepare(QARequest(too_long, LONG))
     assert e.value.param == "max_question_len"
-    offsets = task.tokenizer._plain.encode(too_long, add_special_tokens=False).offsets
+    offsets = task.tokenizer.raw.encode(too_long, add_special_tokens=False).offsets
     long_question = too_long[: offsets[63][1]]  # exactly 64 tokens
 
     def question_tokens(item: EncoderItem) -> int:

@@ -158,7 +158,7 @@ def test_short_inputs_match_the_pipeline(
     labels = {e.entity if isinstance(e, TokenEntity) else e.entity_group for e in found}
     assert not labels & set(["O"] if ignore is None else ignore)
     if ignore == []:
-        tokens = sum(len(task.tokenizer._plain.encode(t).ids) - 2 for t in texts)
+        tokens = sum(len(task.tokenizer.raw.encode(t).ids) - 2 for t in texts)
         if strategy == "none":
             assert len(found) == tokens
         else:  # tokens were joined into words and groups, not passed through
@@ -171,7 +171,7 @@ def test_long_input_matches_the_pipeline_with_stride(
     both: Both, task: TokenClassifyTask, strategy: str, stride: int
 ) -> None:
     text = long_text()
-    assert len(task.tokenizer._plain.encode(text).ids) > 3 * 128
+    assert len(task.tokenizer.raw.encode(text).ids) > 3 * 128
     ignores: list[list[str] | None] = [None, []]
     for ignore in ignores:
         ours = both.ours([text], strategy, ignore, stride)
@@ -186,7 +186,7 @@ def test_nothing_past_the_first_window_is_lost(
     assert first_window.offsets is not None
     window_end = max(end for _, end in first_window.offsets)
     ours = run(task, backend, TokenClassifyRequest([text], ignore_labels=[]))[0]
-    last_token_end = task.tokenizer._plain.encode(text).offsets[-2][1]
+    last_token_end = task.tokenizer.raw.encode(text).offsets[-2][1]
     assert max(e.end for e in ours) == last_token_end > 3 * window_end
     late = [e for e in run(task, backend, TokenClassifyRequest([text]))[0] if e.start > window_end]
     assert late, "entities after the first window"
@@ -209,7 +209,7 @@ def test_strategy_none_windows_long_inputs_with_whole_text_indices(
     assert_same([ours], theirs, index=False)
     default = [e for e in ours if e.entity != "O"]
     assert_same([default], both.theirs([text], "none", None, task.default_stride), index=False)
-    full = task.tokenizer._plain.encode(text)
+    full = task.tokenizer.raw.encode(text)
     assert len(ours) == len(full.ids) - 2  # every token once, overlaps merged
     for e in ours:
         assert tuple(full.offsets[e.index]) == (e.start, e.end)

@@ -215,19 +215,25 @@ class Runtime:
     ) -> Any:
         """Prepare (tokenize), batch and compute, finish: one request of any task.
 
-        Big requests are tokenized on the tokenizer pool, off the event loop; a
+        Big requests are prepared and finished on the tokenizer pool, off the event
+        loop (long contexts and windows cost milliseconds to post-process); a
         sentence or two inline, where a thread hop would cost more than the work."""
         self._check_accepting()
         self.registry.check(model, task)
         handler = model.tasks[task]
-        if len(texts) > 8 or sum(len(t) for t in texts) > _INLINE_TOKENIZE_CHARS:
-            loop = asyncio.get_running_loop()
+        big = len(texts) > 8 or sum(len(t) for t in texts) > _INLINE_TOKENIZE_CHARS
+        loop = asyncio.get_running_loop()
+        if big:
             items = await loop.run_in_executor(self._tokenize_pool, handler.prepare, request)
         else:
             items = handler.prepare(request)
         results = await self.engine.submit(
             EngineRequest(model=model.name, items=list(items), deadline=self._deadline())
         )
+        if big:
+            return await loop.run_in_executor(
+                self._tokenize_pool, handler.finish, request, items, results
+            )
         return handler.finish(request, items, results)
 
     def _check_batch(self, count: int, param: str = "inputs") -> None:

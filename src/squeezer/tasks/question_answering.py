@@ -119,7 +119,7 @@ class QATask:
         self.folder = folder
         self.tokenizer = tokenizer
         self.head = SpanLogitsHead()
-        plain = tokenizer._plain  # word ids and question length need the raw Encoding
+        plain = tokenizer.raw  # word ids and question length need the raw Encoding
         cls = folder.special_tokens.get("cls_token")
         self._cls_id: int | None = plain.token_to_id(cls) if cls else None
         self._pair_specials = plain.num_special_tokens_to_add(True)
@@ -208,7 +208,7 @@ class QATask:
         """The question, refused beyond ``max_question_len`` tokens (never cut: what a
         user asked is not silently shortened), and the room it leaves the context."""
         question = request.question
-        plain = self.tokenizer._plain
+        plain = self.tokenizer.raw
         enc = plain.encode(question, add_special_tokens=False)
         if len(enc.ids) > request.max_question_len:
             raise InvalidRequestError(
@@ -229,7 +229,7 @@ class QATask:
     def _char_words(self, context: str) -> IntArray:
         """Word index of every character of the context (-1 between words), from the
         pre-tokenizer's words: what ``align_to_words`` widens answers to."""
-        enc = self.tokenizer._plain.encode(context, add_special_tokens=False)
+        enc = self.tokenizer.raw.encode(context, add_special_tokens=False)
         words = np.full(len(context) + 1, -1, dtype=np.int64)
         for word, (begin, end) in zip(enc.word_ids, enc.offsets, strict=True):
             if word is not None:

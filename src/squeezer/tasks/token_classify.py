@@ -128,7 +128,7 @@ class TokenClassifyTask:
         self.tokenizer = tokenizer
         self.head = TokenLogitsHead()
         self.labels = label_names(folder.config)
-        plain = tokenizer._plain
+        plain = tokenizer.raw
         vocab = plain.get_vocab(with_added_tokens=True)
         table = np.empty(max(vocab.values(), default=-1) + 1, dtype=object)
         for token, i in vocab.items():

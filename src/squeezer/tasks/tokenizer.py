@@ -63,6 +63,12 @@ class TextTokenizer:
         self.max_length = max_length
         self.vocab_size = base.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def raw(self) -> Tokenizer:
+        """The Rust tokenizer (no padding, no truncation), for tasks that need an
+        ``Encoding``'s details: word ids, the pre-tokenizer's words, the decoder."""
+        return self._plain
+
     def _check_texts(self, texts: Sequence[str]) -> None:
         if not texts:
             raise EmptyInputError("`inputs` cannot be empty", param="inputs")

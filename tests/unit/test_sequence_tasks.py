@@ -195,3 +195,18 @@ def test_fill_mask_errors_name_the_problem(tiny_mlm: Path) -> None:
     with pytest.raises(InvalidRequestError) as e:
         task.prepare(FillMaskRequest(["a [MASK] b"], targets=["zzqxv unknownword"]))
     assert e.value.param == "targets"
+
+
+def test_configured_tasks_must_be_ones_the_files_can_do(tiny_classifier: Path) -> None:
+    from squeezer.errors import ModelLoadError
+    from squeezer.tasks import build_tasks
+    from squeezer.types import Task
+
+    folder = read_folder(tiny_classifier)
+    tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
+    built = build_tasks("clf", (Task.CLASSIFY, Task.EMBED), folder, tokenizer)
+    assert set(built) == {Task.CLASSIFY, Task.EMBED}  # any encoder can embed
+    with pytest.raises(ModelLoadError, match="cannot do 'fill-mask'; it can do classify"):
+        build_tasks("clf", (Task.FILL_MASK,), folder, tokenizer)
+    with pytest.raises(ModelLoadError, match="cannot do 'rerank'"):  # three labels
+        build_tasks("clf", (Task.RERANK,), folder, tokenizer)

@@ -163,6 +163,131 @@ def _task_pair(arg: str) -> tuple[str, str]:
 
 
 @app.command()
+def bench(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="A server URL with its route (http://127.0.0.1:8080/embed, .../v1/embeddings, "
+            ".../predict, .../v1/chat/completions, .../generate_stream, ...), or a model path "
+            "to measure in-process without HTTP. Omit with --compare."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        str, typer.Option(help="Closed loop: connections per level, comma-separated.")
+    ] = "1,2,4,8,16,32,64",
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            help="Open loop instead: Poisson arrivals per second per level, e.g. 20,40,80."
+        ),
+    ] = None,
+    duration: Annotated[float, typer.Option(help="Seconds per level.")] = 10.0,
+    requests: Annotated[
+        int | None, typer.Option(help="At most this many requests per level.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Load generator processes; 0 = min(cores, 4).")] = 0,
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Texts, one per line. Default: English from Python's pydoc topics.", exists=True
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Inputs per request.")] = 1,
+    lengths: Annotated[
+        str, typer.Option(help="Input words: corpus, fixed:N or uniform:A-B.")
+    ] = "corpus",
+    model: Annotated[str | None, typer.Option(help="`model` field for OpenAI routes.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Generation: tokens per response.")] = 64,
+    ignore_eos: Annotated[
+        bool, typer.Option(help="Generation: ask for exactly --max-tokens tokens.")
+    ] = True,
+    route: Annotated[
+        str, typer.Option(help="In-process runs: /embed or /predict work.")
+    ] = "/embed",
+    out: Annotated[Path | None, typer.Option(help="Write OUT.json and OUT.png.")] = None,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(help="Earlier JSON results to draw beside this run (repeatable)."),
+    ] = None,
+    ceiling: Annotated[
+        bool, typer.Option(help="Also measure the generator against a no-op server.")
+    ] = True,
+    allow_remote: Annotated[
+        bool, typer.Option(help="Allow a target that is not this machine.")
+    ] = False,
+) -> None:
+    """Load-test a server or an in-process model; table, JSON and latency/throughput PNG."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from squeezer.bench import report
+    from squeezer.bench.run import BenchSettings, RemoteTargetError, run_bench, ticking
+    from squeezer.bench.workload import WorkloadSpec
+
+    console = Console()
+    earlier = [(p.stem, report.read_json(p)) for p in compare or []]
+    if target is None:
+        if not earlier:
+            raise typer.BadParameter("give a TARGET, or --compare with result files")
+        if out is None:
+            raise typer.BadParameter("--compare without a TARGET needs --out for the chart")
+        report.plot(earlier, out.with_suffix(".png"))
+        console.print(f"wrote {out.with_suffix('.png')}")
+        return
+    try:
+        settings = BenchSettings(
+            target=target,
+            concurrency=tuple(int(c) for c in concurrency.split(",") if c.strip()),
+            rates=tuple(float(r) for r in rate.split(",") if r.strip()) if rate else (),
+            duration_s=duration,
+            max_requests=requests,
+            workers=workers,
+            texts=texts,
+            workload=WorkloadSpec(
+                batch_size=batch_size,
+                lengths=lengths,
+                model=model,
+                max_tokens=max_tokens,
+                ignore_eos=ignore_eos,
+            ),
+            route=route,
+            allow_remote=allow_remote,
+            ceiling=ceiling,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    )
+
+    @contextlib.contextmanager
+    def show(label: str, seconds: float) -> Iterator[None]:
+        task = progress.add_task(label, total=seconds)
+        stop = ticking(lambda t: progress.update(task, completed=min(t, seconds)))
+        try:
+            yield
+        finally:
+            stop.set()
+            progress.update(task, completed=seconds)
+
+    try:
+        with progress:
+            result = run_bench(settings, show)
+    except (RemoteTargetError, ValueError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    console.print(report.table(result))
+    if out is not None:
+        report.write_json(result, out.with_suffix(".json"))
+        report.plot([(out.stem, result.to_json()), *earlier], out.with_suffix(".png"))
+        console.print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
+@app.command()
 def version() -> None:
     """Print squeezer's version."""
     typer.echo(__version__)

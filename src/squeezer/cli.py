@@ -217,14 +217,10 @@ def bench(
     ] = False,
 ) -> None:
     """Load-test a server or an in-process model; table, JSON and latency/throughput PNG."""
-    import contextlib
-    from collections.abc import Iterator
-
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from squeezer.bench import report
-    from squeezer.bench.run import BenchSettings, RemoteTargetError, run_bench, ticking
+    from squeezer.bench.run import BenchSettings, LevelProgress, RemoteTargetError, run_bench
     from squeezer.bench.workload import WorkloadSpec
 
     console = Console()
@@ -259,24 +255,9 @@ def bench(
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
-    )
-
-    @contextlib.contextmanager
-    def show(label: str, seconds: float) -> Iterator[None]:
-        task = progress.add_task(label, total=seconds)
-        stop = ticking(lambda t: progress.update(task, completed=min(t, seconds)))
-        try:
-            yield
-        finally:
-            stop.set()
-            progress.update(task, completed=seconds)
-
     try:
-        with progress:
-            result = run_bench(settings, show)
+        with LevelProgress(console) as progress:
+            result = run_bench(settings, progress.level)
     except (RemoteTargetError, ValueError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e

@@ -221,14 +221,36 @@ def noop_server(timeout_s: float = 20.0) -> Iterator[str]:
             proc.kill()
 
 
-def ticking(callback: Callable[[float], None], period_s: float = 0.2) -> threading.Event:
-    """Call ``callback(elapsed)`` every period until the returned event is set."""
-    stop = threading.Event()
-    t0 = time.perf_counter()
+class LevelProgress:
+    """A progress bar per level, filled by elapsed time (levels are bounded by time)."""
 
-    def tick() -> None:
-        while not stop.wait(period_s):
-            callback(time.perf_counter() - t0)
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    threading.Thread(target=tick, daemon=True).start()
-    return stop
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+        )
+
+    def __enter__(self) -> LevelProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def level(self, label: str, seconds: float) -> Iterator[None]:
+        task = self._progress.add_task(label, total=seconds)
+        stop = threading.Event()
+        t0 = time.perf_counter()
+
+        def tick() -> None:
+            while not stop.wait(0.2):
+                self._progress.update(task, completed=min(time.perf_counter() - t0, seconds))
+
+        threading.Thread(target=tick, daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
+            self._progress.update(task, completed=seconds)

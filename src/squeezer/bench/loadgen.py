@@ -166,14 +166,15 @@ async def _closed(
     records: list[Record],
 ) -> None:
     deadline = t0 + spec.duration_s
-    budget = [math.inf if quota is None else quota]
-    counter = [index]
+    budget = math.inf if quota is None else quota
+    next_body = index
 
     async def loop() -> None:
-        while time.perf_counter() < deadline and budget[0] > 0:
-            budget[0] -= 1
-            i = counter[0] % len(workload.bodies)
-            counter[0] += workers
+        nonlocal budget, next_body
+        while time.perf_counter() < deadline and budget > 0:
+            budget -= 1
+            i = next_body % len(workload.bodies)
+            next_body += workers
             due = time.perf_counter() - t0
             records.append(await _send(client, spec.url, workload, i, due, t0))
 

@@ -269,6 +269,55 @@ def bench(
 
 
 @app.command()
+def profile(
+    path: Annotated[str, typer.Argument(help="Model folder, package:MODULE or cached hub id.")],
+    backend: Annotated[
+        list[str] | None, typer.Option(help="Runtime to profile (repeatable). [default: torch]")
+    ] = None,
+    seq_lengths: Annotated[str, typer.Option(help="Sequence lengths, comma-separated.")] = (
+        "16,32,64,128,256"
+    ),
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,4,16,32",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")] = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed passes per shape.")] = 5,
+    target_latency_ms: Annotated[
+        float, typer.Option(help="Latency per batch the recommendation keeps under.")
+    ] = 50.0,
+    memory_budget: Annotated[
+        float | None, typer.Option(help="MB of memory growth per batch allowed.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output prefix. [default: profile-results/<model>]")
+    ] = None,
+) -> None:
+    """Latency and peak memory over lengths x batch sizes; recommends --max-batch-tokens."""
+    from rich.console import Console
+
+    from squeezer.bench.profile import ProfileSettings, run_profile, table, write_outputs
+
+    settings = ProfileSettings(
+        path=path,
+        backends=tuple(backend or ["torch"]),
+        seq_lengths=tuple(int(x) for x in seq_lengths.split(",") if x.strip()),
+        batch_sizes=tuple(int(x) for x in batch_sizes.split(",") if x.strip()),
+        device=device,
+        dtype=dtype,
+        repeats=repeats,
+        target_latency_ms=target_latency_ms,
+        memory_budget_mb=memory_budget,
+    )
+    console = Console()
+    result = run_profile(settings)
+    console.print(table(result))
+    name = Path(path.removeprefix("package:")).name or "model"
+    written = write_outputs(result, out or Path("profile-results") / name)
+    for rec in result.recommendations:
+        console.print(f"recommended for {rec.backend}: squeezer serve {rec.flag}  ({rec.why})")
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command()
 def version() -> None:
     """Print squeezer's version."""
     typer.echo(__version__)

@@ -1,0 +1,100 @@
+"""Peers as small recipes: how to install one, start it, and which route to load.
+
+``benchmarks/peers.py`` runs every recipe the same way (own virtual environment when
+``venv`` is set, start, wait for ``ready_path``, ``squeezer bench`` on ``route``, stop),
+so adding a peer (the generation issue adds ``transformers serve`` and
+``llama-server``) is adding a recipe here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: The CPU torch wheel on this machine's disk, installed first in every venv (an
+#: unpinned torch would pull a multi-GB CUDA build).
+TORCH = "torch==2.13.0"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    kind: str  # "embeddings" or "generation"
+    #: Command template: {python} (the peer's interpreter), {bin} (its venv's bin
+    #: folder), {port}, {model_dir}, {here} (this folder).
+    start: str
+    route: str
+    ready_path: str = "/health"
+    #: pip requirements after TORCH; empty with venv=False (runs from squeezer's venv).
+    install: tuple[str, ...] = ()
+    venv: bool = False
+    #: Recipes naming the same venv share it (installed once).
+    venv_name: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    #: What the peer is, for the report.
+    about: str = ""
+    #: Commands run once before start (same placeholders, plus {work}: a scratch
+    #: folder), e.g. an ONNX export the peer needs and cannot make itself.
+    prepare: tuple[str, ...] = ()
+    #: The model folder the peer serves, when ``prepare`` made another one.
+    serves: str = "{model_dir}"
+    #: Extra `squeezer bench` arguments (e.g. --model for OpenAI routes).
+    bench_args: tuple[str, ...] = ()
+
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe(
+        name="pipeline",
+        kind="embeddings",
+        start="{python} {here}/peer_baseline_server.py pipeline {model_dir} {port}",
+        route="/embed",
+        about="HF pipeline('feature-extraction') behind a plain FastAPI def endpoint, "
+        "one request at a time (the out-of-box baseline)",
+    ),
+    Recipe(
+        name="st",
+        kind="embeddings",
+        start="{python} {here}/peer_baseline_server.py st {model_dir} {port}",
+        route="/embed",
+        about="sentence-transformers encode() behind the same plain endpoint",
+    ),
+    Recipe(
+        name="squeezer",
+        kind="embeddings",
+        start="{python} -m squeezer serve --port {port} --model minilm={model_dir}",
+        route="/embed",
+        ready_path="/ready",
+        about="squeezer serve, torch backend, defaults",
+    ),
+    Recipe(
+        name="infinity-torch",
+        kind="embeddings",
+        start="{bin}/infinity_emb v2 --model-id {model_dir} --served-model-name minilm "
+        "--engine torch --port {port} --url-prefix /v1 --no-model-warmup",
+        route="/v1/embeddings",
+        install=("infinity-emb[server,torch,optimum]",),
+        venv=True,
+        venv_name="infinity",
+        about="Infinity (infinity-emb) with its torch engine",
+        bench_args=("--model", "minilm"),
+    ),
+    Recipe(
+        name="infinity-optimum",
+        kind="embeddings",
+        start="{bin}/infinity_emb v2 --model-id {serves} --served-model-name minilm "
+        "--engine optimum --port {port} --url-prefix /v1 --no-model-warmup",
+        # Infinity's optimum engine loads an existing model.onnx and does not export one;
+        # the packaged model has none and nothing may be downloaded: export it here.
+        prepare=(
+            "cp -r {model_dir} {work}/minilm-onnx",
+            "{bin}/optimum-cli export onnx --model {model_dir} --task feature-extraction "
+            "{work}/minilm-onnx",
+        ),
+        serves="{work}/minilm-onnx",
+        route="/v1/embeddings",
+        install=("infinity-emb[server,torch,optimum]",),
+        venv=True,
+        venv_name="infinity",
+        about="Infinity with its optimum/ONNX Runtime engine",
+        bench_args=("--model", "minilm"),
+    ),
+)

@@ -61,6 +61,7 @@ def test_recommendation_is_the_largest_shape_under_target_and_budget() -> None:
         point(16, 64, 45, 400),  # fast enough, too much memory
         point(32, 64, 90, 100),  # too slow
         point(32, 64, 1, 1, padded=True),  # padded points do not count
+        point(64, 64, 40, 10),  # fits, but a smaller shape does not: not a safe bound
     ]
     assert recommend(points, "torch", 50, None).max_batch_tokens == 16 * 64
     rec = recommend(points, "torch", 50, 100)

@@ -87,6 +87,16 @@ class ProfileResult:
     schema_version: int = SCHEMA_VERSION
 
 
+def _trim_heap() -> None:
+    """Give freed heap back to the OS, so that a pass reusing memory an earlier pass freed
+    still shows its growth in RSS (glibc keeps freed arenas otherwise)."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * _PAGE / 2**20
@@ -150,6 +160,7 @@ def _measure(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
+    _trim_heap()
     with _PeakSampler() as sampler:
         for _ in range(s.repeats):
             t0 = time.perf_counter()
@@ -248,12 +259,19 @@ def recommend(
     target_latency_ms: float,
     memory_budget_mb: float | None,
 ) -> Recommendation:
-    """The most padded tokens per batch that meet the latency target and memory budget."""
+    """The most padded tokens per batch such that every shape up to it meets the latency
+    target and the memory budget."""
     mine = [p for p in points if p.backend == backend and not p.padded]
     if not mine:
         raise ValueError(f"no padding-free points for backend {backend!r}")
     budget = memory_budget_mb if memory_budget_mb is not None else float("inf")
-    fitting = [p for p in mine if p.latency_p50_ms <= target_latency_ms and p.peak_mem_mb <= budget]
+
+    def meets(p: ProfilePoint) -> bool:
+        return p.latency_p50_ms <= target_latency_ms and p.peak_mem_mb <= budget
+
+    # The batcher may form any shape under the bound (1 x 256 as well as 16 x 16), so a
+    # bound T is safe only when every measured shape of at most T tokens meets both.
+    fitting = [p for p in mine if all(meets(q) for q in mine if q.padded_tokens <= p.padded_tokens)]
     if not fitting:
         small = min(mine, key=lambda p: p.padded_tokens)
         return Recommendation(

@@ -182,6 +182,9 @@ def bench(
         ),
     ] = None,
     duration: Annotated[float, typer.Option(help="Seconds per level.")] = 10.0,
+    warmup: Annotated[
+        float, typer.Option(help="Seconds of unmeasured load before each level.")
+    ] = 2.0,
     requests: Annotated[
         int | None, typer.Option(help="At most this many requests per level.")
     ] = None,
@@ -239,6 +242,7 @@ def bench(
             concurrency=tuple(int(c) for c in concurrency.split(",") if c.strip()),
             rates=tuple(float(r) for r in rate.split(",") if r.strip()) if rate else (),
             duration_s=duration,
+            warmup_s=warmup,
             max_requests=requests,
             workers=workers,
             texts=texts,

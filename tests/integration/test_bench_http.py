@@ -69,7 +69,9 @@ def streaming_url() -> Iterator[str]:
 
 
 def test_closed_loop_counts_add_up_with_the_generator_ceiling(tiny_url: str) -> None:
-    s = BenchSettings(target=f"{tiny_url}/embed", concurrency=(1, 4), duration_s=1.5, workers=2)
+    s = BenchSettings(
+        target=f"{tiny_url}/embed", concurrency=(1, 4), duration_s=1.5, warmup_s=0.5, workers=2
+    )
     result = run_bench(s)
     assert [lv.label for lv in result.levels] == ["c=1", "c=4"]
     for lv in result.levels:
@@ -84,6 +86,7 @@ def test_overload_is_counted_apart(tiny_url: str) -> None:
         target=f"{tiny_url}/embed",
         concurrency=(24,),
         duration_s=1.5,
+        warmup_s=0,
         workers=2,
         workload=WorkloadSpec(batch_size=8),
         ceiling=False,
@@ -95,7 +98,12 @@ def test_overload_is_counted_apart(tiny_url: str) -> None:
 
 def test_open_loop_sends_the_poisson_schedule(tiny_url: str) -> None:
     s = BenchSettings(
-        target=f"{tiny_url}/embed", rates=(20.0,), duration_s=1.5, workers=2, ceiling=False
+        target=f"{tiny_url}/embed",
+        rates=(20.0,),
+        duration_s=1.5,
+        warmup_s=0,
+        workers=2,
+        ceiling=False,
     )
     level = run_bench(s).levels[0]
     assert level.sent == len(poisson_schedule(20.0, 1.5, seed=0, limit=None))
@@ -109,6 +117,7 @@ def test_streaming_routes_give_time_to_first_token_and_between_tokens(
         target=f"{streaming_url}/v1/chat/completions",
         concurrency=(2,),
         duration_s=1.0,
+        warmup_s=0,
         workers=1,
         workload=WorkloadSpec(max_tokens=6),
     )
@@ -130,6 +139,7 @@ def test_in_process_target_needs_no_http(tiny_bert: Path) -> None:
 def test_cli_writes_json_and_png_and_compares(tiny_url: str, tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["bench", f"{tiny_url}/v1/embeddings", "--concurrency", "2", "--duration", "1"]
+    args += ["--warmup", "0"]
     first = runner.invoke(cli, [*args, "--no-ceiling", "--out", str(tmp_path / "a")])
     assert first.exit_code == 0, first.output
     data = read_json(tmp_path / "a.json")

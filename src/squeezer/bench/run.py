@@ -47,6 +47,9 @@ class BenchSettings:
     #: Open loop when given: arrivals per second for each level.
     rates: tuple[float, ...] = ()
     duration_s: float = 10.0
+    #: Unmeasured load at each level first: caches fill, the batcher settles, the
+    #: server's lazy first-call costs are paid outside the numbers.
+    warmup_s: float = 2.0
     max_requests: int | None = None
     #: Load generator processes; 0 picks min(cores, 4).
     workers: int = 0
@@ -132,6 +135,9 @@ def run_bench(
         return result
     check_target(s.target, s.allow_remote)
     for label, conc, rate in levels:
+        if s.warmup_s > 0:
+            with wrap(f"{label} warm-up", s.warmup_s):
+                _measure(s, s.target, workload, label, conc, rate, s.warmup_s)
         with wrap(label, s.duration_s):
             result.levels.append(_measure(s, s.target, workload, label, conc, rate, s.duration_s))
     if s.ceiling:

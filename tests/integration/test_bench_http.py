@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from squeezer.bench.loadgen import poisson_schedule
 from squeezer.bench.report import read_json
 from squeezer.bench.run import BenchSettings, run_bench
-from squeezer.bench.workload import WorkloadSpec
+from squeezer.bench.workload import WorkloadSpec, load_texts
 from squeezer.cli import app as cli
 from squeezer.server.app import create_app
 from tests.integration.conftest import settings_for
@@ -43,6 +43,14 @@ def _serve(asgi: object) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def short_texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Corpus sentences that fit the tiny model's 64 tokens (longer ones are a 422)."""
+    path = tmp_path_factory.mktemp("texts") / "short.txt"
+    path.write_text("\n".join(t for t in load_texts(None) if len(t.split()) <= 20))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +76,16 @@ def streaming_url() -> Iterator[str]:
     yield from _serve(Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"])]))
 
 
-def test_closed_loop_counts_add_up_with_the_generator_ceiling(tiny_url: str) -> None:
+def test_closed_loop_counts_add_up_with_the_generator_ceiling(
+    tiny_url: str, short_texts: Path
+) -> None:
     s = BenchSettings(
-        target=f"{tiny_url}/embed", concurrency=(1, 4), duration_s=1.5, warmup_s=0.5, workers=2
+        texts=short_texts,
+        target=f"{tiny_url}/embed",
+        concurrency=(1, 4),
+        duration_s=1.5,
+        warmup_s=0.5,
+        workers=2,
     )
     result = run_bench(s)
     assert [lv.label for lv in result.levels] == ["c=1", "c=4"]
@@ -81,8 +96,9 @@ def test_closed_loop_counts_add_up_with_the_generator_ceiling(tiny_url: str) -> 
     assert result.ceiling[0].ok > 0 and result.generator["workers"] == 2
 
 
-def test_overload_is_counted_apart(tiny_url: str) -> None:
+def test_overload_is_counted_apart(tiny_url: str, short_texts: Path) -> None:
     s = BenchSettings(
+        texts=short_texts,
         target=f"{tiny_url}/embed",
         concurrency=(24,),
         duration_s=1.5,
@@ -96,8 +112,9 @@ def test_overload_is_counted_apart(tiny_url: str) -> None:
     assert level.sent == level.ok + sum(level.errors.values())
 
 
-def test_open_loop_sends_the_poisson_schedule(tiny_url: str) -> None:
+def test_open_loop_sends_the_poisson_schedule(tiny_url: str, short_texts: Path) -> None:
     s = BenchSettings(
+        texts=short_texts,
         target=f"{tiny_url}/embed",
         rates=(20.0,),
         duration_s=1.5,
@@ -130,16 +147,20 @@ def test_streaming_routes_give_time_to_first_token_and_between_tokens(
     assert ceiling.tokens_per_s is not None and ceiling.ok > 0  # the no-op server streams too
 
 
-def test_in_process_target_needs_no_http(tiny_bert: Path) -> None:
-    s = BenchSettings(target=str(tiny_bert), concurrency=(2,), duration_s=1.0, max_requests=40)
+def test_in_process_target_needs_no_http(tiny_bert: Path, short_texts: Path) -> None:
+    s = BenchSettings(
+        target=str(tiny_bert), concurrency=(2,), duration_s=1.0, max_requests=40, texts=short_texts
+    )
     level = run_bench(s).levels[0]
     assert level.sent == level.ok == 40 and run_bench(s).generator["kind"] == "in-process"
 
 
-def test_cli_writes_json_and_png_and_compares(tiny_url: str, tmp_path: Path) -> None:
+def test_cli_writes_json_and_png_and_compares(
+    tiny_url: str, tmp_path: Path, short_texts: Path
+) -> None:
     runner = CliRunner()
     args = ["bench", f"{tiny_url}/v1/embeddings", "--concurrency", "2", "--duration", "1"]
-    args += ["--warmup", "0"]
+    args += ["--warmup", "0", "--texts", str(short_texts)]
     first = runner.invoke(cli, [*args, "--no-ceiling", "--out", str(tmp_path / "a")])
     assert first.exit_code == 0, first.output
     data = read_json(tmp_path / "a.json")

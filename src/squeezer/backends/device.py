@@ -53,9 +53,21 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_configured_threads = 0
+
+
+def compute_threads() -> int:
+    """Intra-op threads every runtime should use: what ``configure_threads`` set, else
+    one per core. ONNX Runtime, OpenVINO and CTranslate2 read this when a session is
+    created, so all runtimes agree with torch and never oversubscribe the cores."""
+    return _configured_threads or physical_cores()
+
+
 def configure_threads(threads: int = 0) -> int:
     """Set process-wide compute thread counts once; returns the intra-op count used."""
+    global _configured_threads
     n = threads or physical_cores()
+    _configured_threads = n
     torch.set_num_threads(n)
     # Raises when already set or parallel work has started: keep what is there then.
     with contextlib.suppress(RuntimeError):

@@ -1,33 +1,63 @@
-"""Backends by name: the one place that knows which runtimes exist."""
+"""Backends by name: the one place that knows which runtimes exist.
+
+Optimized runtimes are optional extras (``pip install squeezer[onnx]``, ``[openvino]``,
+``[ctranslate2]``); each loader imports its runtime only when asked for, and a missing
+package becomes a ``ModelLoadError`` that says which extra to install.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 from squeezer.backends.base import Backend
 from squeezer.errors import ModelLoadError
 
-
-def _torch(path: Path, device: str, dtype: str) -> Backend:
-    from squeezer.backends.torch_backend import TorchBackend
-
-    return TorchBackend(path, device=device, dtype=dtype)
-
-
-_LOADERS: dict[str, Callable[[Path, str, str], Backend]] = {"torch": _torch}
+#: Runtime name -> (module, class, the import it needs, the extra that installs it).
+_RUNTIMES: dict[str, tuple[str, str, str, str]] = {
+    "torch": ("squeezer.backends.torch_backend", "TorchBackend", "torch", ""),
+    "onnxruntime": ("squeezer.backends.onnx_backend", "OnnxBackend", "onnxruntime", "onnx"),
+    "openvino": (
+        "squeezer.backends.openvino_backend",
+        "OpenVinoBackend",
+        "openvino",
+        "openvino",
+    ),
+    "ctranslate2": (
+        "squeezer.backends.ctranslate2_backend",
+        "CTranslate2Backend",
+        "ctranslate2",
+        "ctranslate2",
+    ),
+}
 
 
 def available_backends() -> tuple[str, ...]:
-    return tuple(_LOADERS)
+    """Runtimes whose packages are installed here."""
+    return tuple(name for name, (*_, needs, _extra) in _RUNTIMES.items() if _installed(needs))
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def missing_reason(name: str) -> str | None:
+    """Why ``name`` cannot load here (unknown or not installed), or None when it can."""
+    if name not in _RUNTIMES:
+        return f"unknown backend {name!r}; known: {', '.join(_RUNTIMES)}"
+    needs, extra = _RUNTIMES[name][2:]
+    if _installed(needs):
+        return None
+    return f"backend {name!r} needs the {needs!r} package: pip install 'squeezer[{extra}]'"
 
 
 def load_backend(name: str, path: Path, *, device: str, dtype: str) -> Backend:
     """Load ``path`` with the named runtime; device and dtype are already resolved."""
-    try:
-        loader = _LOADERS[name]
-    except KeyError:
-        raise ModelLoadError(
-            f"unknown backend {name!r}; available: {', '.join(available_backends())}"
-        ) from None
-    return loader(path, device, dtype)
+    reason = missing_reason(name)
+    if reason is not None:
+        raise ModelLoadError(reason)
+    module, cls, _, _ = _RUNTIMES[name]
+    loader: Callable[..., Backend] = getattr(importlib.import_module(module), cls)
+    return loader(path, device=device, dtype=dtype)

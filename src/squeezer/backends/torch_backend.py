@@ -30,7 +30,7 @@ _HEADS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 _HIDDEN = "last_hidden_state"
 
 
-def _auto_class(architectures: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+def auto_class(architectures: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     for arch in architectures:
         for suffix, auto, outputs in _HEADS:
             if arch.endswith(suffix):
@@ -63,7 +63,7 @@ class TorchBackend:
         self.dtype = dtype
         try:
             config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-            auto, self._head_outputs = _auto_class(config.architectures or ())
+            auto, self._head_outputs = auto_class(config.architectures or ())
             self._model = getattr(transformers, auto).from_pretrained(
                 path,
                 config=config,

@@ -14,8 +14,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from urllib.parse import urlsplit
+
+from squeezer.optimize.corpus import load_texts
+
+__all__ = ["RouteKind", "Workload", "WorkloadSpec", "build", "load_texts", "route_kind"]
 
 
 class RouteKind(str, Enum):
@@ -85,22 +88,6 @@ class Workload:
     items: list[int]
     #: Characters of input text per body (a cheap size measure when tokens are unknown).
     chars: list[int]
-
-
-def load_texts(path: Path | None, limit: int = 2048) -> list[str]:
-    """Texts from a file (one per line) or the built-in English corpus."""
-    if path is not None:
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        texts = [t for t in texts if t]
-        if not texts:
-            raise ValueError(f"{path} holds no text lines")
-        return texts[:limit]
-    from pydoc_data.topics import topics
-
-    prose = " ".join(topics.values())
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", prose)]
-    good = [s for s in sentences if 5 <= len(s.split()) <= 60 and s.isascii() and "\n" not in s]
-    return good[:limit]
 
 
 def _shape(text: str, words: int) -> str:

@@ -20,11 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from squeezer.backends import Backend, load_backend
-from squeezer.backends.device import resolve_device, resolve_dtype
+from squeezer.backends.device import compute_threads, resolve_device, resolve_dtype
 from squeezer.config import ModelSettings, Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
 from squeezer.errors import ModelLoadError, TooManyInputsError, UnavailableError
 from squeezer.models import locate, read_folder
+from squeezer.models.manifest import Manifest, current_hardware, read_manifest
+from squeezer.optimize.cache import optimized_artifact
 from squeezer.server.registry import ModelRegistry, ServedModel
 from squeezer.tasks import (
     ClassifyRequest,
@@ -53,6 +55,22 @@ from squeezer.tasks.classify import label_names
 from squeezer.types import EngineRequest, ModelInfo, Task, TruncationDirection
 
 log = logging.getLogger("squeezer")
+
+
+def _check_hardware(name: str, manifest: Manifest) -> None:
+    """An artifact tuned on other hardware still runs, but may not be the best choice."""
+    here = current_hardware(compute_threads())
+    differences = manifest.hardware.differences(here)
+    if differences:
+        log.warning(
+            "model %s: artifact %s was tuned on %s; this machine differs (%s): "
+            "run `squeezer optimize` here for the best choice",
+            name,
+            manifest.candidate,
+            manifest.hardware.cpu,
+            "; ".join(differences),
+        )
+
 
 #: Requests smaller than this (characters) are tokenized inline: a thread hop costs
 #: more than tokenizing one sentence (~20 us in Rust).
@@ -136,6 +154,12 @@ class Runtime:
     def _load(self, spec: ModelSettings) -> tuple[ServedModel, Backend]:
         s = self.settings
         path = locate(spec.path)
+        manifest = read_manifest(path)
+        if manifest is None and s.optimize:
+            path = optimized_artifact(path, s.optimize_max_loss, s.optimize_cache)
+            manifest = read_manifest(path)
+        if manifest is not None:
+            _check_hardware(spec.name, manifest)
         folder = read_folder(path, pooling=spec.pooling, max_input_length=spec.max_input_length)
         detected = folder.detect_tasks()
         tasks = tuple(Task(t) for t in spec.tasks) if spec.tasks else detected
@@ -146,7 +170,8 @@ class Runtime:
             )
         device = resolve_device(spec.device or s.device)
         dtype = resolve_dtype(spec.dtype or s.dtype, device)
-        backend_name = spec.backend or s.backend
+        # An artifact names its runtime; only a per-model setting overrides it.
+        backend_name = spec.backend or (manifest.runtime if manifest else s.backend)
         tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
         handlers = build_tasks(spec.name, tasks, folder, tokenizer)
         backend = load_backend(backend_name, path, device=device, dtype=dtype)

@@ -1,0 +1,137 @@
+"""``squeezer.json``: what an optimized artifact is, where it came from, how it measured.
+
+``squeezer optimize`` writes it; ``squeezer serve`` reads it to pick the runtime and to
+warn when the machine differs from the one the artifact was tuned on (an int8 choice
+made on a CPU with VNNI may be the wrong one without it). It lives with the model
+files so that an artifact copied elsewhere still explains itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from squeezer.errors import ModelLoadError
+
+MANIFEST_FILE = "squeezer.json"
+SCHEMA_VERSION = 1
+#: CPU flags that change which kernels (and so which candidate) win.
+_RELEVANT_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+class Hardware(BaseModel):
+    """The machine an artifact was tuned on, reduced to what decides kernel choice."""
+
+    model_config = ConfigDict(frozen=True)
+
+    machine: str
+    cpu: str
+    flags: tuple[str, ...]
+    cores: int
+
+    @property
+    def fingerprint(self) -> str:
+        key = f"{self.machine}|{self.cpu}|{','.join(self.flags)}|{self.cores}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def differences(self, other: Hardware) -> list[str]:
+        """What about ``other`` differs in ways that may change the best candidate."""
+        out = []
+        if self.machine != other.machine:
+            out.append(f"architecture {self.machine} -> {other.machine}")
+        missing = sorted(set(self.flags) - set(other.flags))
+        added = sorted(set(other.flags) - set(self.flags))
+        if missing:
+            out.append(f"CPU flags missing here: {', '.join(missing)}")
+        if added:
+            out.append(f"CPU flags new here: {', '.join(added)}")
+        if self.cores != other.cores:
+            out.append(f"cores {self.cores} -> {other.cores}")
+        return out
+
+
+def current_hardware(cores: int) -> Hardware:
+    cpu, flags = "", set[str]()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not cpu:
+                cpu = value.strip()
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return Hardware(
+        machine=platform.machine(),
+        cpu=cpu or platform.processor() or "unknown",
+        flags=tuple(f for f in _RELEVANT_FLAGS if f in flags),
+        cores=cores,
+    )
+
+
+class SourceModel(BaseModel):
+    path: str
+    content_hash: str
+    model_type: str
+    architectures: tuple[str, ...] = ()
+
+
+class Manifest(BaseModel):
+    """The artifact's record. Figures are the report split's unless a field says not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    squeezer_version: str
+    created: str
+    task: str
+    source: SourceModel
+    runtime: str
+    runtime_version: str
+    precision: str
+    variant: str = ""
+    candidate: str
+    #: Accuracy on the report split (loss, min/mean cosine, agreement ...).
+    accuracy: dict[str, float]
+    #: Speed figures (sentences/s at batch shapes, single-request latency ms).
+    speed: dict[str, float]
+    max_loss: float
+    #: False when no candidate met the budget and the artifact fell back to fp32.
+    within_budget: bool = True
+    hardware: Hardware
+    build: dict[str, Any] = Field(default_factory=dict)
+
+    def write(self, folder: Path) -> Path:
+        path = folder / MANIFEST_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    """The folder's manifest, None when it has none; a broken one is a load error."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as e:
+        raise ModelLoadError(f"{path}: not a valid squeezer manifest ({e})") from e

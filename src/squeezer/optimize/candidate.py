@@ -1,0 +1,61 @@
+"""What the search tries: one runtime x precision x variant, and how it is built.
+
+A candidate's build writes runtime files into an artifact folder that already holds
+the source model's tokenizer, config and sentence-transformers files (copied by the
+search), so that ``load_backend(candidate.runtime, folder)`` can serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from squeezer.models import ModelFolder
+from squeezer.types import Task
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """Everything a build may read: the source model, where to write, calibration text."""
+
+    source: ModelFolder
+    #: The artifact folder to write runtime files into (support files are already there).
+    out: Path
+    task: Task
+    #: The calibration split: quantization ranges and choosing nodes to keep in float.
+    calibration: Sequence[str] = ()
+    #: Scratch space shared by candidates of one search (e.g. one ONNX export for all).
+    cache: Path | None = None
+    #: Loss (the gate's measure) of a folder holding this runtime's files, on the
+    #: calibration split: lets a build choose by measuring (e.g. nodes kept in float).
+    calibration_loss: Callable[[Path], float] | None = None
+
+
+Build = Callable[[BuildContext], "BuildInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildInfo:
+    """What a build reports about itself (written to the manifest and the report)."""
+
+    #: Runtime files written, relative to the artifact folder.
+    files: tuple[str, ...]
+    #: Facts worth reading later: fused node counts, nodes kept in float, settings.
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    runtime: str
+    precision: str
+    variant: str = ""
+    build: Build | None = None
+    #: Tasks this candidate can serve; a search for another task skips it, saying so.
+    tasks: frozenset[Task] = frozenset(Task) - {Task.GENERATE}
+    #: Lossless candidates are expected to match fp32 (cosine >= 0.9999).
+    lossless: bool = True
+
+    @property
+    def name(self) -> str:
+        return "-".join(p for p in (self.runtime, self.precision, self.variant) if p)

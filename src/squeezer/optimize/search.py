@@ -1,0 +1,303 @@
+"""``squeezer optimize``: build every candidate, gate on accuracy, keep the fastest.
+
+The fp32 torch outputs on the three text splits are the reference. Each candidate is
+built into its own folder (holding the source's tokenizer, config and pooling files,
+so it is servable as is), measured for accuracy on the selection split and for speed,
+and scored on the report split for the record. The winner's folder becomes the
+artifact, with ``squeezer.json`` and a report beside it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from squeezer import __version__
+from squeezer.backends import Backend, load_backend
+from squeezer.backends.device import compute_threads
+from squeezer.backends.registry import missing_reason
+from squeezer.errors import ModelLoadError
+from squeezer.models import ModelFolder, locate, read_folder
+from squeezer.models.manifest import MANIFEST_FILE, Manifest, SourceModel, current_hardware
+from squeezer.optimize.accuracy import GATED_TASKS, FloatArray, Probe, compare
+from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate
+from squeezer.optimize.corpus import Splits, load_texts, split_texts
+from squeezer.optimize.select import (
+    DEFAULT_MARGIN,
+    REFERENCE,
+    CandidateResult,
+    Choice,
+    Status,
+    choose,
+)
+from squeezer.optimize.speed import measure
+from squeezer.types import Task
+
+log = logging.getLogger(__name__)
+
+#: Weight files a runtime rebuilds from; everything else in a model folder is copied
+#: into each candidate (tokenizer, config, sentence-transformers modules).
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx")
+_WORK, _CACHE = ".candidates", ".cache"
+#: Build modules of the optimized runtimes: each has CANDIDATES and supports(folder).
+_BUILD_MODULES = {
+    "onnxruntime": "squeezer.optimize.build_onnx",
+    "openvino": "squeezer.optimize.build_openvino",
+    "ctranslate2": "squeezer.optimize.build_ctranslate2",
+}
+
+
+def _build_reference(ctx: BuildContext) -> BuildInfo:
+    files = []
+    for pattern in ("*.safetensors", "pytorch_model.bin"):
+        for f in ctx.source.path.glob(pattern):
+            shutil.copyfile(f, ctx.out / f.name)
+            files.append(f.name)
+    return BuildInfo(tuple(files), {"torch": _version("torch")})
+
+
+def _version(module: str) -> str:
+    try:
+        return str(importlib.import_module(module).__version__)
+    except ImportError:
+        return "not installed"
+
+
+REFERENCE_CANDIDATE = Candidate("torch", "float32", build=_build_reference)
+assert REFERENCE_CANDIDATE.name == REFERENCE
+
+
+def all_candidates(only: tuple[str, ...] = ()) -> tuple[list[Candidate], dict[str, str]]:
+    """Every candidate whose runtime is installed (and whose name starts with one of
+    ``only``, when given), and why the other runtimes are not available."""
+    found, missing = [REFERENCE_CANDIDATE], {}
+    for runtime, module in _BUILD_MODULES.items():
+        if only and not any(p.startswith(runtime) or runtime.startswith(p) for p in only):
+            continue
+        reason = missing_reason(runtime)
+        if reason is not None:
+            missing[runtime] = reason
+            continue
+        found.extend(importlib.import_module(module).CANDIDATES)
+    return found, missing
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizeSettings:
+    model: str
+    out: Path
+    task: Task | None = None
+    #: Embeddings: 1 - min cosine; classifiers: 1 - top-1 agreement.
+    max_loss: float = 0.01
+    margin: float = DEFAULT_MARGIN
+    texts: Path | None = None
+    per_split: int = 256
+    seed: int = 0
+    #: Only candidates whose name starts with one of these (all when empty).
+    only: tuple[str, ...] = ()
+    #: Seconds of timing per candidate and shape.
+    speed_budget_s: float = 4.0
+    keep_candidates: bool = False
+
+
+@dataclass(slots=True)
+class OptimizeResult:
+    settings: OptimizeSettings
+    folder: ModelFolder
+    task: Task
+    splits: Splits
+    results: list[CandidateResult]
+    choice: Choice
+    manifest: Manifest
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def _support_ignore(_dir: str, names: list[str]) -> set[str]:
+    import fnmatch
+
+    return {n for n in names if any(fnmatch.fnmatch(n, p) for p in (*_WEIGHT_PATTERNS, ".git*"))}
+
+
+def prepare_out(out: Path) -> None:
+    """``out`` must be new, empty, or an earlier artifact (which is replaced)."""
+    if out.exists():
+        if not out.is_dir():
+            raise ModelLoadError(f"--out {out} exists and is not a folder")
+        if any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+            raise ModelLoadError(
+                f"--out {out} is not empty and holds no {MANIFEST_FILE}: refusing to overwrite"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def _task_for(folder: ModelFolder, asked: Task | None) -> Task:
+    possible = folder.possible_tasks()
+    task = asked or next((t for t in possible if t in GATED_TASKS), None)
+    if task is None or task not in possible:
+        raise ModelLoadError(
+            f"{folder.path}: cannot optimize for {asked.value if asked else 'any task'}; "
+            f"the model does {', '.join(t.value for t in possible) or 'nothing squeezer serves'}"
+        )
+    if task not in GATED_TASKS:
+        raise ModelLoadError(
+            f"the accuracy gate measures {', '.join(t.value for t in GATED_TASKS)}; "
+            f"{task.value} is not gated yet"
+        )
+    return task
+
+
+@contextmanager
+def _loaded(runtime: str, path: Path) -> Iterator[Backend]:
+    backend = load_backend(runtime, path, device="cpu", dtype="float32")
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+class Search:
+    """One optimization run; ``progress(name, step)`` is told what is happening."""
+
+    def __init__(
+        self, settings: OptimizeSettings, progress: Callable[[str, str], None] | None = None
+    ) -> None:
+        self.s = settings
+        self.progress = progress or (lambda _name, _step: None)
+        self.folder = read_folder(locate(settings.model))
+        self.task = _task_for(self.folder, settings.task)
+        texts = load_texts(settings.texts)
+        self.splits = split_texts(texts, settings.per_split, settings.seed)
+        self.probes = {
+            name: Probe(self.folder, self.task, getattr(self.splits, name))
+            for name in ("calibration", "selection", "report")
+        }
+        self.reference: dict[str, FloatArray] = {}
+
+    def _reference_outputs(self) -> None:
+        with _loaded("torch", self.folder.path) as backend:
+            for name, probe in self.probes.items():
+                self.reference[name] = probe.run(backend)
+
+    def _calibration_loss(self, runtime: str) -> Callable[[Path], float]:
+        def loss(path: Path) -> float:
+            with _loaded(runtime, path) as backend:
+                out = self.probes["calibration"].run(backend)
+            return compare(self.task, self.reference["calibration"], out).loss
+
+        return loss
+
+    def _skip_reason(self, c: Candidate) -> str | None:
+        if self.task not in c.tasks:
+            return f"{c.runtime} candidates do not serve {self.task.value}"
+        module = _BUILD_MODULES.get(c.runtime)
+        if module is None:
+            return None
+        reason: str | None = importlib.import_module(module).supports(self.folder)
+        return reason
+
+    def _run_one(self, c: Candidate, work: Path, cache: Path) -> CandidateResult:
+        reason = self._skip_reason(c)
+        if reason is not None:
+            return CandidateResult(c, Status.SKIPPED, reason)
+        out = work / c.name
+        shutil.copytree(self.folder.path, out, ignore=_support_ignore)
+        ctx = BuildContext(
+            self.folder,
+            out,
+            self.task,
+            self.splits.calibration,
+            cache,
+            self._calibration_loss(c.runtime),
+        )
+        try:
+            self.progress(c.name, "build")
+            t0 = time.perf_counter()
+            assert c.build is not None
+            info = c.build(ctx)
+            build_s = time.perf_counter() - t0
+            result = CandidateResult(c, Status.MEASURED, build=info, build_s=build_s, folder=out)
+            with _loaded(c.runtime, out) as backend:
+                self.progress(c.name, "accuracy")
+                for split in ("selection", "report"):
+                    acc = compare(self.task, self.reference[split], self.probes[split].run(backend))
+                    setattr(result, split, acc)
+                self.progress(c.name, "speed")
+                result.speed = measure(
+                    backend,
+                    self.probes["selection"],
+                    self.splits.selection,
+                    budget_s=self.s.speed_budget_s,
+                )
+            return result
+        except Exception as e:  # a broken candidate fails alone, whatever it raised
+            log.warning("candidate %s failed: %s", c.name, e)
+            return CandidateResult(c, Status.FAILED, f"{type(e).__name__}: {e}")
+
+    def candidates(self) -> tuple[list[Candidate], dict[str, str]]:
+        found, missing = all_candidates(self.s.only)
+        if self.s.only:
+            found = [c for c in found if c.name == REFERENCE or c.name.startswith(self.s.only)]
+        return found, missing
+
+    def run(self) -> OptimizeResult:
+        prepare_out(self.s.out)
+        work, cache = self.s.out / _WORK, self.s.out / _CACHE
+        work.mkdir()
+        cache.mkdir()
+        self.progress("reference", "fp32 outputs")
+        self._reference_outputs()
+        found, missing = self.candidates()
+        results = []
+        for c in found:
+            results.append(self._run_one(c, work, cache))
+            self.progress(c.name, "done")
+        choice = choose(results, self.s.max_loss, self.s.margin)
+        manifest = self._publish(choice)
+        if not self.s.keep_candidates:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
+        return OptimizeResult(
+            self.s, self.folder, self.task, self.splits, results, choice, manifest, missing
+        )
+
+    def _publish(self, choice: Choice) -> Manifest:
+        """Move the winner's files into ``out`` and write its manifest."""
+        winner = choice.winner
+        assert winner.folder is not None and winner.report is not None
+        assert winner.speed is not None
+        for f in winner.folder.iterdir():
+            target = self.s.out / f.name
+            shutil.copytree(f, target) if f.is_dir() else shutil.copyfile(f, target)
+        c = winner.candidate
+        manifest = Manifest(
+            squeezer_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            task=self.task.value,
+            source=SourceModel(
+                path=str(self.folder.path),
+                content_hash=self.folder.content_hash(),
+                model_type=self.folder.model_type,
+                architectures=self.folder.architectures,
+            ),
+            runtime=c.runtime,
+            runtime_version=_version(c.runtime),
+            precision=c.precision,
+            variant=c.variant,
+            candidate=c.name,
+            accuracy=winner.report.as_dict(),
+            speed=winner.speed.as_dict(),
+            max_loss=self.s.max_loss,
+            within_budget=choice.within_budget,
+            hardware=current_hardware(compute_threads()),
+            build=dict(winner.build.details) if winner.build else {},
+        )
+        manifest.write(self.s.out)
+        return manifest

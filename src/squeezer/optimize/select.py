@@ -1,0 +1,86 @@
+"""Pick the fastest candidate inside the accuracy budget, and say why the others lost.
+
+The gate keeps a margin: on the selection split a candidate must stay within
+``margin`` x the budget, so that a winner that only just passed on the text it was
+chosen on does not fail on the report split. The fp32 torch reference always passes
+(its loss is zero by definition); when it is the only one that does, the choice is a
+fallback and the search says so (and exits with ``EXIT_FALLBACK``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from squeezer.optimize.accuracy import Accuracy
+from squeezer.optimize.candidate import BuildInfo, Candidate
+from squeezer.optimize.speed import Speed
+
+#: ``squeezer optimize`` exit status when no optimized candidate met the budget.
+EXIT_FALLBACK = 3
+DEFAULT_MARGIN = 0.8
+REFERENCE = "torch-float32"
+
+
+class Status(str, Enum):
+    MEASURED = "measured"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class CandidateResult:
+    candidate: Candidate
+    status: Status
+    reason: str = ""
+    build: BuildInfo | None = None
+    build_s: float = 0.0
+    selection: Accuracy | None = None
+    report: Accuracy | None = None
+    speed: Speed | None = None
+    folder: Path | None = None
+    verdict: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.candidate.name
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    winner: CandidateResult
+    #: False when nothing but the fp32 reference met the budget.
+    within_budget: bool
+    verdicts: dict[str, str] = field(default_factory=dict)
+
+
+def passes(result: CandidateResult, max_loss: float, margin: float = DEFAULT_MARGIN) -> bool:
+    if result.status is not Status.MEASURED or result.selection is None:
+        return False
+    return result.name == REFERENCE or result.selection.loss <= margin * max_loss
+
+
+def choose(
+    results: list[CandidateResult], max_loss: float, margin: float = DEFAULT_MARGIN
+) -> Choice:
+    """The fastest passing candidate (by batch throughput); each result gets a verdict."""
+    passing = [r for r in results if passes(r, max_loss, margin) and r.speed is not None]
+    if not passing:
+        raise ValueError(f"no measured candidate; the reference {REFERENCE} must be among them")
+    winner = max(passing, key=lambda r: r.speed.throughput if r.speed else 0.0)
+    best = winner.speed.throughput if winner.speed else 0.0
+    for r in results:
+        if r is winner:
+            r.verdict = "chosen: fastest within the budget"
+        elif r.status is not Status.MEASURED:
+            r.verdict = f"{r.status.value}: {r.reason}"
+        elif r not in passing and r.selection is not None:
+            r.verdict = (
+                f"over budget: loss {r.selection.loss:.4g} > {margin:g} x {max_loss:g} "
+                "on the selection split"
+            )
+        elif r.speed is not None:
+            r.verdict = f"slower: {r.speed.throughput:.1f}/s vs {best:.1f}/s"
+    within = any(r.name != REFERENCE for r in passing)
+    return Choice(winner, within, {r.name: r.verdict for r in results})

@@ -1,0 +1,162 @@
+"""The whole search on a tiny model, its artifact served, and ``serve --optimize``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+pytest.importorskip("onnxruntime")
+
+from squeezer.config import ModelSettings, Settings
+from squeezer.errors import ModelLoadError
+from squeezer.models import read_folder
+from squeezer.models.manifest import Manifest, read_manifest
+from squeezer.optimize import build_onnx, report
+from squeezer.optimize import search as search_module
+from squeezer.optimize.candidate import BuildContext
+from squeezer.optimize.search import OptimizeResult, OptimizeSettings, Search
+from squeezer.optimize.select import REFERENCE, Status
+from squeezer.server.app import create_app
+from squeezer.types import Task
+
+ONLY = ("onnxruntime-float32", "onnxruntime-int8-per-channel-s8-keep25pct")
+
+
+@pytest.fixture(scope="module")
+def optimized(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> OptimizeResult:
+    out = tmp_path_factory.mktemp("opt") / "artifact"
+    steps: list[tuple[str, str]] = []
+    settings = OptimizeSettings(
+        model=str(tiny_bert), out=out, per_split=24, only=ONLY, speed_budget_s=0.2
+    )
+    result = Search(settings, lambda name, step: steps.append((name, step))).run()
+    report.write(result)
+    assert ("onnxruntime-float32-fused", "build") in steps
+    return result
+
+
+def test_search_measures_every_candidate_and_picks_one_within_budget(
+    optimized: OptimizeResult,
+) -> None:
+    names = [r.name for r in optimized.results]
+    assert names == [REFERENCE, "onnxruntime-float32-fused", ONLY[1]]
+    assert all(r.status is Status.MEASURED for r in optimized.results)
+    assert all(r.verdict for r in optimized.results)
+    winner = optimized.choice.winner
+    assert winner.selection is not None and winner.selection.loss <= 0.8 * 0.01
+    assert optimized.task is Task.EMBED
+    splits = optimized.splits
+    assert not set(splits.selection) & (set(splits.calibration) | set(splits.report))
+
+
+def test_artifact_holds_manifest_report_and_no_scratch(optimized: OptimizeResult) -> None:
+    out = optimized.settings.out
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest == optimized.manifest
+    assert manifest.runtime in {"torch", "onnxruntime"}
+    assert manifest.accuracy["loss"] == optimized.choice.winner.report.loss  # type: ignore[union-attr]
+    assert manifest.source.content_hash and manifest.hardware.cores >= 1
+    for name in ("report.md", "report.png", "results.json", "tokenizer.json", "modules.json"):
+        assert (out / name).is_file(), name
+    assert not (out / ".candidates").exists() and not (out / ".cache").exists()
+    data = json.loads((out / "results.json").read_text())
+    assert data["winner"] == manifest.candidate
+    assert {c["candidate"] for c in data["candidates"]} == {r.name for r in optimized.results}
+    text = (out / "report.md").read_text()
+    assert manifest.candidate in text and "report.png" in text
+
+
+def test_out_folder_that_is_not_an_artifact_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(ModelLoadError, match="refusing to overwrite"):
+        Search(OptimizeSettings(model=str(tiny_bert), out=tmp_path, per_split=8)).run()
+    assert (tmp_path / "precious.txt").exists()
+
+
+def test_a_head_the_gate_cannot_measure_is_refused(tiny_ner: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not gated"):
+        Search(OptimizeSettings(model=str(tiny_ner), out=tmp_path / "o", task=Task.TOKEN_CLASSIFY))
+
+
+def _onnx_artifact(source: Path, manifest: Manifest, out: Path) -> Path:
+    """An ONNX artifact built directly (on a tiny model torch may win the search)."""
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    build_onnx.build_fp32(BuildContext(read_folder(source), out, Task.EMBED, cache=out.parent))
+    manifest.model_copy(
+        update={"runtime": "onnxruntime", "candidate": "onnxruntime-float32-fused"}
+    ).write(out)
+    return out
+
+
+def test_artifact_is_served_with_its_runtime_and_matches_torch(
+    optimized: OptimizeResult, tiny_bert: Path, tmp_path: Path
+) -> None:
+    artifact = _onnx_artifact(tiny_bert, optimized.manifest, tmp_path / "art")
+    models = [
+        ModelSettings(name="fast", path=str(artifact)),
+        ModelSettings(name="ref", path=str(tiny_bert)),
+    ]
+    texts = ["the quick brown fox", "a longer sentence about models and speed"]
+    app = create_app(Settings(models=models))
+    with TestClient(app) as client:
+        assert app.state.runtime.registry.get("fast").info.backend == "onnxruntime"
+        fast = client.post("/v1/embeddings", json={"input": texts, "model": "fast"})
+        ref = client.post("/v1/embeddings", json={"input": texts, "model": "ref"})
+        assert fast.status_code == ref.status_code == 200
+        for a, b in zip(fast.json()["data"], ref.json()["data"], strict=True):
+            np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-4)
+        tei = client.post("/embed", json={"inputs": texts, "model": "fast"})
+        assert tei.status_code == 200 and len(tei.json()) == 2
+
+
+def test_artifact_from_other_hardware_is_served_with_a_warning(
+    optimized: OptimizeResult, tiny_bert: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = optimized.manifest.hardware.model_copy(
+        update={"flags": ("avx2", "avx512_vnni"), "cpu": "elsewhere"}
+    )
+    artifact = _onnx_artifact(
+        tiny_bert, optimized.manifest.model_copy(update={"hardware": other}), tmp_path / "art"
+    )
+    app = create_app(Settings(models=[ModelSettings(name="m", path=str(artifact))]))
+    with caplog.at_level(logging.WARNING), TestClient(app) as client:
+        assert client.post("/embed", json={"inputs": "hello"}).status_code == 200
+    assert "was tuned on elsewhere" in caplog.text
+
+
+def test_serve_optimize_searches_once_then_uses_the_cache(
+    tiny_bert: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[OptimizeSettings] = []
+    real = Search.run
+
+    def counted(self: Search) -> OptimizeResult:
+        runs.append(self.s)
+        return real(self)
+
+    monkeypatch.setattr(Search, "run", counted)
+    monkeypatch.setattr(
+        search_module, "all_candidates", lambda only=(): ([search_module.REFERENCE_CANDIDATE], {})
+    )
+    settings = Settings(
+        models=[ModelSettings(name="m", path=str(tiny_bert))],
+        optimize=True,
+        optimize_cache=tmp_path / "cache",
+    )
+    for _ in range(2):
+        with caplog.at_level(logging.INFO), TestClient(create_app(settings)) as client:
+            r = client.post("/embed", json={"inputs": "hello"})
+            assert r.status_code == 200
+    assert len(runs) == 1
+    assert "found in the cache" in caplog.text
+    (entry,) = list((tmp_path / "cache").iterdir())
+    assert read_manifest(entry) is not None

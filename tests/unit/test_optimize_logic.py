@@ -1,0 +1,131 @@
+"""The optimizer's logic without building anything: splits, scoring, choice, manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from squeezer.errors import ModelLoadError
+from squeezer.models.manifest import Hardware, Manifest, SourceModel, read_manifest
+from squeezer.optimize.accuracy import Accuracy, compare
+from squeezer.optimize.candidate import Candidate
+from squeezer.optimize.corpus import load_texts, split_texts
+from squeezer.optimize.select import REFERENCE, CandidateResult, Status, choose
+from squeezer.optimize.speed import Speed
+from squeezer.types import Task
+
+
+def test_splits_are_disjoint_deterministic_and_deduplicated() -> None:
+    texts = load_texts(None)
+    a = split_texts([*texts, *texts[:50]], per_split=100, seed=3)
+    b = split_texts(texts, per_split=100, seed=3)
+    assert a == b
+    sets = [set(a.calibration), set(a.selection), set(a.report)]
+    assert all(len(s) == 100 for s in sets)
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert split_texts(texts, per_split=100, seed=4) != a
+
+
+def test_small_corpus_splits_evenly_and_too_small_is_refused() -> None:
+    s = split_texts([f"text {i}" for i in range(10)], per_split=256)
+    assert s.sizes() == {"calibration": 3, "selection": 3, "report": 3}
+    with pytest.raises(ValueError, match="at least 3"):
+        split_texts(["a", "a", "b"])
+
+
+def test_embedding_loss_is_one_minus_min_cosine() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(20, 8)).astype(np.float32)
+    cand = ref.copy()
+    cand[3] = -ref[3]  # one vector flipped: cosine -1
+    acc = compare(Task.EMBED, ref, cand)
+    assert acc.min_cosine == pytest.approx(-1.0)
+    assert acc.loss == pytest.approx(2.0)
+    assert acc.mean_cosine == pytest.approx((19 - 1) / 20)
+    same = compare(Task.EMBED, ref, ref * 3.0)  # scale does not matter
+    assert same.loss == pytest.approx(0.0, abs=1e-6) and same.agreement == 1.0
+
+
+def test_classifier_loss_is_one_minus_top1_agreement() -> None:
+    ref = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    cand = ref.copy()
+    cand[2] = [0.0, 1.0]
+    acc = compare(Task.CLASSIFY, ref, cand)
+    assert acc.agreement == 0.75 and acc.loss == pytest.approx(0.25)
+    assert acc.max_prob_diff > 0.4
+
+
+def _result(
+    name: str, loss: float, speed: float, status: Status = Status.MEASURED
+) -> CandidateResult:
+    runtime, _, precision = name.partition("-")
+    acc = Accuracy(loss, 1 - loss, 1 - loss / 2, 1.0)
+    return CandidateResult(
+        Candidate(runtime, precision),
+        status,
+        reason="" if status is Status.MEASURED else "not installed",
+        selection=acc if status is Status.MEASURED else None,
+        speed=Speed(speed, 1.0, 2.0, 32) if status is Status.MEASURED else None,
+    )
+
+
+def test_choice_is_the_fastest_within_the_margin_and_every_loser_says_why() -> None:
+    results = [
+        _result(REFERENCE, 0.0, 100),
+        _result("onnx-fp32", 1e-7, 130),
+        _result("onnx-int8a", 0.009, 300),  # inside the budget, outside the 0.8 margin
+        _result("onnx-int8b", 0.007, 220),
+        _result("ct2-int8", 0.0, 0, Status.SKIPPED),
+    ]
+    choice = choose(results, max_loss=0.01)
+    assert choice.winner.name == "onnx-int8b" and choice.within_budget
+    assert choice.verdicts["onnx-int8a"].startswith("over budget")
+    assert choice.verdicts["onnx-fp32"].startswith("slower: 130.0/s vs 220.0/s")
+    assert choice.verdicts["ct2-int8"] == "skipped: not installed"
+    # A looser margin lets the faster one through.
+    assert choose(results, max_loss=0.01, margin=1.0).winner.name == "onnx-int8a"
+
+
+def test_nothing_but_the_reference_passing_is_a_fallback() -> None:
+    results = [_result(REFERENCE, 0.0, 100), _result("onnx-int8", 0.05, 300)]
+    choice = choose(results, max_loss=0.01)
+    assert choice.winner.name == REFERENCE and not choice.within_budget
+
+
+def _manifest() -> Manifest:
+    return Manifest(
+        squeezer_version="0.1.0",
+        created="2026-11-23T00:00:00+00:00",
+        task="embed",
+        source=SourceModel(path="/m", content_hash="ab" * 32, model_type="bert"),
+        runtime="onnxruntime",
+        runtime_version="1.32.0",
+        precision="int8",
+        variant="per-channel-s8",
+        candidate="onnxruntime-int8-per-channel-s8",
+        accuracy={"loss": 0.004, "min_cosine": 0.996},
+        speed={"throughput": 220.0},
+        max_loss=0.01,
+        hardware=Hardware(machine="x86_64", cpu="cpu", flags=("avx", "avx2"), cores=2),
+        build={"kept_in_float": ["a", "b"]},
+    )
+
+
+def test_manifest_round_trips(tmp_path: Path) -> None:
+    m = _manifest()
+    m.write(tmp_path)
+    assert read_manifest(tmp_path) == m
+    assert read_manifest(tmp_path / "nowhere") is None
+    (tmp_path / "squeezer.json").write_text('{"runtime": 3}')
+    with pytest.raises(ModelLoadError, match="not a valid squeezer manifest"):
+        read_manifest(tmp_path)
+
+
+def test_hardware_differences_name_what_changed() -> None:
+    a = Hardware(machine="x86_64", cpu="A", flags=("avx2", "avx512_vnni"), cores=2)
+    b = Hardware(machine="x86_64", cpu="B", flags=("avx2",), cores=4)
+    assert a.differences(a) == []
+    assert a.differences(b) == ["CPU flags missing here: avx512_vnni", "cores 2 -> 4"]
+    assert a.fingerprint != b.fingerprint

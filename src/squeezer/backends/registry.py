@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from squeezer.backends.base import Backend
 from squeezer.errors import ModelLoadError
@@ -53,11 +54,19 @@ def missing_reason(name: str) -> str | None:
     return f"backend {name!r} needs the {needs!r} package: pip install 'squeezer[{extra}]'"
 
 
-def load_backend(name: str, path: Path, *, device: str, dtype: str) -> Backend:
-    """Load ``path`` with the named runtime; device and dtype are already resolved."""
+def load_backend(
+    name: str, path: Path, *, device: str, dtype: str, options: dict[str, Any] | None = None
+) -> Backend:
+    """Load ``path`` with the named runtime; device and dtype are already resolved.
+
+    ``options`` are the runtime's own keyword arguments (an artifact's manifest records
+    them, e.g. ``compile`` for torch)."""
     reason = missing_reason(name)
     if reason is not None:
         raise ModelLoadError(reason)
     module, cls, _, _ = _RUNTIMES[name]
     loader: Callable[..., Backend] = getattr(importlib.import_module(module), cls)
-    return loader(path, device=device, dtype=dtype)
+    try:
+        return loader(path, device=device, dtype=dtype, **(options or {}))
+    except TypeError as e:
+        raise ModelLoadError(f"backend {name!r} does not take options {options}: {e}") from e

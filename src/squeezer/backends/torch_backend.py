@@ -53,7 +53,9 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, path: Path, *, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(
+        self, path: Path, *, device: str = "cpu", dtype: str = "float32", compile: bool = False
+    ) -> None:
         import transformers
         from transformers.utils import logging as hf_logging
 
@@ -75,6 +77,11 @@ class TorchBackend:
             raise ModelLoadError(f"could not load {path} with transformers: {e}") from e
         self._model.eval().to(device)
         self._encoder = self._model.base_model
+        #: The encoder as called for hidden states; with ``compile``, an inductor graph
+        #: with dynamic batch and length, built on the first call (warm-up pays for it).
+        self._run_encoder: Any = (
+            torch.compile(self._encoder, dynamic=True) if compile else self._encoder
+        )
         self._projection = self._model.get_output_embeddings() if self._head_outputs else None
         self._accepts = self._forward_params()
         self._cuda = device.startswith("cuda")
@@ -124,7 +131,7 @@ class TorchBackend:
         heads = [name for name in self._head_outputs if name in wanted]
         result: dict[str, torch.Tensor] = {}
         if not heads:
-            result[_HIDDEN] = self._encoder(**kwargs).last_hidden_state
+            result[_HIDDEN] = self._run_encoder(**kwargs).last_hidden_state
         else:
             positions = inputs.get("logit_positions")
             gather = self._to_device(positions) if positions is not None else None
@@ -136,6 +143,6 @@ class TorchBackend:
         return {name: t.float().cpu().numpy() for name, t in result.items()}
 
     def close(self) -> None:
-        del self._model, self._encoder, self._projection
+        del self._model, self._encoder, self._run_encoder, self._projection
         if self._cuda:
             torch.cuda.empty_cache()

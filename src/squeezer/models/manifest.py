@@ -110,6 +110,8 @@ class Manifest(BaseModel):
     precision: str
     variant: str = ""
     candidate: str
+    #: The backend's keyword arguments for this artifact (e.g. ``{"compile": true}``).
+    runtime_options: dict[str, Any] = Field(default_factory=dict)
     #: Accuracy on the report split (loss, min/mean cosine, agreement ...).
     accuracy: dict[str, float]
     #: Speed figures (sentences/s at batch shapes, single-request latency ms).

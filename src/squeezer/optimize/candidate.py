@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from squeezer.models import ModelFolder
 from squeezer.types import Task
@@ -55,6 +56,9 @@ class Candidate:
     tasks: frozenset[Task] = frozenset(Task) - {Task.GENERATE}
     #: Lossless candidates are expected to match fp32 (cosine >= 0.9999).
     lossless: bool = True
+    #: Keyword arguments for the backend when it loads this candidate (recorded in the
+    #: manifest, so that serving loads it the same way).
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from squeezer import __version__
 from squeezer.backends import Backend, load_backend
@@ -72,12 +73,22 @@ def _version(module: str) -> str:
 
 REFERENCE_CANDIDATE = Candidate("torch", "float32", build=_build_reference)
 assert REFERENCE_CANDIDATE.name == REFERENCE
+#: torch.compile (inductor) of the encoder: same weights, fused kernels; embeddings only
+#: (heads run eager so fill-mask's gather hook never forces a recompile).
+COMPILED_CANDIDATE = Candidate(
+    "torch",
+    "float32",
+    "compile",
+    build=_build_reference,
+    tasks=frozenset({Task.EMBED}),
+    options={"compile": True},
+)
 
 
 def all_candidates(only: tuple[str, ...] = ()) -> tuple[list[Candidate], dict[str, str]]:
     """Every candidate whose runtime is installed (and whose name starts with one of
     ``only``, when given), and why the other runtimes are not available."""
-    found, missing = [REFERENCE_CANDIDATE], {}
+    found, missing = [REFERENCE_CANDIDATE, COMPILED_CANDIDATE], {}
     for runtime, module in _BUILD_MODULES.items():
         if only and not any(p.startswith(runtime) or runtime.startswith(p) for p in only):
             continue
@@ -155,8 +166,8 @@ def _task_for(folder: ModelFolder, asked: Task | None) -> Task:
 
 
 @contextmanager
-def _loaded(runtime: str, path: Path) -> Iterator[Backend]:
-    backend = load_backend(runtime, path, device="cpu", dtype="float32")
+def _loaded(runtime: str, path: Path, options: dict[str, Any] | None = None) -> Iterator[Backend]:
+    backend = load_backend(runtime, path, device="cpu", dtype="float32", options=options)
     try:
         yield backend
     finally:
@@ -186,9 +197,9 @@ class Search:
             for name, probe in self.probes.items():
                 self.reference[name] = probe.run(backend)
 
-    def _calibration_loss(self, runtime: str) -> Callable[[Path], float]:
+    def _calibration_loss(self, c: Candidate) -> Callable[[Path], float]:
         def loss(path: Path) -> float:
-            with _loaded(runtime, path) as backend:
+            with _loaded(c.runtime, path, c.options) as backend:
                 out = self.probes["calibration"].run(backend)
             return compare(self.task, self.reference["calibration"], out).loss
 
@@ -215,7 +226,7 @@ class Search:
             self.task,
             self.splits.calibration,
             cache,
-            self._calibration_loss(c.runtime),
+            self._calibration_loss(c),
         )
         try:
             self.progress(c.name, "build")
@@ -224,7 +235,7 @@ class Search:
             info = c.build(ctx)
             build_s = time.perf_counter() - t0
             result = CandidateResult(c, Status.MEASURED, build=info, build_s=build_s, folder=out)
-            with _loaded(c.runtime, out) as backend:
+            with _loaded(c.runtime, out, c.options) as backend:
                 self.progress(c.name, "accuracy")
                 for split in ("selection", "report"):
                     acc = compare(self.task, self.reference[split], self.probes[split].run(backend))
@@ -292,6 +303,7 @@ class Search:
             precision=c.precision,
             variant=c.variant,
             candidate=c.name,
+            runtime_options=dict(c.options),
             accuracy=winner.report.as_dict(),
             speed=winner.speed.as_dict(),
             max_loss=self.s.max_loss,

@@ -174,7 +174,8 @@ class Runtime:
         backend_name = spec.backend or (manifest.runtime if manifest else s.backend)
         tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
         handlers = build_tasks(spec.name, tasks, folder, tokenizer)
-        backend = load_backend(backend_name, path, device=device, dtype=dtype)
+        options = manifest.runtime_options if manifest and manifest.runtime == backend_name else {}
+        backend = load_backend(backend_name, path, device=device, dtype=dtype, options=options)
         info = ModelInfo(
             name=spec.name,
             path=str(path),

@@ -176,10 +176,14 @@ def _exported(ctx: BuildContext) -> _Export:
     return _Export(fused, details)
 
 
-def build_fp32(ctx: BuildContext) -> BuildInfo:
+def build_fp32(ctx: BuildContext, *, fused: bool = True) -> BuildInfo:
+    """The exported graph, with ORT's transformer fusions (or without: the plain export
+    under ORT's generic graph optimizations, to show what the fusions are worth)."""
     export = _exported(ctx)
-    shutil.copyfile(export.fused, ctx.out / MODEL_FILE)
-    return BuildInfo((MODEL_FILE,), {**export.details, **_versions()})
+    source = export.fused if fused else export.fused.parent / "exported.onnx"
+    shutil.copyfile(source, ctx.out / MODEL_FILE)
+    details = export.details if fused else {"inputs": export.details["inputs"]}
+    return BuildInfo((MODEL_FILE,), {**details, **_versions()})
 
 
 def _versions() -> dict[str, str]:
@@ -302,6 +306,7 @@ _SCHEMES = (
 
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("onnxruntime", "float32", "fused", build=build_fp32),
+    Candidate("onnxruntime", "float32", "unfused", build=partial(build_fp32, fused=False)),
     *(
         Candidate(
             "onnxruntime",

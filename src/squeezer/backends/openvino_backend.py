@@ -1,0 +1,121 @@
+"""OpenVINO on CPU: an IR (``openvino_model.xml``/``.bin``) in fp32 or int8.
+
+The model is compiled once, at load, with dynamic batch and length, as many inference
+threads as squeezer computes with, one stream and the latency hint: the engine runs
+one batch at a time on one compute thread, so more streams would only split the cores.
+The precision hint is pinned to f32; OpenVINO would otherwise run fp32 graphs in bf16
+on CPUs that have it, and an fp32 artifact must match the fp32 reference. Int8 graphs
+keep their int8 kernels whatever the hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from squeezer.backends.device import compute_threads
+from squeezer.errors import ModelLoadError
+from squeezer.types import NamedArrays
+
+MODEL_XML = "openvino_model.xml"
+MODEL_BIN = "openvino_model.bin"
+
+
+def compile_config(threads: int) -> dict[str, Any]:
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    return {
+        props.inference_num_threads: threads,
+        props.streams.num: 1,
+        hints.performance_mode: hints.PerformanceMode.LATENCY,
+        hints.inference_precision: ov.Type.f32,
+    }
+
+
+class OpenVinoBackend:
+    """Runs an OpenVINO IR from an artifact folder; its outputs are the IR's outputs.
+
+    Inputs the IR has are fed as int64 (``token_type_ids`` as zeros when the batch has
+    none); other keys in the batch are ignored. A graph with per-token ``logits`` returns
+    only the rows named by ``logit_positions``, as the torch backend does.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: Path, *, device: str = "cpu", dtype: str = "float32") -> None:
+        if device != "cpu":
+            raise ModelLoadError(
+                f"the openvino backend runs on the CPU here; device {device!r} asked for"
+            )
+        if dtype != "float32":
+            raise ModelLoadError(
+                f"openvino artifacts carry their own precision; dtype {dtype!r} asked for "
+                "(serve with --dtype float32 or auto)"
+            )
+        xml, weights = path / MODEL_XML, path / MODEL_BIN
+        if not xml.is_file() or not weights.is_file():
+            raise ModelLoadError(
+                f"{path} has no {MODEL_XML} and {MODEL_BIN}: build them with "
+                f"`squeezer optimize {path}`"
+            )
+        import openvino as ov
+
+        self.device = device
+        self.dtype = dtype
+        try:
+            core = ov.Core()
+            model = core.read_model(xml, weights)
+            fixed = {
+                p.get_any_name(): ov.PartialShape([-1, -1])
+                for p in model.inputs
+                if any(d.is_static for d in p.get_partial_shape())
+            }
+            if fixed:  # an IR saved with fixed shapes: open batch and length up
+                model.reshape(fixed)
+            self._compiled = core.compile_model(model, "CPU", compile_config(compute_threads()))
+        except Exception as e:  # OpenVINO raises plain RuntimeErrors for bad IRs
+            raise ModelLoadError(f"openvino could not load {xml}: {e}") from e
+        self._request = self._compiled.create_infer_request()
+        self._inputs = tuple(
+            (p.get_any_name(), p.get_element_type().to_dtype()) for p in self._compiled.inputs
+        )
+        self._ports = {p.get_any_name(): p for p in self._compiled.outputs}
+        self._outputs = tuple(self._ports)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._outputs
+
+    def forward(self, inputs: NamedArrays, outputs: Sequence[str] | None = None) -> NamedArrays:
+        wanted = list(outputs) if outputs is not None else list(self._outputs)
+        unknown = set(wanted) - set(self._outputs)
+        if unknown:
+            raise ValueError(
+                f"outputs {sorted(unknown)} not produced; this model gives {list(self._outputs)}"
+            )
+        ids = inputs["input_ids"]
+        feed: dict[str, np.ndarray[Any, Any]] = {}
+        for name, dtype in self._inputs:
+            value = inputs.get(name)
+            if value is None:  # e.g. token_type_ids a tokenizer does not produce
+                value = np.zeros_like(ids)
+            feed[name] = np.ascontiguousarray(value, dtype=dtype)
+        # Inputs are read in place (the call is synchronous); outputs are copied out of
+        # the request, which the next batch reuses.
+        result = self._request.infer(feed, share_inputs=True, share_outputs=False)
+        results: dict[str, np.ndarray[Any, Any]] = {
+            name: np.asarray(result[self._ports[name]], dtype=np.float32) for name in wanted
+        }
+        positions = inputs.get("logit_positions")
+        logits = results.get("logits")
+        if positions is not None and logits is not None and logits.ndim == 3:
+            results["logits"] = logits[positions[:, 0], positions[:, 1]]
+        return results
+
+    def close(self) -> None:
+        del self._request, self._compiled

@@ -160,3 +160,23 @@ def test_serve_optimize_searches_once_then_uses_the_cache(
     assert "found in the cache" in caplog.text
     (entry,) = list((tmp_path / "cache").iterdir())
     assert read_manifest(entry) is not None
+
+
+def test_cli_exit_status_says_when_the_budget_was_not_met(tiny_bert: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from squeezer.cli import app
+    from squeezer.optimize.select import EXIT_FALLBACK
+
+    args = ["optimize", str(tiny_bert), "--per-split", "12", "--speed-budget", "0.1"]
+    args += ["--only", "onnxruntime-float32-fused"]
+    runner = CliRunner()
+    tight = runner.invoke(app, [*args, "--max-loss", "1e-12", "--out", str(tmp_path / "a")])
+    assert tight.exit_code == EXIT_FALLBACK, tight.output
+    manifest = read_manifest(tmp_path / "a")
+    assert manifest is not None and manifest.candidate == REFERENCE
+    assert not manifest.within_budget
+    loose = runner.invoke(app, [*args, "--max-loss", "0.1", "--out", str(tmp_path / "b")])
+    assert loose.exit_code == 0, loose.output
+    missing = runner.invoke(app, ["optimize", str(tmp_path / "nope"), "--out", str(tmp_path / "c")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output

@@ -39,6 +39,8 @@ class Recipe:
     serves: str = "{model_dir}"
     #: Extra `squeezer bench` arguments (e.g. --model for OpenAI routes).
     bench_args: tuple[str, ...] = ()
+    #: Folder the peer starts in (same placeholders); None: the current one.
+    cwd: str | None = None
 
 
 RECIPES: tuple[Recipe, ...] = (
@@ -80,14 +82,21 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         name="infinity-optimum",
         kind="embeddings",
-        start="{bin}/infinity_emb v2 --model-id {serves} --served-model-name minilm "
-        "--engine optimum --port {port} --url-prefix /v1 --no-model-warmup",
+        # Infinity hands optimum the ONNX file's path relative to --model-id, where
+        # optimum-onnx wants a bare file name: it only loads a folder given as "."
+        # (started inside it). `--pooling-method mean` is the model's own pooling ("auto"
+        # gave vectors at cosine 0.58 to the reference).
+        start="{bin}/infinity_emb v2 --model-id . --served-model-name minilm "
+        "--engine optimum --pooling-method mean --device cpu --host 127.0.0.1 "
+        "--port {port} --url-prefix /v1 --no-model-warmup",
+        cwd="{serves}",
         # Infinity's optimum engine loads an existing model.onnx and does not export one;
         # the packaged model has none and nothing may be downloaded: export it here.
+        # --library-name transformers gives the last_hidden_state output Infinity reads.
         prepare=(
             "cp -r {model_dir} {work}/minilm-onnx",
             "{bin}/optimum-cli export onnx --model {model_dir} --task feature-extraction "
-            "{work}/minilm-onnx",
+            "--library-name transformers {work}/minilm-onnx",
         ),
         serves="{work}/minilm-onnx",
         route="/v1/embeddings",

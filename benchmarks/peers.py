@@ -98,7 +98,12 @@ def started(
     cmd = recipe.start.format(port=port, **where)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            shlex.split(cmd), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            shlex.split(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=recipe.cwd.format(**where) if recipe.cwd else None,
         )
     base = f"http://127.0.0.1:{port}"
     try:

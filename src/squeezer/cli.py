@@ -177,6 +177,17 @@ def serve(
         raise typer.Exit(2) from None
 
 
+def _objective(value: str) -> Any:
+    from squeezer.optimize.select import Objective
+
+    try:
+        return Objective(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"--objective {value!r}: expected {' or '.join(o.value for o in Objective)}"
+        ) from None
+
+
 def _task_pair(arg: str) -> tuple[str, str]:
     task, sep, name = arg.partition("=")
     if not sep or not task or not name:
@@ -362,6 +373,12 @@ def optimize(
         Path | None,
         typer.Option(help="Text file, one text per line. [default: Python's pydoc corpus]"),
     ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="throughput (sentences/s in batches of 32) or latency (one short sentence)."
+        ),
+    ] = "throughput",
     per_split: Annotated[int, typer.Option(help="Texts in each of the three splits.")] = 256,
     only: Annotated[
         list[str] | None,
@@ -396,6 +413,7 @@ def optimize(
         out=out or Path("optimized") / name,
         task=Task(task) if task else None,
         max_loss=max_loss,
+        objective=_objective(objective),
         texts=texts,
         per_split=per_split,
         only=tuple(only or ()),

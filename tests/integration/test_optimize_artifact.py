@@ -180,3 +180,23 @@ def test_cli_exit_status_says_when_the_budget_was_not_met(tiny_bert: Path, tmp_p
     assert loose.exit_code == 0, loose.output
     missing = runner.invoke(app, ["optimize", str(tmp_path / "nope"), "--out", str(tmp_path / "c")])
     assert missing.exit_code == 1 and "does not exist" in " ".join(missing.output.split())
+
+
+def test_classifier_gate_is_top1_agreement_and_embed_only_runtimes_are_skipped(
+    tiny_classifier: Path, tmp_path: Path
+) -> None:
+    only = ("onnxruntime-float32-fused", "ctranslate2-float32", "torch-float32-compile")
+    settings = OptimizeSettings(
+        model=str(tiny_classifier), out=tmp_path / "o", per_split=16, only=only, speed_budget_s=0.1
+    )
+    result = Search(settings).run()
+    assert result.task is Task.CLASSIFY  # the model's main task
+    by_name = {r.name: r for r in result.results}
+    onnx = by_name["onnxruntime-float32-fused"]
+    assert onnx.status is Status.MEASURED and onnx.selection is not None
+    assert onnx.selection.agreement == 1.0 and onnx.selection.loss == 0.0
+    assert onnx.selection.max_prob_diff < 1e-4
+    for name in ("ctranslate2-float32", "torch-float32-compile"):
+        assert by_name[name].status is Status.SKIPPED
+        assert "does not serve classify" in by_name[name].reason
+    assert result.manifest.task == "classify"

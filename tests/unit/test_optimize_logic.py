@@ -12,7 +12,7 @@ from squeezer.models.manifest import Hardware, Manifest, SourceModel, read_manif
 from squeezer.optimize.accuracy import Accuracy, compare
 from squeezer.optimize.candidate import Candidate
 from squeezer.optimize.corpus import load_texts, split_texts
-from squeezer.optimize.select import REFERENCE, CandidateResult, Status, choose
+from squeezer.optimize.select import REFERENCE, CandidateResult, Objective, Status, choose
 from squeezer.optimize.speed import Speed
 from squeezer.types import Task
 
@@ -86,6 +86,16 @@ def test_choice_is_the_fastest_within_the_margin_and_every_loser_says_why() -> N
     assert choice.verdicts["ct2-int8"] == "skipped: not installed"
     # A looser margin lets the faster one through.
     assert choose(results, max_loss=0.01, margin=1.0).winner.name == "onnx-int8a"
+
+
+def test_latency_objective_picks_the_lowest_single_sentence_p50() -> None:
+    results = [_result(REFERENCE, 0.0, 100), _result("ct2-fp32", 0.0, 200)]
+    results.append(_result("onnx-fp32", 0.0, 150))
+    results[2].speed = Speed(150, 0.5, 0.9, 32)  # slower in batches, faster alone
+    assert choose(results, 0.01).winner.name == "ct2-fp32"
+    choice = choose(results, 0.01, objective=Objective.LATENCY)
+    assert choice.winner.name == "onnx-fp32"
+    assert choice.verdicts["ct2-fp32"] == "slower: 1.00 ms vs 0.50 ms"
 
 
 def test_nothing_but_the_reference_passing_is_a_fallback() -> None:

@@ -117,6 +117,8 @@ class Manifest(BaseModel):
     #: Speed figures (sentences/s at batch shapes, single-request latency ms).
     speed: dict[str, float]
     max_loss: float
+    #: What the winner was fastest at: "throughput" (batches) or "latency" (one input).
+    objective: str = "throughput"
     #: False when no candidate met the budget and the artifact fell back to fp32.
     within_budget: bool = True
     hardware: Hardware

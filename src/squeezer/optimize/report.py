@@ -51,6 +51,7 @@ def to_json(result: OptimizeResult) -> dict[str, Any]:
         "task": result.task.value,
         "max_loss": s.max_loss,
         "margin": s.margin,
+        "objective": s.objective.value,
         "splits": result.splits.sizes(),
         "winner": m.candidate,
         "within_budget": m.within_budget,
@@ -94,6 +95,8 @@ def markdown(result: OptimizeResult) -> str:
         "",
         f"- Winner: **{m.candidate}** ({m.runtime} {m.runtime_version}, {m.precision})"
         + ("" if m.within_budget else " - a fallback: no optimized candidate met the budget"),
+        f"- Objective: {s.objective.value} (batch 32 sentences/s, or one short sentence's "
+        "p50 latency).",
         f"- Budget: loss = {measure} <= {s.max_loss:g}; the gate asks <= {s.margin:g} x budget "
         "on the selection split.",
         f"- Splits (sentences): calibration {sizes['calibration']}, selection "

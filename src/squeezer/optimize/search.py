@@ -35,6 +35,7 @@ from squeezer.optimize.select import (
     REFERENCE,
     CandidateResult,
     Choice,
+    Objective,
     Status,
     choose,
 )
@@ -108,6 +109,7 @@ class OptimizeSettings:
     #: Embeddings: 1 - min cosine; classifiers: 1 - top-1 agreement.
     max_loss: float = 0.01
     margin: float = DEFAULT_MARGIN
+    objective: Objective = Objective.THROUGHPUT
     texts: Path | None = None
     per_split: int = 256
     seed: int = 0
@@ -207,7 +209,7 @@ class Search:
 
     def _skip_reason(self, c: Candidate) -> str | None:
         if self.task not in c.tasks:
-            return f"{c.runtime} candidates do not serve {self.task.value}"
+            return f"{c.name} does not serve {self.task.value}"
         module = _BUILD_MODULES.get(c.runtime)
         if module is None:
             return None
@@ -270,7 +272,7 @@ class Search:
         for c in found:
             results.append(self._run_one(c, work, cache))
             self.progress(c.name, "done")
-        choice = choose(results, self.s.max_loss, self.s.margin)
+        choice = choose(results, self.s.max_loss, self.s.margin, self.s.objective)
         manifest = self._publish(choice)
         if not self.s.keep_candidates:
             shutil.rmtree(work, ignore_errors=True)
@@ -307,6 +309,7 @@ class Search:
             accuracy=winner.report.as_dict(),
             speed=winner.speed.as_dict(),
             max_loss=self.s.max_loss,
+            objective=self.s.objective.value,
             within_budget=choice.within_budget,
             hardware=current_hardware(compute_threads()),
             build=dict(winner.build.details) if winner.build else {},

@@ -23,6 +23,14 @@ DEFAULT_MARGIN = 0.8
 REFERENCE = "torch-float32"
 
 
+class Objective(str, Enum):
+    """What "fastest" means: sentences/s in batches of 32 (a loaded server), or the
+    latency of one short sentence alone (an interactive client)."""
+
+    THROUGHPUT = "throughput"
+    LATENCY = "latency"
+
+
 class Status(str, Enum):
     MEASURED = "measured"
     SKIPPED = "skipped"
@@ -61,18 +69,36 @@ def passes(result: CandidateResult, max_loss: float, margin: float = DEFAULT_MAR
     return result.name == REFERENCE or result.selection.loss <= margin * max_loss
 
 
+def _score(result: CandidateResult, objective: Objective) -> float:
+    """Higher is better."""
+    assert result.speed is not None
+    if objective is Objective.LATENCY:
+        return -result.speed.single_p50_ms
+    return result.speed.throughput
+
+
+def _describe(result: CandidateResult, objective: Objective) -> str:
+    assert result.speed is not None
+    if objective is Objective.LATENCY:
+        return f"{result.speed.single_p50_ms:.2f} ms"
+    return f"{result.speed.throughput:.1f}/s"
+
+
 def choose(
-    results: list[CandidateResult], max_loss: float, margin: float = DEFAULT_MARGIN
+    results: list[CandidateResult],
+    max_loss: float,
+    margin: float = DEFAULT_MARGIN,
+    objective: Objective = Objective.THROUGHPUT,
 ) -> Choice:
-    """The fastest passing candidate (by batch throughput); each result gets a verdict."""
+    """The fastest passing candidate by ``objective``; each result gets a verdict."""
     passing = [r for r in results if passes(r, max_loss, margin) and r.speed is not None]
     if not passing:
         raise ValueError(f"no measured candidate; the reference {REFERENCE} must be among them")
-    winner = max(passing, key=lambda r: r.speed.throughput if r.speed else 0.0)
-    best = winner.speed.throughput if winner.speed else 0.0
+    winner = max(passing, key=lambda r: _score(r, objective))
+    best = _describe(winner, objective)
     for r in results:
         if r is winner:
-            r.verdict = "chosen: fastest within the budget"
+            r.verdict = f"chosen: fastest ({objective.value}) within the budget"
         elif r.status is not Status.MEASURED:
             r.verdict = f"{r.status.value}: {r.reason}"
         elif r not in passing and r.selection is not None:
@@ -81,6 +107,6 @@ def choose(
                 "on the selection split"
             )
         elif r.speed is not None:
-            r.verdict = f"slower: {r.speed.throughput:.1f}/s vs {best:.1f}/s"
+            r.verdict = f"slower: {_describe(r, objective)} vs {best}"
     within = any(r.name != REFERENCE for r in passing)
     return Choice(winner, within, {r.name: r.verdict for r in results})

@@ -79,6 +79,13 @@ def test_out_folder_that_is_not_an_artifact_is_refused(tiny_bert: Path, tmp_path
     assert (tmp_path / "precious.txt").exists()
 
 
+def test_out_folder_inside_the_source_is_refused(tiny_bert: Path) -> None:
+    for out in (tiny_bert, tiny_bert.parent, tiny_bert / "optimized"):
+        with pytest.raises(ModelLoadError, match="overlaps the model folder"):
+            Search(OptimizeSettings(model=str(tiny_bert), out=out, per_split=8)).run()
+    assert (tiny_bert / "model.safetensors").is_file()
+
+
 def test_a_head_the_gate_cannot_measure_is_refused(tiny_ner: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not gated"):
         Search(OptimizeSettings(model=str(tiny_ner), out=tmp_path / "o", task=Task.TOKEN_CLASSIFY))

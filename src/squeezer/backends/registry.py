@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ def load_backend(
         raise ModelLoadError(reason)
     module, cls, _, _ = _RUNTIMES[name]
     loader: Callable[..., Backend] = getattr(importlib.import_module(module), cls)
-    try:
-        return loader(path, device=device, dtype=dtype, **(options or {}))
-    except TypeError as e:
-        raise ModelLoadError(f"backend {name!r} does not take options {options}: {e}") from e
+    takes = inspect.signature(loader).parameters
+    unknown = sorted(set(options or {}) - set(takes) - {"path", "device", "dtype"})
+    if unknown:
+        raise ModelLoadError(f"backend {name!r} does not take options {unknown}")
+    return loader(path, device=device, dtype=dtype, **(options or {}))

@@ -157,7 +157,9 @@ def plot(result: OptimizeResult, path: Path) -> bool:
         scatter.annotate(
             r.name, (loss, speed), fontsize=7, xytext=(3, 3), textcoords="offset points"
         )
-    scatter.axvline(result.settings.max_loss, color="gray", linestyle="--", label="budget")
+    s = result.settings
+    scatter.axvline(s.max_loss, color="gray", linestyle="--", label="budget")
+    scatter.axvline(s.margin * s.max_loss, color="gray", linestyle=":", label="gate (margin)")
     scatter.set_xscale("log")
     scatter.set_xlabel("loss on the selection split (log)")
     scatter.set_ylabel("sentences/s")

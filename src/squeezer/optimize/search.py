@@ -261,6 +261,12 @@ class Search:
         return found, missing
 
     def run(self) -> OptimizeResult:
+        source, out = self.folder.path.resolve(), self.s.out.resolve()
+        if out == source or out in source.parents or source in out.parents:
+            raise ModelLoadError(
+                f"--out {self.s.out} overlaps the model folder it optimizes ({source}): "
+                "choose a folder outside it"
+            )
         prepare_out(self.s.out)
         work, cache = self.s.out / _WORK, self.s.out / _CACHE
         work.mkdir()

@@ -91,7 +91,7 @@ def markdown(result: OptimizeResult) -> str:
     measure = "1 - min cosine" if result.task.value == "embed" else "1 - top-1 agreement"
     sizes = result.splits.sizes()
     head = [
-        f"# squeezer optimize: {result.folder.path.name} ({result.task.value})",
+        f"# squeezer optimize: {s.model} ({result.task.value})",
         "",
         f"- Winner: **{m.candidate}** ({m.runtime} {m.runtime_version}, {m.precision})"
         + ("" if m.within_budget else " - a fallback: no optimized candidate met the budget"),

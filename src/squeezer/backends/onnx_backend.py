@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.device import compute_threads
+from squeezer.backends.graph_io import feed, gather_positions, requested
 from squeezer.errors import ModelLoadError
 from squeezer.types import NamedArrays
 
@@ -77,25 +78,10 @@ class OnnxBackend:
         return self._outputs
 
     def forward(self, inputs: NamedArrays, outputs: Sequence[str] | None = None) -> NamedArrays:
-        wanted = list(outputs) if outputs is not None else list(self._outputs)
-        unknown = set(wanted) - set(self._outputs)
-        if unknown:
-            raise ValueError(
-                f"outputs {sorted(unknown)} not produced; this model gives {list(self._outputs)}"
-            )
-        ids = inputs["input_ids"]
-        feed: dict[str, np.ndarray[Any, Any]] = {}
-        for name in self._inputs:
-            value = inputs.get(name)
-            if value is None:  # e.g. token_type_ids a tokenizer does not produce
-                value = np.zeros_like(ids)
-            feed[name] = np.ascontiguousarray(value, dtype=np.int64)
-        results = dict(zip(wanted, self._session.run(wanted, feed), strict=True))
-        positions = inputs.get("logit_positions")
-        logits = results.get("logits")
-        if positions is not None and logits is not None and logits.ndim == 3:
-            results["logits"] = logits[positions[:, 0], positions[:, 1]]
-        return results
+        wanted = requested(outputs, self._outputs)
+        arrays = feed(inputs, ((name, np.int64) for name in self._inputs))
+        results = dict(zip(wanted, self._session.run(wanted, arrays), strict=True))
+        return gather_positions(results, inputs)
 
     def close(self) -> None:
         del self._session

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.device import compute_threads
+from squeezer.backends.graph_io import feed, gather_positions, requested
 from squeezer.errors import ModelLoadError
 from squeezer.types import NamedArrays
 
@@ -92,30 +93,14 @@ class OpenVinoBackend:
         return self._outputs
 
     def forward(self, inputs: NamedArrays, outputs: Sequence[str] | None = None) -> NamedArrays:
-        wanted = list(outputs) if outputs is not None else list(self._outputs)
-        unknown = set(wanted) - set(self._outputs)
-        if unknown:
-            raise ValueError(
-                f"outputs {sorted(unknown)} not produced; this model gives {list(self._outputs)}"
-            )
-        ids = inputs["input_ids"]
-        feed: dict[str, np.ndarray[Any, Any]] = {}
-        for name, dtype in self._inputs:
-            value = inputs.get(name)
-            if value is None:  # e.g. token_type_ids a tokenizer does not produce
-                value = np.zeros_like(ids)
-            feed[name] = np.ascontiguousarray(value, dtype=dtype)
+        wanted = requested(outputs, self._outputs)
         # Inputs are read in place (the call is synchronous); outputs are copied out of
         # the request, which the next batch reuses.
-        result = self._request.infer(feed, share_inputs=True, share_outputs=False)
-        results: dict[str, np.ndarray[Any, Any]] = {
-            name: np.asarray(result[self._ports[name]], dtype=np.float32) for name in wanted
-        }
-        positions = inputs.get("logit_positions")
-        logits = results.get("logits")
-        if positions is not None and logits is not None and logits.ndim == 3:
-            results["logits"] = logits[positions[:, 0], positions[:, 1]]
-        return results
+        result = self._request.infer(
+            feed(inputs, self._inputs), share_inputs=True, share_outputs=False
+        )
+        results = {name: np.asarray(result[self._ports[name]], dtype=np.float32) for name in wanted}
+        return gather_positions(results, inputs)
 
     def close(self) -> None:
         del self._request, self._compiled

@@ -29,7 +29,7 @@ from typing import Any
 from squeezer.backends.onnx_backend import MODEL_FILE
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder
-from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate
+from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate, input_names
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,6 @@ class _Export:
     details: dict[str, Any]
 
 
-def _input_names(folder: ModelFolder, model: Any) -> list[str]:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    names = ["input_ids", "attention_mask"]
-    if folder.token_type_ids and "token_type_ids" in params:
-        names.append("token_type_ids")
-    return names
-
-
 def _export(folder: ModelFolder, path: Path) -> tuple[list[str], list[str]]:
     """torch -> ONNX with dynamic batch and length; returns input and output names."""
     import torch
@@ -90,7 +80,7 @@ def _export(folder: ModelFolder, path: Path) -> tuple[list[str], list[str]]:
         folder.path, config=config, attn_implementation="eager", local_files_only=True
     )
     model.eval()
-    inputs = _input_names(folder, model)
+    inputs = input_names(folder, model)
     outputs = ["last_hidden_state", *heads]
 
     class KeywordForward(torch.nn.Module):

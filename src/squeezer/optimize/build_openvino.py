@@ -18,7 +18,6 @@ The int8 variants come from NNCF:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import warnings
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ import numpy as np
 from squeezer.backends.openvino_backend import MODEL_BIN, MODEL_XML
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder
-from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate
+from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate, input_names
 from squeezer.types import Task
 
 FILES = (MODEL_XML, MODEL_BIN)
@@ -90,14 +89,6 @@ def _quiet_nncf() -> Iterator[None]:
 # --- conversion -------------------------------------------------------------------
 
 
-def _input_names(folder: ModelFolder, model: Any) -> list[str]:
-    params = inspect.signature(model.forward).parameters
-    names = ["input_ids", "attention_mask"]
-    if folder.token_type_ids and "token_type_ids" in params:
-        names.append("token_type_ids")
-    return names
-
-
 def _convert(folder: ModelFolder) -> tuple[Any, list[str], list[str]]:
     """torch -> ``ov.Model`` with dynamic batch and length; returns it with its input
     and output names."""
@@ -119,7 +110,7 @@ def _convert(folder: ModelFolder) -> tuple[Any, list[str], list[str]]:
         if bars:
             hf_logging.enable_progress_bar()
     model.eval()
-    inputs = _input_names(folder, model)
+    inputs = input_names(folder, model)
     outputs = [_HIDDEN, "logits"] if classifier else [_HIDDEN]
 
     class KeywordForward(torch.nn.Module):

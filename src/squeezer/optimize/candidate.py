@@ -63,3 +63,15 @@ class Candidate:
     @property
     def name(self) -> str:
         return "-".join(p for p in (self.runtime, self.precision, self.variant) if p)
+
+
+def input_names(folder: ModelFolder, model: Any) -> list[str]:
+    """The inputs an exported graph takes: ``token_type_ids`` only when the model's
+    forward accepts them and the tokenizer produces them (DistilBERT, RoBERTa do not)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if folder.token_type_ids and "token_type_ids" in params:
+        names.append("token_type_ids")
+    return names

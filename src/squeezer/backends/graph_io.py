@@ -1,0 +1,50 @@
+"""Feeding and reading exported graphs (ONNX Runtime, OpenVINO) the same way.
+
+Both take named arrays of fixed dtypes and return every output the caller names; both
+need the same two conveniences the torch backend has natively: missing type ids
+become zeros, and vocabulary logits are cut down to ``logit_positions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from squeezer.types import NamedArrays
+
+Array = np.ndarray[Any, Any]
+
+
+def requested(outputs: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """The outputs to compute (all when None); an unknown name is a caller's bug."""
+    wanted = list(outputs) if outputs is not None else list(available)
+    unknown = set(wanted) - set(available)
+    if unknown:
+        raise ValueError(
+            f"outputs {sorted(unknown)} not produced; this model gives {list(available)}"
+        )
+    return wanted
+
+
+def feed(inputs: NamedArrays, graph_inputs: Iterable[tuple[str, Any]]) -> dict[str, Array]:
+    """The graph's inputs by name and dtype; one it needs but the batch lacks (type
+    ids a tokenizer does not produce) is all zeros."""
+    ids = inputs["input_ids"]
+    out: dict[str, Array] = {}
+    for name, dtype in graph_inputs:
+        value = inputs.get(name)
+        if value is None:
+            value = np.zeros_like(ids)
+        out[name] = np.ascontiguousarray(value, dtype=dtype)
+    return out
+
+
+def gather_positions(results: dict[str, Array], inputs: NamedArrays) -> dict[str, Array]:
+    """Per-token vocabulary logits cut to the batch's ``logit_positions``, if it names any."""
+    positions = inputs.get("logit_positions")
+    logits = results.get("logits")
+    if positions is not None and logits is not None and logits.ndim == 3:
+        results["logits"] = logits[positions[:, 0], positions[:, 1]]
+    return results

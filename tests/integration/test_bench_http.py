@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
+from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from squeezer.bench.loadgen import poisson_schedule
@@ -46,10 +47,12 @@ def _serve(asgi: object) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def short_texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def short_texts(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     """Corpus sentences that fit the tiny model's 64 tokens (longer ones are a 422)."""
+    tokenizer = Tokenizer.from_file(str(tiny_bert / "tokenizer.json"))
+    texts = [t for t in load_texts(None) if len(tokenizer.encode(t).ids) <= 64]
     path = tmp_path_factory.mktemp("texts") / "short.txt"
-    path.write_text("\n".join(t for t in load_texts(None) if len(t.split()) <= 20))
+    path.write_text("\n".join(texts))
     return path
 
 

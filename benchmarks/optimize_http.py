@@ -27,6 +27,7 @@ import json
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [f"{r['label']}\n{r.get('candidate', 'torch default')}" for r in rows]
+    labels = [
+        "\n".join([r["label"], *textwrap.wrap(r.get("candidate", "torch default"), 22)])
+        for r in rows
+    ]
     left.bar(labels, [r["http_c32_vs_st"] for r in rows], color="tab:blue")
     for target in sorted(set(TARGETS.values())):
         left.axhline(target, color="gray", linestyle="--")
@@ -176,8 +180,12 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "optimize")
     p.add_argument("--skip-search", action="store_true", help="reuse optimized/minilm-*")
     p.add_argument("--only", action="append", help="run only these labels (repeatable)")
+    p.add_argument("--plot-only", action="store_true", help="redraw OUT/summary.png")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.plot_only:
+        plot(json.loads((a.out / "summary.json").read_text())["rows"], a.out / "summary.png")
+        return 0
     rows = []
     for label, max_loss, objective, only in BUDGETS:
         if a.only and label not in a.only:

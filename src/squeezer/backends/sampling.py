@@ -131,22 +131,24 @@ def process(
     tokens at -inf), in float32. ``seen`` (B, V) marks tokens of the prompt and output
     so far, which the repetition penalty applies to."""
     scores = logits.float()
-    if seen is not None:
+    if seen is not None and bool((batch.penalty != 1).any()):
         penalized = torch.where(scores < 0, scores * batch.penalty, scores / batch.penalty)
         scores = torch.where(seen, penalized, scores)
     scores = scores / batch.temperature
     vocab = scores.shape[-1]
-    # top-k: below the k-th largest score goes.
-    kth = torch.sort(scores, dim=-1, descending=True).values.gather(
-        1, (batch.top_k - 1).clamp(0, vocab - 1).unsqueeze(1)
-    )
-    scores = scores.masked_fill(scores < kth, _NEG_INF)
-    # top-p: the smallest set whose mass exceeds p, the most likely token always kept.
-    sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
-    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - batch.top_p)
-    remove[:, -1] = False
-    scores = scores.masked_fill(remove.scatter(1, order, remove), _NEG_INF)
+    # Each filter costs a sort over the vocabulary: skipped when no row asks for it.
+    if bool((batch.top_k < vocab).any()):  # top-k: below the k-th largest score goes
+        kth = torch.sort(scores, dim=-1, descending=True).values.gather(
+            1, (batch.top_k - 1).clamp(0, vocab - 1).unsqueeze(1)
+        )
+        scores = scores.masked_fill(scores < kth, _NEG_INF)
+    if bool((batch.top_p < 1).any()):
+        # top-p: the smallest set whose mass exceeds p, the most likely token always kept.
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - batch.top_p)
+        remove[:, -1] = False
+        scores = scores.masked_fill(remove.scatter(1, order, remove), _NEG_INF)
     # typical-p: tokens whose surprise is closest to the entropy, up to mass p.
     if bool((batch.typical_p < 1).any()):
         scores = _typical(scores, batch.typical_p)
@@ -177,14 +179,16 @@ def sample(
     being chosen (its sequence length so far), which with its seed fixes its draw."""
     scores = process(logits, batch, seen)
     logprobs = torch.log_softmax(scores, dim=-1)
-    probs = logprobs.exp()
-    # Inverse CDF over tokens in descending probability: one uniform per row.
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-    cdf = sorted_probs.double().cumsum(dim=-1)
-    u = uniform(batch.seeds, positions).unsqueeze(1) * cdf[:, -1:]
-    pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
-    drawn = order.gather(1, pick).squeeze(1)
-    tokens = torch.where(batch.greedy, order[:, 0], drawn)
+    best = scores.argmax(dim=-1)
+    if bool(batch.greedy.all()):
+        tokens = best
+    else:
+        # Inverse CDF over tokens in descending probability: one uniform per row.
+        sorted_probs, order = torch.sort(logprobs.exp(), dim=-1, descending=True)
+        cdf = sorted_probs.double().cumsum(dim=-1)
+        u = uniform(batch.seeds, positions).unsqueeze(1) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
+        tokens = torch.where(batch.greedy, best, order.gather(1, pick).squeeze(1))
     chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
     n = batch.top_logprobs
     top = torch.topk(logprobs, n, dim=-1) if n else None

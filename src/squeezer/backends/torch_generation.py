@@ -133,6 +133,8 @@ class TorchGenerationBackend:
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"could not load {path} as a causal LM: {e}") from e
         self.model.eval().to(device)
+        self._decoder = self.model.base_model
+        self._head = self.model.get_output_embeddings()
         config = self.model.config
         heads = int(config.num_attention_heads)
         head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
@@ -165,22 +167,31 @@ class TorchGenerationBackend:
     def length(self, seq: SeqId) -> int:
         return int(self._lengths[self._slots[seq]])
 
-    def _forward(self, ids: torch.Tensor, rows: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Logits at the last position of each row; ``ids`` (B, q) go at start..start+q."""
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        rows: torch.Tensor,
+        start: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits at each row's last real token; ``ids`` (B, q) go at start..start+q,
+        right-padded to q when ``lengths`` says rows are shorter."""
         q = ids.shape[1]
         positions = start.unsqueeze(1) + torch.arange(q).unsqueeze(0)
         self.cache.begin(rows, positions)
         kv = torch.arange(int(positions.max()) + 1)
         mask = (kv.view(1, 1, 1, -1) <= positions.view(-1, 1, q, 1)).to(self.device)
-        out = self.model(
+        hidden = self._decoder(
             input_ids=ids.to(self.device),
             position_ids=positions.to(self.device),
             attention_mask=mask,
             past_key_values=self.cache,
             use_cache=True,
-            logits_to_keep=1,
-        )
-        logits: torch.Tensor = out.logits[:, -1]
+        ).last_hidden_state
+        last = (lengths - 1) if lengths is not None else torch.full((ids.shape[0],), q - 1)
+        # Only the rows' last positions go through the vocabulary projection.
+        picked = hidden[torch.arange(ids.shape[0]), last.to(self.device)]
+        logits: torch.Tensor = self._head(picked)
         return logits
 
     def _sample(self, seqs: Sequence[SeqId], logits: torch.Tensor) -> list[TokenOut]:
@@ -203,27 +214,38 @@ class TorchGenerationBackend:
 
     @torch.inference_mode()
     def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
-        """Take new sequences into free slots, run their prompts, sample first tokens."""
+        """Take new sequences into free slots, run their prompts in one padded forward
+        pass, and sample their first tokens."""
         if self.active + len(seqs) > self.max_slots:
             raise OverloadedError(f"all {self.max_slots} generation slots are in use")
-        results = []
         for seq in seqs:
-            n = len(seq.prompt)
-            if not 0 < n < self.max_len:
+            if not 0 < len(seq.prompt) < self.max_len:
                 raise InputTooLongError(
-                    f"prompt of {n} tokens; this model holds 1 to {self.max_len - 1}"
+                    f"prompt of {len(seq.prompt)} tokens; this model holds 1 to {self.max_len - 1}"
                 )
-            slot = len(self._order)
+        if not seqs:
+            return []
+        first = len(self._order)
+        rows = torch.arange(first, first + len(seqs))  # new slots are contiguous
+        lengths = torch.tensor([len(s.prompt) for s in seqs])
+        ids = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq.prompt)] = torch.tensor(list(seq.prompt))
             self._order.append(seq.id)
-            self._slots[seq.id] = slot
+            self._slots[seq.id] = first + i
             self._params[seq.id] = seq.params
-            ids = torch.tensor([list(seq.prompt)], dtype=torch.long)
-            self._seen[slot] = False
-            self._seen[slot, ids[0].to(self.device)] = True
-            logits = self._forward(ids, torch.tensor([slot]), torch.zeros(1, dtype=torch.long))
-            self._lengths[slot] = n
-            results.extend(self._sample([seq.id], logits))
-        return results
+            self._seen[first + i] = False
+            self._seen[first + i, ids[i, : len(seq.prompt)].to(self.device)] = True
+        try:
+            # Padding past a prompt's end writes keys its own later tokens overwrite
+            # before they are ever attended to (each row sees only positions <= its own).
+            logits = self._forward(ids, rows, torch.zeros(len(seqs), dtype=torch.long), lengths)
+        except BaseException:
+            for seq in reversed(seqs):
+                self.free(seq.id)
+            raise
+        self._lengths[rows] = lengths
+        return self._sample([s.id for s in seqs], logits)
 
     @torch.inference_mode()
     def decode(self, tokens: dict[SeqId, int]) -> list[TokenOut]:

@@ -177,6 +177,17 @@ def serve(
         raise typer.Exit(2) from None
 
 
+def _task(value: str) -> Any:
+    from squeezer.types import Task
+
+    try:
+        return Task(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"--task {value!r}: expected one of {', '.join(t.value for t in Task)}"
+        ) from None
+
+
 def _objective(value: str) -> Any:
     from squeezer.optimize.select import Objective
 
@@ -402,7 +413,6 @@ def optimize(
     from squeezer.optimize.progress import SearchProgress
     from squeezer.optimize.search import OptimizeSettings, Search
     from squeezer.optimize.select import EXIT_FALLBACK
-    from squeezer.types import Task
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     configure_threads(threads)
@@ -411,7 +421,7 @@ def optimize(
     settings = OptimizeSettings(
         model=path,
         out=out or Path("optimized") / name,
-        task=Task(task) if task else None,
+        task=_task(task) if task else None,
         max_loss=max_loss,
         objective=_objective(objective),
         texts=texts,

@@ -94,7 +94,7 @@ def test_a_head_the_gate_cannot_measure_is_refused(tiny_ner: Path, tmp_path: Pat
 def _onnx_artifact(source: Path, manifest: Manifest, out: Path) -> Path:
     """An ONNX artifact built directly (on a tiny model torch may win the search)."""
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("*.safetensors"))
-    build_onnx.build_fp32(BuildContext(read_folder(source), out, Task.EMBED, cache=out.parent))
+    build_onnx.build_fp32(BuildContext(read_folder(source), out, cache=out.parent))
     manifest.model_copy(
         update={"runtime": "onnxruntime", "candidate": "onnxruntime-float32-fused"}
     ).write(out)
@@ -187,6 +187,10 @@ def test_cli_exit_status_says_when_the_budget_was_not_met(tiny_bert: Path, tmp_p
     assert loose.exit_code == 0, loose.output
     missing = runner.invoke(app, ["optimize", str(tmp_path / "nope"), "--out", str(tmp_path / "c")])
     assert missing.exit_code == 1 and "does not exist" in " ".join(missing.output.split())
+    bad = runner.invoke(app, ["optimize", str(tiny_bert), "--task", "dance"])
+    assert bad.exit_code == 2 and "--task 'dance'" in " ".join(bad.output.split())
+    bad = runner.invoke(app, ["optimize", str(tiny_bert), "--objective", "vibes"])
+    assert bad.exit_code == 2 and "--objective 'vibes'" in " ".join(bad.output.split())
 
 
 def test_classifier_gate_is_top1_agreement_and_embed_only_runtimes_are_skipped(

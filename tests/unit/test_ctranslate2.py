@@ -50,7 +50,7 @@ def built(
     for quantization in ("float32", "int8"):
         folder = tmp_path_factory.mktemp("ct2") / quantization
         shutil.copytree(source.path, folder)
-        out[quantization] = (folder, build(BuildContext(source, folder, Task.EMBED), quantization))
+        out[quantization] = (folder, build(BuildContext(source, folder), quantization))
     return out
 
 
@@ -210,13 +210,11 @@ def test_supports_names_what_it_cannot_convert(
 def test_build_refuses_an_unsupported_architecture(source: ModelFolder, tmp_path: Path) -> None:
     folder = dataclasses.replace(source, config={**source.config, "model_type": "mpnet"})
     with pytest.raises(ModelLoadError, match="mpnet"):
-        build(BuildContext(folder, tmp_path, Task.EMBED), "int8")
+        build(BuildContext(folder, tmp_path), "int8")
     assert not (tmp_path / RUNTIME_DIR).exists()
 
 
 def test_candidates() -> None:
     by_name = {c.name: c for c in CANDIDATES}
     assert set(by_name) == {"ctranslate2-int8", "ctranslate2-float32"}
-    assert not by_name["ctranslate2-int8"].lossless
-    assert by_name["ctranslate2-float32"].lossless
     assert all(c.tasks == frozenset({Task.EMBED}) for c in CANDIDATES)

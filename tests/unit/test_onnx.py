@@ -22,9 +22,9 @@ from squeezer.types import Task
 TEXTS = load_texts(None)[:40]
 
 
-def _context(source: Path, out: Path, cache: Path, task: Task = Task.EMBED) -> BuildContext:
+def _context(source: Path, out: Path, cache: Path) -> BuildContext:
     shutil.copytree(source, out, ignore=shutil.ignore_patterns("*.safetensors"))
-    return BuildContext(read_folder(source), out, task, TEXTS[:16], cache)
+    return BuildContext(read_folder(source), out, TEXTS[:16], cache)
 
 
 def _outputs(runtime: str, path: Path, task: Task, folder_path: Path) -> np.ndarray:
@@ -53,7 +53,7 @@ def test_fp32_is_fully_fused_and_matches_torch(tiny_bert: Path, tmp_path: Path) 
 def test_classifier_export_gives_logits_and_hidden_states(
     tiny_classifier: Path, tmp_path: Path
 ) -> None:
-    ctx = _context(tiny_classifier, tmp_path / "a", tmp_path / "cache", Task.CLASSIFY)
+    ctx = _context(tiny_classifier, tmp_path / "a", tmp_path / "cache")
     build_onnx.build_fp32(ctx)
     backend = load_backend("onnxruntime", ctx.out, device="cpu", dtype="float32")
     assert set(backend.output_names) == {"last_hidden_state", "logits"}
@@ -76,7 +76,7 @@ def test_int8_variants_run_and_keep_nodes_chosen_by_measurement(
         return compare(Task.EMBED, ref, _outputs("onnxruntime", path, Task.EMBED, tiny_bert)).loss
 
     ctx = _context(tiny_bert, tmp_path / "a", tmp_path / "cache")
-    ctx = BuildContext(ctx.source, ctx.out, ctx.task, ctx.calibration, ctx.cache, loss)
+    ctx = BuildContext(ctx.source, ctx.out, ctx.calibration, ctx.cache, loss)
     info = build_onnx.build_int8(ctx, build_onnx.Scheme(keep_fraction=0.25))
     nodes = info.details["quantizable_nodes"]
     assert nodes == 2 + 2 * 3  # per layer: Attention, output, FFN in, FFN out

@@ -7,9 +7,11 @@ change when a runtime is added.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
+from squeezer.backends.sampling import SamplingParams
 from squeezer.types import NamedArrays
 
 
@@ -40,3 +42,45 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+#: How the scheduler names a sequence to a generation backend.
+SeqId = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class NewSequence:
+    id: SeqId
+    prompt: Sequence[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOut:
+    """One sequence's next token, with its logprob and the most likely alternatives."""
+
+    id: SeqId
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class GenerationBackend(Protocol):
+    """A causal LM that owns its KV cache and samples inside each step.
+
+    Stateful, so that torch on CPU, llama.cpp and a GPU block pool fit the same
+    scheduler: it names sequences and reads token ids back, never tensors.
+    """
+
+    max_slots: int
+    max_len: int
+
+    def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
+        """Take new sequences, run their prompts, sample their first tokens."""
+        ...
+
+    def decode(self, tokens: dict[Any, int]) -> list[TokenOut]:
+        """Append each sequence's last token and sample its next one, in one step."""
+        ...
+
+    def free(self, seq: SeqId) -> None: ...

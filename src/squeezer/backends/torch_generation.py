@@ -14,35 +14,16 @@ handed to it as ``past_key_values`` and answers its ``update`` calls.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from squeezer.backends.base import NewSequence, SeqId, TokenOut
 from squeezer.backends.device import torch_dtype
 from squeezer.backends.sampling import SamplingBatch, SamplingParams, sample
 from squeezer.errors import InputTooLongError, ModelLoadError, OverloadedError
-
-SeqId = Hashable
-
-
-@dataclass(frozen=True, slots=True)
-class NewSequence:
-    id: SeqId
-    prompt: Sequence[int]
-    params: SamplingParams = field(default_factory=SamplingParams)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenOut:
-    """One sequence's next token, with its logprob and the most likely alternatives."""
-
-    id: SeqId
-    token: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
 
 
 class SlotCache:

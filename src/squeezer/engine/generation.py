@@ -19,26 +19,15 @@ import contextlib
 import itertools
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, cast
+from typing import cast
 
+from squeezer.backends.base import GenerationBackend, NewSequence, TokenOut
 from squeezer.backends.sampling import SamplingParams
-from squeezer.backends.torch_generation import NewSequence, TokenOut
 from squeezer.engine.executor import Work
 from squeezer.errors import BackendError, InputTooLongError, OverloadedError
-
-
-class GenerationBackend(Protocol):
-    max_slots: int
-    max_len: int
-
-    def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]: ...
-
-    def decode(self, tokens: dict[Any, int]) -> list[TokenOut]: ...
-
-    def free(self, seq: Hashable) -> None: ...
 
 
 class FinishReason(str, Enum):

@@ -166,13 +166,11 @@ CANDIDATES: tuple[Candidate, ...] = (
         precision="int8",
         build=functools.partial(build, quantization="int8"),
         tasks=frozenset({Task.EMBED}),
-        lossless=False,
     ),
     Candidate(
         runtime="ctranslate2",
         precision="float32",
         build=functools.partial(build, quantization="float32"),
         tasks=frozenset({Task.EMBED}),
-        lossless=True,
     ),
 )

@@ -303,7 +303,6 @@ CANDIDATES: tuple[Candidate, ...] = (
             "int8",
             _scheme_name(s),
             build=partial(build_int8, scheme=s),
-            lossless=False,
         )
         for s in _SCHEMES
     ),

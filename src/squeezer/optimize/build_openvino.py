@@ -298,8 +298,6 @@ _TASKS = frozenset({Task.EMBED, Task.CLASSIFY, Task.RERANK, Task.ZERO_SHOT})
 
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("openvino", "float32", build=build_fp32, tasks=_TASKS),
-    Candidate(
-        "openvino", "int8", "weights", build=build_int8_weights, tasks=_TASKS, lossless=False
-    ),
-    Candidate("openvino", "int8", "static", build=build_int8_static, tasks=_TASKS, lossless=False),
+    Candidate("openvino", "int8", "weights", build=build_int8_weights, tasks=_TASKS),
+    Candidate("openvino", "int8", "static", build=build_int8_static, tasks=_TASKS),
 )

@@ -23,7 +23,6 @@ class BuildContext:
     source: ModelFolder
     #: The artifact folder to write runtime files into (support files are already there).
     out: Path
-    task: Task
     #: The calibration split: quantization ranges and choosing nodes to keep in float.
     calibration: Sequence[str] = ()
     #: Scratch space shared by candidates of one search (e.g. one ONNX export for all).
@@ -54,8 +53,6 @@ class Candidate:
     build: Build | None = None
     #: Tasks this candidate can serve; a search for another task skips it, saying so.
     tasks: frozenset[Task] = frozenset(Task) - {Task.GENERATE}
-    #: Lossless candidates are expected to match fp32 (cosine >= 0.9999).
-    lossless: bool = True
     #: Keyword arguments for the backend when it loads this candidate (recorded in the
     #: manifest, so that serving loads it the same way).
     options: dict[str, Any] = field(default_factory=dict)

@@ -225,7 +225,6 @@ class Search:
         ctx = BuildContext(
             self.folder,
             out,
-            self.task,
             self.splits.calibration,
             cache,
             self._calibration_loss(c),

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny_models import build_bert
+from tests.tiny_models import build_bert, build_chat_llama
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +28,12 @@ def tiny_bert_cls(tmp_path_factory: pytest.TempPathFactory) -> Path:
         prompts={"query": "query: ", "passage": "passage: "},
         seed=1,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random Llama with a BPE tokenizer and a chat template; 256 positions."""
+    return build_chat_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="session", autouse=True)

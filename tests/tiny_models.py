@@ -124,3 +124,45 @@ def build_bert(
     if prompts:
         (path / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
     return path
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_chat_llama(path: Path, template: str | None = CHAT_TEMPLATE) -> Path:
+    """A tiny Llama (grouped-query attention, as SmolLM2) with a byte-level BPE
+    tokenizer trained here and a chat template; ``</s>`` is its EOS."""
+    from tokenizers import pre_tokenizers as pre
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=special, initial_alphabet=pre.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus()[:300], trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    if template:
+        fast.chat_template = template
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=None,
+        bos_token_id=None,
+        architectures=["LlamaForCausalLM"],
+    )
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(path)
+    return path

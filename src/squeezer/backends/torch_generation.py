@@ -140,6 +140,7 @@ class TorchGenerationBackend:
         self._lengths = torch.zeros(max_slots, dtype=torch.long)
         self._seen = torch.zeros(max_slots, self.vocab_size, dtype=torch.bool, device=device)
         self._params: dict[SeqId, SamplingParams] = {}
+        self._prompt_lengths: dict[SeqId, int] = {}
 
     @property
     def active(self) -> int:
@@ -177,6 +178,11 @@ class TorchGenerationBackend:
 
     def _sample(self, seqs: Sequence[SeqId], logits: torch.Tensor) -> list[TokenOut]:
         rows = torch.tensor([self._slots[s] for s in seqs])
+        lengths = self._lengths[rows].tolist()
+        for i, seq in enumerate(seqs):  # min_tokens: no EOS yet for these rows
+            p = self._params[seq]
+            if p.eos_ids and lengths[i] - self._prompt_lengths[seq] < p.min_new_tokens:
+                logits[i, list(p.eos_ids)] = float("-inf")
         batch = SamplingBatch.of([self._params[s] for s in seqs], self.vocab_size, self.device)
         # The position of the token being chosen: the sequence's length so far.
         picked = sample(logits, batch, self._lengths[rows].to(self.device), self._seen[rows])
@@ -215,6 +221,7 @@ class TorchGenerationBackend:
             self._order.append(seq.id)
             self._slots[seq.id] = first + i
             self._params[seq.id] = seq.params
+            self._prompt_lengths[seq.id] = len(seq.prompt)
             self._seen[first + i] = False
             self._seen[first + i, ids[i, : len(seq.prompt)].to(self.device)] = True
         try:
@@ -245,6 +252,7 @@ class TorchGenerationBackend:
         """Release a sequence's slot; the last active sequence moves into it."""
         slot = self._slots.pop(seq)
         self._params.pop(seq)
+        self._prompt_lengths.pop(seq)
         last = len(self._order) - 1
         moved = self._order.pop()
         if slot != last:

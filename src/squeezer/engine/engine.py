@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from squeezer.backends.base import Backend
+from squeezer.backends.base import Backend, GenerationBackend
 from squeezer.engine.executor import DeviceExecutor
+from squeezer.engine.generation import GenerationRequest, GenerationScheduler, GenerationStream
 from squeezer.engine.limits import EngineLimits
 from squeezer.engine.observer import EngineObserver, NullObserver, SafeObserver
 from squeezer.engine.queue import ModelQueue, Pending
@@ -49,6 +50,7 @@ class Engine:
         self._observer = SafeObserver(observer or NullObserver())
         self._clock = clock
         self._models: dict[str, ModelQueue] = {}
+        self._generators: dict[str, GenerationScheduler] = {}
         self._executors: dict[str, DeviceExecutor] = {}
         self._started = False
         self._stopped = False
@@ -84,10 +86,7 @@ class Engine:
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"{label} must be > 0, got {value}")
-        executor = self._executors.get(device)
-        if executor is None:
-            executor = DeviceExecutor(device, clock=self._clock)
-            self._executors[device] = executor
+        executor = self._executor(device)
         queue = ModelQueue(
             name,
             backend,
@@ -104,6 +103,39 @@ class Engine:
         executor.add_source(queue)
         if self._started and not self._stopped:
             executor.start()
+
+    def add_generator(
+        self,
+        name: str,
+        backend: GenerationBackend,
+        *,
+        device: str,
+        max_batch_total_tokens: int,
+        max_concurrent_requests: int,
+    ) -> GenerationScheduler:
+        """Serve causal LM ``name``: its continuous-batching scheduler takes turns on
+        ``device``'s thread with the models placed there."""
+        if name in self._models or name in self._generators:
+            raise ValueError(f"model {name!r} is already added")
+        executor = self._executor(device)
+        scheduler = GenerationScheduler(
+            backend,
+            wake=executor.wake,
+            max_batch_total_tokens=max_batch_total_tokens,
+            max_concurrent_requests=max_concurrent_requests,
+        )
+        self._generators[name] = scheduler
+        executor.add_source(scheduler)
+        if self._started and not self._stopped:
+            executor.start()
+        return scheduler
+
+    def _executor(self, device: str) -> DeviceExecutor:
+        executor = self._executors.get(device)
+        if executor is None:
+            executor = DeviceExecutor(device, clock=self._clock)
+            self._executors[device] = executor
+        return executor
 
     async def start(self) -> None:
         """Start every device's compute thread and begin accepting requests."""
@@ -169,6 +201,19 @@ class Engine:
                 timer.cancel()
             self._release()
 
+    def generate(self, model: str, request: GenerationRequest) -> GenerationStream:
+        """Start generating: tokens stream back as the scheduler's steps sample them.
+
+        Raises at once ``UnavailableError`` (not started, or draining),
+        ``ModelNotFoundError``, ``OverloadedError`` (the scheduler's queue is full) or
+        ``InputTooLongError``. Leaving the stream early cancels the sequence."""
+        if not self._accepting:
+            raise UnavailableError("the engine is not accepting requests (starting or draining)")
+        scheduler = self._generators.get(model)
+        if scheduler is None:
+            raise ModelNotFoundError(f"generation model {model!r} is not served")
+        return scheduler.submit(request)
+
     async def run_on_device(self, device: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` on ``device``'s compute thread, in its turn among the models there
         (warm-up now, generation steps later). Works while the engine is started,
@@ -202,8 +247,12 @@ class Engine:
         if self._idle is not None and not self._idle.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), max(0.0, end - loop.time()))
+        while any(sum(g.load) for g in self._generators.values()) and loop.time() < end:
+            await asyncio.sleep(0.05)  # streams still generating finish within the drain
+        message = f"the engine stopped after a {timeout:g}s drain before this was computed"
+        for scheduler in self._generators.values():
+            scheduler.fail_all(UnavailableError(message))
         if self._in_flight:
-            message = f"the engine stopped after a {timeout:g}s drain before this was computed"
             for queue in self._models.values():
                 queue.fail_all(lambda: UnavailableError(message))
             if self._idle is not None:  # the failed submits return within a loop turn or two
@@ -235,7 +284,13 @@ class Engine:
 
     @property
     def models(self) -> tuple[str, ...]:
-        return tuple(self._models)
+        return (*self._models, *self._generators)
+
+    def generator(self, model: str) -> GenerationScheduler:
+        scheduler = self._generators.get(model)
+        if scheduler is None:
+            raise ModelNotFoundError(f"generation model {model!r} is not served")
+        return scheduler
 
     def _admit(self) -> None:
         self._in_flight += 1

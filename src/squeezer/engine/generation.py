@@ -27,7 +27,7 @@ from typing import cast
 from squeezer.backends.base import GenerationBackend, NewSequence, TokenOut
 from squeezer.backends.sampling import SamplingParams
 from squeezer.engine.executor import Work
-from squeezer.errors import BackendError, InputTooLongError, OverloadedError
+from squeezer.errors import BackendError, InputTooLongError, OverloadedError, UnavailableError
 
 
 class FinishReason(str, Enum):
@@ -66,7 +66,8 @@ class GenerationStream:
         self.finished: Finished | None = None
 
     def _push(self, event: Event) -> None:  # from the compute thread
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is reading
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the start of the next step."""
@@ -115,6 +116,7 @@ class GenerationScheduler:
         self._running: dict[int, _Sequence] = {}
         self._cancelled: set[int] = set()
         self._ids = itertools.count()
+        self._closed = False
         self.steps = 0
 
     # -- event loop side ----------------------------------------------------------
@@ -132,6 +134,8 @@ class GenerationScheduler:
                 f"({self.max_batch_total_tokens})"
             )
         with self._lock:
+            if self._closed:
+                raise UnavailableError("generation has stopped")
             if len(self._waiting) + len(self._running) >= self.max_concurrent:
                 raise OverloadedError(
                     f"{self.max_concurrent} generation requests are in flight; retry later"
@@ -156,7 +160,7 @@ class GenerationScheduler:
 
     def poll(self, now: float) -> Work | None:
         with self._lock:
-            if not (self._waiting or self._running or self._cancelled):
+            if self._closed or not (self._waiting or self._running or self._cancelled):
                 return None
         return self.step
 
@@ -224,9 +228,12 @@ class GenerationScheduler:
             seq.stream._push(exc)
 
     def fail_all(self, exc: BaseException) -> None:
-        """Shutdown: every waiting and running request ends with ``exc``."""
+        """Shutdown (on the event loop): every waiting and running request ends with
+        ``exc`` and no step runs again. The backend is left as it is: the device's
+        thread is stopping, and a step it may still be inside must not race a free."""
         with self._lock:
-            waiting, self._waiting = list(self._waiting), deque()
-        for seq in waiting:
+            self._closed = True
+            seqs = [*self._waiting, *self._running.values()]
+            self._waiting, self._running = deque(), {}
+        for seq in seqs:
             seq.stream._push(exc)
-        self._fail(exc)

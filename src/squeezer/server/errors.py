@@ -1,10 +1,12 @@
 """The one table from squeezer's error kinds to HTTP statuses and dialect shapes.
 
 TEI's contract (``{"error", "error_type"}`` with its own type names and statuses) is
-used by the TEI, HF Inference API and admin routes; OpenAI's routes (and the
-``/v1/rerank`` API vLLM serves) answer ``{"error": {"message", "type", "param",
-"code"}}``. Which shape a response takes is decided by the path, so a failure before
-routing (a body too large) still speaks the client's dialect.
+used by the TEI, HF Inference API and admin routes, and by TGI's ``/generate``
+routes with TGI's lowercase types (``validation``, ``generation``, ``overloaded``);
+OpenAI's routes (and the ``/v1/rerank`` API vLLM serves) answer
+``{"error": {"message", "type", "param", "code"}}``. Which shape a response takes is
+decided by the path, so a failure before routing (a body too large) still speaks the
+client's dialect.
 
 A model asked for a task it cannot do is TEI's 424 ("Backend error: model is not a
 re-ranker model") on TEI's own routes, and a 400 elsewhere.
@@ -30,6 +32,8 @@ class Dialect(str, Enum):
     #: HF Inference API routes: TEI's error shape, its own statuses.
     HF = "hf"
     OPENAI = "openai"
+    #: TGI's generate routes: TEI's shape, TGI's lowercase error types.
+    TGI = "tgi"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,8 @@ class ErrorKind:
     #: Status and type on TEI's own routes (``/predict``, ``/rerank``, ...) when they
     #: differ from the HF Inference API's, which shares TEI's shape.
     tei_route: tuple[int, str] | None = None
+    #: TGI's ``error_type`` (validation, generation, overloaded, ...).
+    tgi_type: str = "validation"
 
 
 #: Most specific class first: the first ``isinstance`` match wins.
@@ -55,17 +61,21 @@ _TABLE: tuple[tuple[type[e.SqueezerError], ErrorKind], ...] = (
         ErrorKind(400, "Validation", "invalid_request_error", tei_route=(424, "Backend")),
     ),
     (e.PayloadTooLargeError, ErrorKind(413, "Validation", "invalid_request_error")),
-    (e.OverloadedError, ErrorKind(429, "Overloaded", "rate_limit_error")),
-    (e.DeadlineExceededError, ErrorKind(504, "Overloaded", "timeout_error")),
-    (e.BackendError, ErrorKind(424, "Backend", "server_error", 500)),
-    (e.UnavailableError, ErrorKind(503, "Unhealthy", "service_unavailable_error")),
+    (e.OverloadedError, ErrorKind(429, "Overloaded", "rate_limit_error", tgi_type="overloaded")),
+    (e.DeadlineExceededError, ErrorKind(504, "Overloaded", "timeout_error", tgi_type="overloaded")),
+    (e.BackendError, ErrorKind(424, "Backend", "server_error", 500, tgi_type="generation")),
+    (
+        e.UnavailableError,
+        ErrorKind(503, "Unhealthy", "service_unavailable_error", tgi_type="unhealthy"),
+    ),
 )
 _FALLBACK = ErrorKind(400, "Validation", "invalid_request_error")
-_INTERNAL = ErrorKind(500, "Backend", "server_error")
+_INTERNAL = ErrorKind(500, "Backend", "server_error", tgi_type="generation")
 #: Field names the task layer reports, as OpenAI's request calls them.
 _OPENAI_PARAMS = {"inputs": "input"}
 _OPENAI_PATH = re.compile(r"^(/models/[^/]+)?/v1/")
 _HF_PATH = re.compile(r"^/(models|pipeline)/")
+_TGI_PATH = re.compile(r"^/generate(_stream)?$")
 
 
 def kind_of(error: e.SqueezerError) -> ErrorKind:
@@ -78,6 +88,8 @@ def kind_of(error: e.SqueezerError) -> ErrorKind:
 def dialect_of(path: str) -> Dialect:
     if _OPENAI_PATH.match(path):
         return Dialect.OPENAI
+    if _TGI_PATH.match(path):
+        return Dialect.TGI
     return Dialect.HF if _HF_PATH.match(path) else Dialect.TEI
 
 
@@ -85,8 +97,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower()
 
 
-def error_response(error: Exception, path: str) -> Response:
-    """Render any exception as the dialect's error; unexpected ones are logged as 500s."""
+def _render(error: Exception, path: str) -> tuple[int, dict[str, object]]:
     if isinstance(error, e.SqueezerError):
         kind, message, param = kind_of(error), error.message, error.param
         code = _snake(type(error).__name__)
@@ -102,18 +113,29 @@ def error_response(error: Exception, path: str) -> Response:
     dialect = dialect_of(path)
     if dialect is Dialect.TEI and kind.tei_route is not None:
         status, tei_type = kind.tei_route
+    if dialect is Dialect.TGI:
+        tei_type = kind.tgi_type
     if dialect is Dialect.OPENAI:
         status = kind.openai_status or kind.status
         param = _OPENAI_PARAMS.get(param, param) if param else None
-        body: dict[str, object] = {
+        return status, {
             "error": {"message": message, "type": kind.openai_type, "param": param, "code": code}
         }
-    else:
-        body = {"error": message, "error_type": tei_type}
+    return status, {"error": message, "error_type": tei_type}
+
+
+def error_body(error: Exception, path: str) -> dict[str, object]:
+    """The dialect's error object, for errors inside a stream that already started."""
+    return _render(error, path)[1]
+
+
+def error_response(error: Exception, path: str) -> Response:
+    """Render any exception as the dialect's error; unexpected ones are logged as 500s."""
+    status, body = _render(error, path)
     headers = {}
     if isinstance(error, e.OverloadedError):
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
-    elif kind.status == 503:
+    elif status == 503:
         headers["Retry-After"] = "1"
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers

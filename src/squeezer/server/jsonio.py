@@ -26,14 +26,18 @@ _SCHEMA_MODELS: dict[str, type[BaseModel]] = {}
 
 async def read_json(request: Request, model: type[M]) -> M:
     """Parse and validate a body; every failure is a 4xx in the route's dialect."""
+    return parse(await read_body(request), model)
+
+
+async def read_body(request: Request) -> Any:
+    """The body as JSON, not yet validated (for routes that look before choosing)."""
     body = await request.body()
     if not body:
         raise InvalidRequestError("request body is empty; expected a JSON object")
     try:
-        data = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise InvalidRequestError(f"request body is not valid JSON: {e}") from None
-    return parse(data, model)
 
 
 def parse(data: Any, model: type[M]) -> M:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from squeezer.errors import ModelLoadError, ModelNotFoundError, TaskNotSupportedError
 from squeezer.models import ModelFolder
 from squeezer.tasks import EmbedTask, EncoderTask, TextTokenizer
+from squeezer.tasks.generate import GenerateTask
 from squeezer.types import ModelInfo, Task
 
 #: Model names that mean "whatever this server's default is".
@@ -28,6 +29,8 @@ class ServedModel:
     folder: ModelFolder
     tokenizer: TextTokenizer
     tasks: dict[Task, EncoderTask]
+    #: Causal LMs: prompts, chat templates and streamed text.
+    generator: GenerateTask | None = None
 
     @property
     def name(self) -> str:

@@ -21,10 +21,13 @@ import numpy.typing as npt
 
 from squeezer.backends import Backend, load_backend
 from squeezer.backends.device import compute_threads, resolve_device, resolve_dtype
+from squeezer.backends.sampling import SamplingParams
+from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.config import ModelSettings, Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
+from squeezer.engine.generation import GenerationRequest
 from squeezer.errors import ModelLoadError, TooManyInputsError, UnavailableError
-from squeezer.models import locate, read_folder
+from squeezer.models import ModelFolder, locate, read_folder
 from squeezer.models.manifest import Manifest, current_hardware, read_manifest
 from squeezer.optimize.cache import optimized_artifact
 from squeezer.server.registry import ModelRegistry, ServedModel
@@ -52,6 +55,7 @@ from squeezer.tasks import (
     build_tasks,
 )
 from squeezer.tasks.classify import label_names
+from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, GenerationLimits
 from squeezer.types import EngineRequest, ModelInfo, Task, TruncationDirection
 
 log = logging.getLogger("squeezer")
@@ -117,6 +121,17 @@ class Runtime:
         for spec in self.settings.models:
             served, backend = await asyncio.to_thread(self._load, spec)
             self.registry.add(served)
+            if isinstance(backend, TorchGenerationBackend):
+                self.engine.add_generator(
+                    served.name,
+                    backend,
+                    device=served.info.device,
+                    max_batch_total_tokens=self.settings.max_batch_total_tokens
+                    or backend.max_slots * backend.max_len,
+                    max_concurrent_requests=self.settings.max_concurrent_requests,
+                )
+                self._log_loaded(served)
+                continue
             self.engine.add_model(
                 served.name,
                 backend,
@@ -129,16 +144,7 @@ class Runtime:
                 max_batch_requests=spec.max_batch_requests,
                 batch_overhead_tokens=self._overhead_tokens(served.info.device),
             )
-            log.info(
-                "loaded %s from %s: tasks=%s backend=%s device=%s dtype=%s max_input_length=%d",
-                served.name,
-                served.info.path,
-                ",".join(t.value for t in served.info.tasks),
-                served.info.backend,
-                served.info.device,
-                served.info.dtype,
-                served.info.max_input_length,
-            )
+            self._log_loaded(served)
         self.registry.check_defaults()
         await self.engine.start()
         if self.settings.warmup:
@@ -146,12 +152,25 @@ class Runtime:
         self.cold_start_s = time.perf_counter() - t0
         self.phase = Phase.READY
 
+    @staticmethod
+    def _log_loaded(served: ServedModel) -> None:
+        log.info(
+            "loaded %s from %s: tasks=%s backend=%s device=%s dtype=%s max_input_length=%d",
+            served.name,
+            served.info.path,
+            ",".join(t.value for t in served.info.tasks),
+            served.info.backend,
+            served.info.device,
+            served.info.dtype,
+            served.info.max_input_length,
+        )
+
     def _overhead_tokens(self, device: str) -> float | None:
         if self.settings.batch_overhead_tokens is not None:
             return self.settings.batch_overhead_tokens
         return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
 
-    def _load(self, spec: ModelSettings) -> tuple[ServedModel, Backend]:
+    def _load(self, spec: ModelSettings) -> tuple[ServedModel, Backend | TorchGenerationBackend]:
         s = self.settings
         path = locate(spec.path)
         manifest = read_manifest(path)
@@ -170,6 +189,8 @@ class Runtime:
             )
         device = resolve_device(spec.device or s.device)
         dtype = resolve_dtype(spec.dtype or s.dtype, device)
+        if Task.GENERATE in tasks:
+            return self._load_generator(spec, folder, tasks, device, dtype)
         # An artifact names its runtime; only a per-model setting overrides it.
         backend_name = spec.backend or (manifest.runtime if manifest else s.backend)
         tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
@@ -193,12 +214,62 @@ class Runtime:
         )
         return ServedModel(info, folder, tokenizer, handlers), backend
 
+    def _load_generator(
+        self,
+        spec: ModelSettings,
+        folder: ModelFolder,
+        tasks: tuple[Task, ...],
+        device: str,
+        dtype: str,
+    ) -> tuple[ServedModel, TorchGenerationBackend]:
+        s = self.settings
+        if tasks != (Task.GENERATE,):
+            raise ModelLoadError(
+                f"model {spec.name!r}: a causal LM serves only 'generate', not "
+                f"{[t.value for t in tasks if t is not Task.GENERATE]}"
+            )
+        backend = TorchGenerationBackend(
+            folder.path,
+            device=device,
+            dtype=dtype,
+            max_slots=s.max_num_seqs,
+            max_len=s.max_total_tokens,
+        )
+        limits = GenerationLimits(
+            max_input_tokens=min(s.input_token_limit, backend.max_len - 1),
+            max_total_tokens=backend.max_len,
+            max_stop_sequences=s.max_stop_sequences,
+        )
+        generator = GenerateTask(folder, limits)
+        info = ModelInfo(
+            name=spec.name,
+            path=str(folder.path),
+            tasks=tasks,
+            backend=backend.name,
+            device=device,
+            dtype=dtype,
+            content_hash=folder.content_hash(),
+            max_input_length=limits.max_input_tokens,
+            hidden_size=folder.hidden_size,
+            model_type=folder.model_type,
+            architectures=folder.architectures,
+            max_total_tokens=limits.max_total_tokens,
+        )
+        tokenizer = TextTokenizer(folder.tokenizer_file, limits.max_input_tokens)
+        return ServedModel(info, folder, tokenizer, {}, generator), backend
+
     async def _warm_up(self) -> None:
         """One short and one full-length batch per model, so first requests are not slow.
 
-        Warm-up runs the encoder (all but a head's last layer), whatever the tasks."""
+        Warm-up runs the encoder (all but a head's last layer), whatever the tasks;
+        a generation model prefills and decodes a few tokens."""
         head = TokenVectorsHead()
         for model in self.registry:
+            if model.generator is not None:
+                warm = GenerationRequest(model.generator.prompt_ids(GenerateRequest("warm up")), 4)
+                async for _ in self.engine.generate(model.name, warm):
+                    pass
+                continue
             longest = " ".join(["warm"] * model.info.max_input_length)
             for texts in (["warm up"], [longest] * 4):
                 tokens = model.tokenizer.encode(texts, truncate=True)
@@ -315,6 +386,29 @@ class Runtime:
             model, Task.FILL_MASK, request, texts=list(request.inputs)
         )
         return result
+
+    async def generate(
+        self, model: ServedModel, request: GenerateRequest, params: SamplingParams
+    ) -> Generation:
+        """Start generating; text events stream from the result as tokens are sampled.
+        Limits and parameters are checked here, so a bad request fails before its
+        response starts (a 4xx, not a broken stream)."""
+        self._check_accepting()
+        self.registry.check(model, Task.GENERATE)
+        task = model.generator
+        assert task is not None, "generate models have a generator"
+        plan = task.plan(request, params)
+        stream = self.engine.generate(
+            model.name,
+            GenerationRequest(
+                plan.prompt,
+                plan.max_new_tokens,
+                plan.params,
+                task.eos_ids,
+                ignore_eos=request.ignore_eos,
+            ),
+        )
+        return Generation(plan.prompt, plan.params, task.text(stream, request, plan.prompt))
 
     async def question_answering(self, model: ServedModel, request: QARequest) -> list[QAAnswer]:
         result: list[QAAnswer] = await self._run(

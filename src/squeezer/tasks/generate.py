@@ -9,12 +9,13 @@ the engine as soon as they appear), and the finish reason the dialects report.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol
 
-from squeezer.errors import InvalidRequestError
+from squeezer.backends.sampling import SamplingParams
+from squeezer.errors import InputTooLongError, InvalidRequestError
 from squeezer.models import ModelFolder
 from squeezer.tasks.text_stream import IncrementalDetokenizer, StopMatcher
 
@@ -37,15 +38,22 @@ class GenerateRequest:
     """A generation request, whatever dialect it arrived in."""
 
     prompt: str | None = None
+    #: A prompt already tokenized (OpenAI completions accept token ids).
+    prompt_tokens: list[int] | None = None
     #: Chat messages ({"role", "content"}); the model's chat template renders them.
     messages: list[dict[str, Any]] | None = None
-    max_new_tokens: int = 100
+    #: None: up to the server's max_total_tokens.
+    max_new_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    #: Keep only the prompt's last ``truncate`` tokens (TGI's ``truncate``).
+    truncate: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
+    """The text one token completes; ``token`` -1 is text left over at the end."""
+
     text: str
     token: int
     logprob: float
@@ -62,9 +70,12 @@ class TextDone:
 
 
 class TokenEvent(Protocol):
-    token: int
-    logprob: float
-    top: tuple[tuple[int, float], ...]
+    @property
+    def token(self) -> int: ...
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def top(self) -> tuple[tuple[int, float], ...]: ...
 
 
 class TokenStream(Protocol):
@@ -74,17 +85,53 @@ class TokenStream(Protocol):
 
     def __aiter__(self) -> AsyncIterator[TokenEvent]: ...
 
+    def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationLimits:
+    """Per-request limits (TGI's flags of the same names)."""
+
+    max_input_tokens: int = 2047
+    max_total_tokens: int = 2048
+    max_stop_sequences: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated request, ready for the engine."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    params: SamplingParams
+
+
+@dataclass(slots=True)
+class Generation:
+    """A started generation: its prompt and the text events as they come."""
+
+    prompt: list[int]
+    params: SamplingParams
+    events: AsyncGenerator[TextDelta | TextDone, None]
+
+    @property
+    def seed(self) -> int | None:
+        """The seed sampling used (None for greedy), so a client can reproduce it."""
+        return None if self.params.greedy else self.params.seed
+
 
 class GenerateTask:
     """Pre- and post-processing of generation for one model."""
 
-    def __init__(self, folder: ModelFolder) -> None:
+    def __init__(self, folder: ModelFolder, limits: GenerationLimits | None = None) -> None:
         from transformers import AutoTokenizer
 
         self.folder = folder
+        self.limits = limits or GenerationLimits()
         self.hf_tokenizer = AutoTokenizer.from_pretrained(folder.path, local_files_only=True)
         self.tokenizer = self.hf_tokenizer.backend_tokenizer  # the Rust tokenizer
         self.eos_ids = frozenset(self._eos_ids())
+        self._special_ids = frozenset(self.hf_tokenizer.all_special_ids)
 
     def _eos_ids(self) -> list[int]:
         found: list[int] = []
@@ -121,29 +168,106 @@ class GenerateTask:
             ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
         elif request.prompt is not None:
             ids = self.tokenizer.encode(request.prompt, add_special_tokens=True).ids
+        elif request.prompt_tokens is not None:
+            vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+            if any(not 0 <= i < vocab for i in request.prompt_tokens):
+                raise InvalidRequestError(
+                    f"prompt token ids must be in [0, {vocab})", param="prompt"
+                )
+            ids = list(request.prompt_tokens)
         else:
             raise InvalidRequestError("a prompt or messages are required", param="prompt")
+        if request.truncate is not None:
+            ids = ids[-request.truncate :]
         if not ids:
             raise InvalidRequestError("the prompt is empty", param="prompt")
         return ids
+
+    def plan(self, request: GenerateRequest, params: SamplingParams) -> Plan:
+        """Tokenize and check a request against the limits: every refusal is a 422 that
+        says which limit, before anything is queued."""
+        lim = self.limits
+        if len(request.stop) > lim.max_stop_sequences:
+            raise InvalidRequestError(
+                f"stop: at most {lim.max_stop_sequences} stop sequences, got {len(request.stop)}",
+                param="stop",
+            )
+        if request.max_new_tokens is not None and request.max_new_tokens < 1:
+            raise InvalidRequestError("max_new_tokens must be >= 1", param="max_new_tokens")
+        if request.truncate is not None and request.truncate < 1:
+            raise InvalidRequestError("truncate must be >= 1", param="truncate")
+        try:
+            params.validate()
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from None
+        prompt = self.prompt_ids(request)
+        if len(prompt) > lim.max_input_tokens:
+            raise InputTooLongError(
+                f"the prompt has {len(prompt)} tokens; at most {lim.max_input_tokens} are "
+                "allowed (--max-input-tokens); shorten it or set truncate",
+                param="inputs",
+            )
+        room = lim.max_total_tokens - len(prompt)
+        new = room if request.max_new_tokens is None else request.max_new_tokens
+        if new > room:
+            raise InputTooLongError(
+                f"prompt tokens + max_new_tokens must be <= {lim.max_total_tokens} "
+                f"(--max-total-tokens); given {len(prompt)} prompt tokens and "
+                f"{new} max_new_tokens",
+                param="max_new_tokens",
+            )
+        if params.min_new_tokens > new:
+            raise InvalidRequestError(
+                f"min_tokens ({params.min_new_tokens}) must be <= max_new_tokens ({new})",
+                param="min_tokens",
+            )
+        if params.min_new_tokens and not params.eos_ids:
+            params = replace(params, eos_ids=tuple(sorted(self.eos_ids)))
+        return Plan(prompt, new, params)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
+
+    def token_text(self, token: int) -> str:
+        """One token's own text (for logprobs), as decoding it alone gives it."""
+        text: str = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text
+
+    def is_special(self, token: int) -> bool:
+        return token in self._special_ids
 
     async def text(
         self,
         stream: TokenStream,
         request: GenerateRequest,
         prompt: Sequence[int],
-    ) -> AsyncIterator[TextDelta | TextDone]:
+    ) -> AsyncGenerator[TextDelta | TextDone, None]:
         """Text deltas of ``stream``, then one ``TextDone``. A stop sequence ends the
-        text before it and stops the engine's sequence (leaving the loop cancels it)."""
+        text before it; closing this generator early (a client gone) or a stop sequence
+        cancels the engine's sequence, freeing its slot at the next step."""
+        try:
+            async for item in self._text(stream, request, prompt):
+                yield item
+        finally:
+            if stream.finished is None:
+                stream.cancel()
+
+    async def _text(
+        self,
+        stream: TokenStream,
+        request: GenerateRequest,
+        prompt: Sequence[int],
+    ) -> AsyncGenerator[TextDelta | TextDone, None]:
         detok = IncrementalDetokenizer(self.tokenizer, prompt)
         stops = StopMatcher(request.stop)
         generated = 0
         async for event in stream:
             generated += 1
             piece = "" if event.token in self.eos_ids else detok.push(event.token)
-            emitted = stops.push(piece)
-            if emitted or stops.matched is None:
-                yield TextDelta(emitted, event.token, event.logprob, event.top)
+            # One delta per token (its text may be "" while a character or a possible
+            # stop sequence is incomplete): dialects report every token.
+            yield TextDelta(stops.push(piece), event.token, event.logprob, event.top)
             if stops.matched is not None:
                 yield TextDone(Finish.STOP_SEQUENCE, len(prompt), generated, stops.matched)
                 return

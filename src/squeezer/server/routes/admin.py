@@ -63,9 +63,32 @@ async def info(request: Request) -> Response:
     if len(runtime.registry) == 0:
         raise UnavailableError("models are still loading")
     served = runtime.registry
-    default = (
-        served.default_for(Task.EMBED) if served.serving(Task.EMBED) else served.get(None)
-    ).info
+    encoders = [m for m in served if Task.GENERATE not in m.info.tasks]
+    generators = served.serving(Task.GENERATE)
+    if served.serving(Task.EMBED):
+        default = served.default_for(Task.EMBED).info
+    else:
+        default = (encoders[0] if encoders else served.default_for(Task.GENERATE)).info
+    tgi_fields: dict[str, Any] = {}
+    if generators:
+        generator = served.default_for(Task.GENERATE).info
+        tgi_fields = {
+            # TGI's Info, for its default (the model-less /generate routes use it).
+            "model_pipeline_tag": "text-generation",
+            "model_device_type": generator.device,
+            "max_best_of": 1,
+            "max_stop_sequences": s.max_stop_sequences,
+            "max_input_tokens": generator.max_input_length,
+            "max_total_tokens": generator.max_total_tokens,
+            "max_batch_total_tokens": s.max_batch_total_tokens
+            or s.max_num_seqs * (generator.max_total_tokens or s.max_total_tokens),
+            "max_batch_size": s.max_num_seqs,
+            "max_waiting_tokens": 0,
+            "waiting_served_ratio": 0.0,
+            "validation_workers": s.tokenizer_workers,
+            "router": "squeezer",
+            "generation_model_id": generator.name,
+        }
     return json_response(
         {
             "model_id": default.name,
@@ -84,6 +107,7 @@ async def info(request: Request) -> Response:
             "docker_label": None,
             "device": default.device,
             "backend": default.backend,
+            **tgi_fields,
             "models": [
                 {
                     "name": m.name,
@@ -94,6 +118,7 @@ async def info(request: Request) -> Response:
                     "content_hash": m.content_hash,
                     "path": m.path,
                     "max_input_length": m.max_input_length,
+                    "max_total_tokens": m.max_total_tokens,
                 }
                 for m in runtime.model_infos()
             ],

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer.errors import InvalidRequestError, TaskNotSupportedError, TooManyInputsError
-from squeezer.server.jsonio import body_schema, json_response, parse, read_json
+from squeezer.server.jsonio import body_schema, json_response, parse, read_body, read_json
 from squeezer.server.registry import ServedModel
-from squeezer.server.routes import runtime_of
+from squeezer.server.routes import runtime_of, tgi
 from squeezer.server.routes.tei import as_batch
 from squeezer.server.runtime import Runtime
 from squeezer.server.schemas import hf, tei
@@ -253,6 +253,8 @@ _HANDLERS: dict[Task, _Handler] = {
 async def _run(
     runtime: Runtime, model: ServedModel, pipeline: str | None, request: Request
 ) -> Response:
+    if Task.GENERATE in model.info.tasks and pipeline in (None, "text-generation"):
+        return await tgi.compat_generate(runtime, model, await read_body(request), request)
     body = await read_json(request, hf.InferenceRequest)
     if pipeline is None:
         task = model.main_task
@@ -293,7 +295,17 @@ def _pipeline_task(pipeline: str) -> Task:
 async def root(request: Request) -> Response:
     runtime = runtime_of(request)
     served = runtime.registry
-    model = served.default_for(Task.EMBED) if served.serving(Task.EMBED) else served.get(None)
+    if served.serving(Task.GENERATE):
+        data = await read_body(request)
+        only_generation = len(served.serving(Task.GENERATE)) == len(served)
+        if only_generation or tgi.is_generation_body(data):
+            return await tgi.compat_generate(
+                runtime, served.default_for(Task.GENERATE), data, request
+            )
+    if served.serving(Task.EMBED):
+        model = served.default_for(Task.EMBED)
+    else:  # the first model that is not a causal LM
+        model = next(m for m in served if Task.GENERATE not in m.info.tasks)
     return await _run(runtime, model, None, request)
 
 

@@ -1,0 +1,446 @@
+"""OpenAI's text generation API: ``/v1/completions`` and ``/v1/chat/completions``.
+
+Streams are server-sent chunks ending with ``data: [DONE]``; ``stream_options.
+include_usage`` adds a last chunk with the usage. Sampling follows OpenAI (and vLLM):
+temperature 1 samples by default, temperature 0 is greedy. vLLM's extra fields
+(``top_k``, ``repetition_penalty``, ``ignore_eos``, ``min_tokens``, ...) are
+accepted; unknown fields are refused, as OpenAI refuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from squeezer.backends.sampling import SamplingParams
+from squeezer.errors import InvalidRequestError
+from squeezer.server.jsonio import body_schema, json_response, read_json
+from squeezer.server.registry import ServedModel
+from squeezer.server.routes import runtime_of
+from squeezer.server.runtime import Runtime
+from squeezer.server.schemas import openai as oa
+from squeezer.server.streaming import (
+    error_event,
+    merge,
+    random_seed,
+    sse_event,
+    sse_response,
+    token_steps,
+    unless_disconnected,
+)
+from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, TextDelta, TextDone
+from squeezer.types import Task
+
+router = APIRouter(tags=["OpenAI"])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": oa.ErrorResponse} for s in (400, 404, 413, 429, 500, 503)
+}
+_SEED_MASK = (1 << 63) - 1
+
+
+def _sampling(body: oa._Sampling, choice: int, top_logprobs: int | None) -> SamplingParams:
+    temperature = 1.0 if body.temperature is None else body.temperature
+    seed = body.seed if body.seed is not None else random_seed()
+    return SamplingParams(
+        do_sample=temperature > 0,
+        temperature=temperature or 1.0,
+        top_k=body.top_k if body.top_k and body.top_k > 0 else 0,
+        top_p=body.top_p or 1.0,
+        typical_p=body.typical_p or 1.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        # n choices of one request differ; each is still reproducible from the seed.
+        seed=(seed + choice) & _SEED_MASK,
+        top_logprobs=top_logprobs,
+        min_new_tokens=body.min_tokens,
+    )
+
+
+def _refuse(names: list[str]) -> None:
+    if names:
+        raise InvalidRequestError(
+            f"not supported by this server: {', '.join(names)}", param=names[0]
+        )
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+@dataclass(slots=True)
+class _Choice:
+    index: int
+    generation: Generation
+    #: Completions' ``echo``: the prompt's text before the generated text.
+    echo: str = ""
+    want_logprobs: bool = False
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TextDelta] = field(default_factory=list)
+    done: TextDone | None = None
+
+    def add(self, delta: TextDelta, done: TextDone | None) -> None:
+        self.text.append(delta.text)
+        if self.want_logprobs:
+            self.logprobs.append(delta)
+        self.done = done
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """One choice to start: its request, sampling, echoed prompt and prompt index."""
+
+    request: GenerateRequest
+    params: SamplingParams
+    prompt_index: int = 0
+    echo: str = ""
+
+
+async def _start_all(runtime: Runtime, model: ServedModel, starts: list[_Start]) -> list[_Choice]:
+    """Start every choice, or none: a refusal (422, 429) after some started closes them."""
+    choices: list[_Choice] = []
+    try:
+        for index, s in enumerate(starts):
+            generation = await runtime.generate(model, s.request, s.params)
+            choices.append(_Choice(index, generation, s.echo, s.params.top_logprobs is not None))
+    except BaseException:
+        for choice in choices:
+            await _close(choice.generation.events)
+        raise
+    return choices
+
+
+async def _close(events: AsyncGenerator[Any, None]) -> None:
+    await events.aclose()
+
+
+async def _run_choice(choice: _Choice) -> None:
+    async for delta, done in token_steps(choice.generation.events):
+        choice.add(delta, done)
+
+
+def _usage(choices: list[_Choice], starts: list[_Start]) -> dict[str, int]:
+    # Each prompt counts once, however many choices (n) it has.
+    prompts = {
+        s.prompt_index: len(c.generation.prompt) for s, c in zip(starts, choices, strict=True)
+    }
+    prompt = sum(prompts.values())
+    completion = sum(c.done.completion_tokens for c in choices if c.done is not None)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _finish(done: TextDone | None) -> dict[str, Any]:
+    if done is None:
+        return {"finish_reason": None}
+    return {"finish_reason": done.finish.openai, "stop_reason": done.stop}
+
+
+# -- logprobs ----------------------------------------------------------------------
+
+
+def _chat_logprobs(task: GenerateTask, deltas: list[TextDelta]) -> dict[str, Any]:
+    def entry(token: int, logprob: float) -> dict[str, Any]:
+        text = task.token_text(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {
+        "content": [
+            {**entry(d.token, d.logprob), "top_logprobs": [entry(i, lp) for i, lp in d.top]}
+            for d in deltas
+        ]
+    }
+
+
+def _completion_logprobs(
+    task: GenerateTask, deltas: list[TextDelta], offset: int
+) -> dict[str, Any]:
+    offsets = []
+    for d in deltas:
+        offsets.append(offset)
+        offset += len(d.text)
+    return {
+        "tokens": [task.token_text(d.token) for d in deltas],
+        "token_logprobs": [d.logprob for d in deltas],
+        "top_logprobs": [{task.token_text(i): lp for i, lp in d.top} for d in deltas],
+        "text_offset": offsets,
+    }
+
+
+# -- one handler for both APIs ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Api:
+    """What differs between completions and chat completions."""
+
+    object: str
+    id_prefix: str
+    #: The response's per-choice body, from the whole text and logprobs.
+    choice: Callable[[GenerateTask, _Choice], dict[str, Any]]
+    #: A streamed chunk's per-choice body for one token (None: nothing to send).
+    delta: Callable[[GenerateTask, _Choice, TextDelta], dict[str, Any] | None]
+    #: The per-choice body of a choice's first chunk (chat's role), and of its last.
+    opening: Callable[[_Choice], dict[str, Any] | None]
+    closing: Callable[[_Choice], dict[str, Any]]
+
+
+async def _respond(
+    request: Request,
+    runtime: Runtime,
+    model: ServedModel,
+    body: oa._Sampling,
+    api: _Api,
+    starts: list[_Start],
+) -> Response:
+    task = model.generator
+    assert task is not None
+    choices = await _start_all(runtime, model, starts)
+    head = {
+        "id": f"{api.id_prefix}-{uuid.uuid4().hex}",
+        "created": int(time.time()),
+        "model": model.name,
+        "system_fingerprint": None,
+    }
+
+    if not body.stream:
+        gathered = asyncio.gather(*(_run_choice(c) for c in choices))
+        if await unless_disconnected(request, gathered) is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        return json_response(
+            {
+                **head,
+                "object": api.object,
+                "choices": [api.choice(task, c) for c in choices],
+                "usage": _usage(choices, starts),
+            }
+        )
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    path = request.url.path
+
+    def chunk(choice_bodies: list[dict[str, Any]], usage: Any = None) -> bytes:
+        out = {**head, "object": f"{api.object}.chunk", "choices": choice_bodies}
+        if api.object == "text_completion":
+            out["object"] = api.object  # completions chunks keep the response's name
+        if include_usage:
+            out["usage"] = usage
+        return sse_event(out)
+
+    async def per_choice(choice: _Choice) -> AsyncGenerator[bytes, None]:
+        opening = api.opening(choice)
+        if opening is not None:
+            yield chunk([opening])
+        async for delta, done in token_steps(choice.generation.events):
+            choice.add(delta, done)
+            piece = api.delta(task, choice, delta)
+            if piece is not None:
+                yield chunk([piece])
+        yield chunk([{**api.closing(choice), **_finish(choice.done)}])
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        streams = merge([per_choice(c) for c in choices])
+        async with contextlib.aclosing(streams):
+            try:
+                async for event in streams:
+                    yield event
+                if include_usage:
+                    yield chunk([], _usage(choices, starts))
+            except Exception as e:  # a failed step, after the response started
+                yield error_event(e, path)
+        yield b"data: [DONE]\n\n"
+
+    return sse_response(events())
+
+
+def _model(runtime: Runtime, name: str | None) -> ServedModel:
+    return runtime.registry.get(name, Task.GENERATE)
+
+
+# -- completions -------------------------------------------------------------------
+
+
+def _completion_choice(task: GenerateTask, c: _Choice) -> dict[str, Any]:
+    logprobs = _completion_logprobs(task, c.logprobs, len(c.echo)) if c.want_logprobs else None
+    return {
+        "index": c.index,
+        "text": c.echo + "".join(c.text),
+        "logprobs": logprobs,
+        **_finish(c.done),
+    }
+
+
+def _completion_delta(task: GenerateTask, c: _Choice, d: TextDelta) -> dict[str, Any] | None:
+    text = (c.echo if len(c.text) == 1 else "") + d.text
+    if not text and not c.want_logprobs:
+        return None
+    logprobs = _completion_logprobs(task, [d], 0) if c.want_logprobs else None
+    return {"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": None}
+
+
+_COMPLETIONS = _Api(
+    object="text_completion",
+    id_prefix="cmpl",
+    choice=_completion_choice,
+    delta=_completion_delta,
+    opening=lambda c: None,
+    closing=lambda c: {"index": c.index, "text": "", "logprobs": None},
+)
+
+
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[GenerateRequest]:
+    if isinstance(prompt, str):
+        return [GenerateRequest(prompt=prompt)]
+    if not prompt:
+        raise InvalidRequestError("prompt must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [GenerateRequest(prompt_tokens=[int(p) for p in prompt])]  # type: ignore[arg-type]
+    if all(isinstance(p, str) for p in prompt):
+        return [GenerateRequest(prompt=str(p)) for p in prompt]
+    return [GenerateRequest(prompt_tokens=list(p)) for p in prompt]  # type: ignore[arg-type]
+
+
+async def _completions(request: Request, name: str | None) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, oa.CompletionRequest)
+    refused = body.unsupported()
+    if body.suffix:
+        refused.append("suffix")
+    if body.best_of not in (None, body.n):
+        refused.append("best_of")
+    _refuse(refused)
+    model = _model(runtime, body.model if name is None else name)
+    task = model.generator
+    assert task is not None
+    starts = []
+    for i, req in enumerate(_prompts(body.prompt)):
+        req.max_new_tokens = body.max_tokens
+        req.stop = _stops(body.stop)
+        req.ignore_eos = body.ignore_eos
+        echo = ""
+        if body.echo:
+            echo = req.prompt if req.prompt is not None else task.decode(req.prompt_tokens or [])
+        for j in range(body.n):
+            params = _sampling(body, j, body.logprobs)
+            starts.append(_Start(req, params, i, echo))
+    return await _respond(request, runtime, model, body, _COMPLETIONS, starts)
+
+
+@router.post(
+    "/v1/completions",
+    summary="Text completions (OpenAI); vLLM's extra sampling fields accepted",
+    openapi_extra=body_schema(oa.CompletionRequest),
+    responses=_ERRORS,
+)
+async def completions(request: Request) -> Response:
+    return await _completions(request, None)
+
+
+@router.post(
+    "/models/{name}/v1/completions",
+    summary="Text completions (OpenAI) from the model named in the path",
+    openapi_extra=body_schema(oa.CompletionRequest),
+    responses=_ERRORS,
+)
+async def completions_for(name: str, request: Request) -> Response:
+    return await _completions(request, name)
+
+
+# -- chat completions --------------------------------------------------------------
+
+
+def _chat_choice(task: GenerateTask, c: _Choice) -> dict[str, Any]:
+    return {
+        "index": c.index,
+        "message": {"role": "assistant", "content": "".join(c.text), "tool_calls": []},
+        "logprobs": _chat_logprobs(task, c.logprobs) if c.want_logprobs else None,
+        **_finish(c.done),
+    }
+
+
+def _chat_delta(task: GenerateTask, c: _Choice, d: TextDelta) -> dict[str, Any] | None:
+    if not d.text and not c.want_logprobs:
+        return None
+    return {
+        "index": c.index,
+        "delta": {"content": d.text},
+        "logprobs": _chat_logprobs(task, [d]) if c.want_logprobs else None,
+        "finish_reason": None,
+    }
+
+
+_CHAT = _Api(
+    object="chat.completion",
+    id_prefix="chatcmpl",
+    choice=_chat_choice,
+    delta=_chat_delta,
+    opening=lambda c: {
+        "index": c.index,
+        "delta": {"role": "assistant", "content": ""},
+        "logprobs": None,
+        "finish_reason": None,
+    },
+    closing=lambda c: {"index": c.index, "delta": {}, "logprobs": None},
+)
+
+
+def _message(m: oa.ChatMessage) -> dict[str, Any]:
+    """A message as chat templates expect it: text parts joined into one string."""
+    out = m.model_dump(exclude_none=True)
+    if isinstance(m.content, list):
+        parts = []
+        for part in m.content:
+            if part.get("type") != "text":
+                raise InvalidRequestError(
+                    f"message content of type {part.get('type')!r}: this model reads text only",
+                    param="messages",
+                )
+            parts.append(str(part.get("text", "")))
+        out["content"] = "".join(parts)
+    return out
+
+
+async def _chat(request: Request, name: str | None) -> Response:
+    runtime = runtime_of(request)
+    body = await read_json(request, oa.ChatCompletionRequest)
+    _refuse(body.chat_unsupported())
+    model = _model(runtime, body.model if name is None else name)
+    req = GenerateRequest(
+        messages=[_message(m) for m in body.messages],
+        max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        stop=_stops(body.stop),
+        ignore_eos=body.ignore_eos,
+    )
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    starts = [_Start(req, _sampling(body, j, top)) for j in range(body.n)]
+    return await _respond(request, runtime, model, body, _CHAT, starts)
+
+
+@router.post(
+    "/v1/chat/completions",
+    summary="Chat completions (OpenAI) with the model's chat template",
+    openapi_extra=body_schema(oa.ChatCompletionRequest),
+    responses=_ERRORS,
+)
+async def chat_completions(request: Request) -> Response:
+    return await _chat(request, None)
+
+
+@router.post(
+    "/models/{name}/v1/chat/completions",
+    summary="Chat completions (OpenAI) from the model named in the path",
+    openapi_extra=body_schema(oa.ChatCompletionRequest),
+    responses=_ERRORS,
+)
+async def chat_completions_for(name: str, request: Request) -> Response:
+    return await _chat(request, name)

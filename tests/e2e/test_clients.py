@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 from pathlib import Path
 
@@ -80,7 +81,12 @@ def test_sigterm_answers_every_request_in_flight(tiny_bert: Path, tmp_path: Path
 
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
                 futures = [pool.submit(call, i) for i in range(16)]
-                time.sleep(0.15)
+                for _ in range(500):  # until all 16 are inside the server (not by a clock)
+                    metrics = http.get("/metrics").text
+                    found = re.search(r"squeezer_http_requests_in_flight ([0-9.]+)", metrics)
+                    if found and float(found.group(1)) >= 17:  # 16 + this scrape
+                        break
+                    time.sleep(0.01)
                 server.proc.send_signal(15)
                 codes = [f.result() for f in futures]
         assert codes == [200] * 16

@@ -123,6 +123,8 @@ class Engine:
             wake=executor.wake,
             max_batch_total_tokens=max_batch_total_tokens,
             max_concurrent_requests=max_concurrent_requests,
+            name=name,
+            observer=self._observer,
         )
         self._generators[name] = scheduler
         executor.add_source(scheduler)

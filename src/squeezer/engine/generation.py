@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import cast
 from squeezer.backends.base import GenerationBackend, NewSequence, TokenOut
 from squeezer.backends.sampling import SamplingParams
 from squeezer.engine.executor import Work
+from squeezer.engine.observer import EngineObserver, NullObserver
 from squeezer.errors import BackendError, InputTooLongError, OverloadedError, UnavailableError
 
 
@@ -106,8 +108,14 @@ class GenerationScheduler:
         wake: Callable[[], None],
         max_batch_total_tokens: int,
         max_concurrent_requests: int,
+        name: str = "generate",
+        observer: EngineObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.backend = backend
+        self.name = name
+        self._observer = observer or NullObserver()
+        self._clock = clock
         self._wake = wake
         self.max_batch_total_tokens = max_batch_total_tokens
         self.max_concurrent = max_concurrent_requests
@@ -204,8 +212,11 @@ class GenerationScheduler:
     def step(self) -> None:
         """One iteration: retire cancelled, admit and prefill, decode all running."""
         self.steps += 1
+        t0 = self._clock()
         admitted = self._admit()
         decoding = {i: s.last for i, s in self._running.items()}
+        if not (admitted or decoding):
+            return
         try:
             if admitted:
                 with self._lock:
@@ -218,6 +229,11 @@ class GenerationScheduler:
                 self._deliver(self.backend.decode(decoding))
         except Exception as e:  # a failed step fails only the sequences it held
             self._fail(BackendError(f"generation step failed: {e}"))
+            return
+        running, waiting = self.load
+        self._observer.on_generation_step(
+            self.name, running, waiting, len(admitted) + len(decoding), self._clock() - t0
+        )
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:

@@ -6,6 +6,8 @@ Which thread calls what (implementations must be thread-safe; prometheus-client 
   batch is taken or requests expire: the device's compute thread.
 * ``on_queue_wait`` (once per item, as its batch is dispatched) and ``on_batch`` (once
   per batch computed without error): the compute thread.
+* ``on_generation_step`` (once per scheduler step that ran the model): the compute
+  thread.
 
 An observer that raises is logged and ignored: metrics never fail a request.
 """
@@ -29,6 +31,10 @@ class EngineObserver(Protocol):
 
     def on_queue_depth(self, model: str, depth: int) -> None: ...
 
+    def on_generation_step(
+        self, model: str, running: int, waiting: int, new_tokens: int, seconds: float
+    ) -> None: ...
+
 
 class NullObserver:
     """The default: reports nowhere."""
@@ -42,6 +48,11 @@ class NullObserver:
         pass
 
     def on_queue_depth(self, model: str, depth: int) -> None:
+        pass
+
+    def on_generation_step(
+        self, model: str, running: int, waiting: int, new_tokens: int, seconds: float
+    ) -> None:
         pass
 
 
@@ -70,3 +81,11 @@ class SafeObserver:
             self._inner.on_queue_depth(model, depth)
         except Exception:
             log.exception("engine observer on_queue_depth failed")
+
+    def on_generation_step(
+        self, model: str, running: int, waiting: int, new_tokens: int, seconds: float
+    ) -> None:
+        try:
+            self._inner.on_generation_step(model, running, waiting, new_tokens, seconds)
+        except Exception:
+            log.exception("engine observer on_generation_step failed")

@@ -67,6 +67,28 @@ class Metrics:
         self.queue_depth = Gauge(
             "squeezer_queue_depth", "Inputs waiting in each model's queue", ["model"], registry=r
         )
+        self.generation_running = Gauge(
+            "squeezer_generation_running",
+            "Sequences decoding (holding a KV-cache slot)",
+            ["model"],
+            registry=r,
+        )
+        self.generation_waiting = Gauge(
+            "squeezer_generation_waiting",
+            "Generation requests waiting for a slot",
+            ["model"],
+            registry=r,
+        )
+        self.generation_step = Histogram(
+            "squeezer_generation_step_seconds",
+            "Time of one continuous-batching step (admit, prefill, decode all running)",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            "squeezer_generated_tokens", "Tokens sampled", ["model"], registry=r
+        )
         self.in_flight = Gauge(
             "squeezer_http_requests_in_flight", "HTTP requests being served", registry=r
         )
@@ -87,11 +109,22 @@ class Metrics:
     def on_queue_depth(self, model: str, depth: int) -> None:
         self.queue_depth.labels(model).set(depth)
 
+    def on_generation_step(
+        self, model: str, running: int, waiting: int, new_tokens: int, seconds: float
+    ) -> None:
+        self.generation_step.labels(model).observe(seconds)
+        self.generated_tokens.labels(model).inc(new_tokens)
+
     # HTTP -----------------------------------------------------------------------
 
     def on_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.request_latency.labels(route).observe(seconds)
+
+    def set_generation_load(self, model: str, running: int, waiting: int) -> None:
+        """Read at scrape time, so the gauges are exact whenever they are looked at."""
+        self.generation_running.labels(model).set(running)
+        self.generation_waiting.labels(model).set(waiting)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -38,7 +38,12 @@ async def ready(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    metrics = request.app.state.metrics
+    runtime = runtime_of(request)
+    for name in runtime.registry.serving(Task.GENERATE):
+        running, waiting = runtime.engine.generator(name).load
+        metrics.set_generation_load(name, running, waiting)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _model_type(info: ModelInfo) -> dict[str, Any]:

@@ -20,7 +20,8 @@ class Recipe:
     name: str
     kind: str  # "embeddings" or "generation"
     #: Command template: {python} (the peer's interpreter), {bin} (its venv's bin
-    #: folder), {port}, {model_dir}, {here} (this folder).
+    #: folder), {port}, {model_dir}, {here} (this folder); generation recipes also get
+    #: {gen_dir} (SmolLM2 as an HF folder), {gguf} (its GGUF file) and {llama_server}.
     start: str
     route: str
     ready_path: str = "/health"
@@ -121,5 +122,53 @@ RECIPES: tuple[Recipe, ...] = (
         venv_name="infinity",
         about="Infinity with its optimum/ONNX Runtime engine",
         bench_args=("--model", "minilm"),
+    ),
+    # -- generation: SmolLM2-135M-Instruct, streamed chat completions ---------------
+    Recipe(
+        name="squeezer-gen",
+        kind="generation",
+        start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
+        "--max-num-seqs 32 --max-total-tokens 512",
+        route="/v1/chat/completions",
+        ready_path="/ready",
+        about="squeezer serve, torch fp32 (lossless), continuous batching",
+        bench_args=("--model", "smol"),
+    ),
+    Recipe(
+        name="squeezer-gguf",
+        kind="generation",
+        start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
+        "--max-num-seqs 32 --max-total-tokens 512 --quantize gguf",
+        route="/v1/chat/completions",
+        ready_path="/ready",
+        about="squeezer serve --quantize gguf: llama.cpp kernels on the GGUF's own Q4_1 "
+        "weights, squeezer's scheduler and sampler",
+        bench_args=("--model", "smol"),
+    ),
+    Recipe(
+        name="transformers-serve",
+        kind="generation",
+        start="{bin}/transformers serve {gen_dir} --host 127.0.0.1 --port {port}",
+        route="/v1/chat/completions",
+        about="transformers serve (HF's own server), defaults",
+        # It refuses vLLM's ignore_eos (422) and needs the model path as the model name.
+        bench_args=("--model", "{gen_dir}", "--no-ignore-eos"),
+    ),
+    Recipe(
+        name="transformers-serve-cb",
+        kind="generation",
+        start="{bin}/transformers serve {gen_dir} --host 127.0.0.1 --port {port} "
+        "--continuous-batching",
+        route="/v1/chat/completions",
+        about="transformers serve --continuous-batching",
+        bench_args=("--model", "{gen_dir}", "--no-ignore-eos"),
+    ),
+    Recipe(
+        name="llama-server",
+        kind="generation",
+        start="{llama_server} -m {gguf} -t 2 --parallel 32 -c 16384 --host 127.0.0.1 --port {port}",
+        route="/v1/chat/completions",
+        about="llama.cpp's llama-server on the same Q4_1 GGUF, --parallel 32",
+        bench_args=("--model", "smol"),
     ),
 )

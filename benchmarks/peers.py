@@ -81,11 +81,17 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def started(
-    recipe: Recipe, python: Path, log: Path, work: Path, timeout_s: float = 300
+    recipe: Recipe,
+    python: Path,
+    log: Path,
+    work: Path,
+    timeout_s: float = 300,
+    places: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **recipe.env}
     where = {"python": python, "bin": python.parent, "model_dir": model_dir(), "here": HERE}
+    where.update(places or {})
     where["work"] = work
     where["serves"] = recipe.serves.format(**where)
     with log.open("ab") as out:
@@ -154,7 +160,7 @@ def squeezer_bench(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--peers", default=",".join(r.name for r in RECIPES))
+    p.add_argument("--peers", default=",".join(r.name for r in RECIPES if r.kind == "embeddings"))
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=Path("bench-results/peers"))

@@ -154,6 +154,13 @@ def serve(
         int | None,
         _opt("Generation: sequences decoding together per model. [default: 32]", "MAX_NUM_SEQS"),
     ] = None,
+    max_batch_prefill_tokens: Annotated[
+        int | None,
+        _opt(
+            "Generation: prompt tokens prefilled per step; more joins wait a step. [default: 4096]",
+            "MAX_BATCH_PREFILL_TOKENS",
+        ),
+    ] = None,
     max_stop_sequences: Annotated[
         int | None,
         _opt("Generation: stop sequences per request. [default: 4]", "MAX_STOP_SEQUENCES"),
@@ -199,6 +206,7 @@ def serve(
         "max_input_tokens": max_input_tokens,
         "max_batch_total_tokens": max_batch_total_tokens,
         "max_num_seqs": max_num_seqs,
+        "max_batch_prefill_tokens": max_batch_prefill_tokens,
         "max_stop_sequences": max_stop_sequences,
         "quantize": quantize,
         "log_level": log_level,
@@ -305,6 +313,12 @@ def bench(
     allow_remote: Annotated[
         bool, typer.Option(help="Allow a target that is not this machine.")
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a request may wait for its next byte before it counts as failed."
+        ),
+    ] = 60.0,
 ) -> None:
     """Load-test a server or an in-process model; table, JSON and latency/throughput PNG."""
     from rich.console import Console
@@ -343,6 +357,7 @@ def bench(
             route=route,
             allow_remote=allow_remote,
             ceiling=ceiling,
+            timeout_s=timeout,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

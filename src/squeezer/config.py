@@ -105,6 +105,9 @@ class Settings(BaseModel):
     max_batch_total_tokens: int | None = Field(default=None, gt=0)
     #: Sequences decoding together (KV-cache slots), per generation model.
     max_num_seqs: int = Field(default=32, gt=0)
+    #: Prompt tokens prefilled per step: more joins wait a step, so that a burst of
+    #: new requests does not stall the streams already decoding for long.
+    max_batch_prefill_tokens: int = Field(default=4096, gt=0)
     max_stop_sequences: int = Field(default=4, ge=0)
     #: Weight quantization of generation models: None keeps them lossless.
     quantize: Literal["int8"] | None = None

@@ -126,3 +126,25 @@ async def test_other_work_on_the_device_runs_between_decode_steps(running: Runni
     assert stream.finished is None  # answered while the stream was still decoding
     await task
     assert len(tokens) == 40
+
+
+async def test_a_burst_of_joins_is_prefilled_within_the_prefill_budget(tiny_llama: Path) -> None:
+    r = Running(tiny_llama, slots=4)
+    r.scheduler.max_prefill_tokens = 10  # PROMPTS are 5, 2, 9 and 3 tokens long
+    batches: list[list[int]] = []
+    prefill = r.backend.prefill
+
+    def recording(seqs: list) -> list:  # type: ignore[type-arg]
+        batches.append([len(s.prompt) for s in seqs])
+        return prefill(seqs)
+
+    r.backend.prefill = recording  # type: ignore[method-assign]
+    try:
+        streams = [r.scheduler.submit(GenerationRequest(p, 4)) for p in PROMPTS]
+        got = await asyncio.gather(*(_collect(s) for s in streams))
+        assert got == [_alone(tiny_llama, p, 4) for p in PROMPTS]
+        # No step prefilled more than 10 prompt tokens, unless one prompt alone does.
+        assert all(sum(b) <= 10 or len(b) == 1 for b in batches) and len(batches) >= 2
+        assert sorted(n for b in batches for n in b) == sorted(len(p) for p in PROMPTS)
+    finally:
+        r.close()

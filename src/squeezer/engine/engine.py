@@ -112,6 +112,7 @@ class Engine:
         device: str,
         max_batch_total_tokens: int,
         max_concurrent_requests: int,
+        max_prefill_tokens: int = 4096,
     ) -> GenerationScheduler:
         """Serve causal LM ``name``: its continuous-batching scheduler takes turns on
         ``device``'s thread with the models placed there."""
@@ -123,6 +124,7 @@ class Engine:
             wake=executor.wake,
             max_batch_total_tokens=max_batch_total_tokens,
             max_concurrent_requests=max_concurrent_requests,
+            max_prefill_tokens=max_prefill_tokens,
             name=name,
             observer=self._observer,
         )

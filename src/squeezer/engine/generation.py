@@ -108,6 +108,7 @@ class GenerationScheduler:
         wake: Callable[[], None],
         max_batch_total_tokens: int,
         max_concurrent_requests: int,
+        max_prefill_tokens: int = 4096,
         name: str = "generate",
         observer: EngineObserver | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -119,6 +120,8 @@ class GenerationScheduler:
         self._wake = wake
         self.max_batch_total_tokens = max_batch_total_tokens
         self.max_concurrent = max_concurrent_requests
+        #: Prompt tokens prefilled in one step (TGI's --max-batch-prefill-tokens).
+        self.max_prefill_tokens = max_prefill_tokens
         self._lock = threading.Lock()
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
@@ -176,20 +179,29 @@ class GenerationScheduler:
         return sum(len(s.request.prompt) + s.request.max_new_tokens for s in self._running.values())
 
     def _admit(self) -> list[_Sequence]:
+        """Retire cancelled sequences, then take waiting ones while slots, the token
+        budget and the per-step prefill budget allow (always at least one when a slot
+        is free, however long its prompt)."""
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
             self._waiting = deque(s for s in self._waiting if s.stream.id not in cancelled)
+            gone = [self._running[i] for i in cancelled if i in self._running]
+        for seq in gone:
+            self._retire(seq, FinishReason.CANCELLED)
+        with self._lock:
             admitted: list[_Sequence] = []
             used = self._budget_used()
+            prefill = 0
             while self._waiting and len(self._running) + len(admitted) < self.backend.max_slots:
                 nxt = self._waiting[0]
                 cost = len(nxt.request.prompt) + nxt.request.max_new_tokens
                 if used + cost > self.max_batch_total_tokens:
                     break
+                if admitted and prefill + len(nxt.request.prompt) > self.max_prefill_tokens:
+                    break  # the rest join next step: running streams are not stalled long
                 admitted.append(self._waiting.popleft())
                 used += cost
-        for seq_id in cancelled & set(self._running):
-            self._retire(self._running[seq_id], FinishReason.CANCELLED)
+                prefill += len(nxt.request.prompt)
         return admitted
 
     def _retire(self, seq: _Sequence, reason: FinishReason) -> None:

@@ -129,6 +129,7 @@ class Runtime:
                     max_batch_total_tokens=self.settings.max_batch_total_tokens
                     or backend.max_slots * backend.max_len,
                     max_concurrent_requests=self.settings.max_concurrent_requests,
+                    max_prefill_tokens=self.settings.max_batch_prefill_tokens,
                 )
                 self._log_loaded(served)
                 continue

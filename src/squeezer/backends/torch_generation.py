@@ -22,8 +22,8 @@ import torch
 
 from squeezer.backends.base import NewSequence, SeqId, TokenOut
 from squeezer.backends.device import torch_dtype
-from squeezer.backends.sampling import SamplingBatch, SamplingParams, sample
-from squeezer.errors import InputTooLongError, ModelLoadError, OverloadedError
+from squeezer.backends.generation_state import SequenceTable
+from squeezer.errors import InputTooLongError, ModelLoadError
 
 
 class SlotCache:
@@ -135,19 +135,15 @@ class TorchGenerationBackend:
             device,
         )
         self.max_slots = max_slots
-        self._slots: dict[SeqId, int] = {}
-        self._order: list[SeqId] = []  # slot i holds _order[i]
-        self._lengths = torch.zeros(max_slots, dtype=torch.long)
-        self._seen = torch.zeros(max_slots, self.vocab_size, dtype=torch.bool, device=device)
-        self._params: dict[SeqId, SamplingParams] = {}
-        self._prompt_lengths: dict[SeqId, int] = {}
+        # Compact: active sequences hold slots 0..n-1, so decode steps read views.
+        self.table = SequenceTable(max_slots, self.vocab_size, device, compact=True)
 
     @property
     def active(self) -> int:
-        return len(self._order)
+        return self.table.active
 
     def length(self, seq: SeqId) -> int:
-        return int(self._lengths[self._slots[seq]])
+        return self.table.length(seq)
 
     def _forward(
         self,
@@ -176,54 +172,17 @@ class TorchGenerationBackend:
         logits: torch.Tensor = self._head(picked)
         return logits
 
-    def _sample(self, seqs: Sequence[SeqId], logits: torch.Tensor) -> list[TokenOut]:
-        rows = torch.tensor([self._slots[s] for s in seqs])
-        lengths = self._lengths[rows].tolist()
-        for i, seq in enumerate(seqs):  # min_tokens: no EOS yet for these rows
-            p = self._params[seq]
-            if p.eos_ids and lengths[i] - self._prompt_lengths[seq] < p.min_new_tokens:
-                logits[i, list(p.eos_ids)] = float("-inf")
-        batch = SamplingBatch.of([self._params[s] for s in seqs], self.vocab_size, self.device)
-        # The position of the token being chosen: the sequence's length so far.
-        picked = sample(logits, batch, self._lengths[rows].to(self.device), self._seen[rows])
-        tokens = picked.tokens.cpu()
-        self._seen[rows.to(self.device), picked.tokens] = True
-        out = []
-        for i, seq in enumerate(seqs):
-            n = self._params[seq].top_logprobs or 0
-            top = tuple(
-                zip(
-                    picked.top_ids[i, :n].tolist(), picked.top_logprobs[i, :n].tolist(), strict=True
-                )
-            )
-            out.append(TokenOut(seq, int(tokens[i]), float(picked.logprobs[i]), top))
-        return out
-
     @torch.inference_mode()
     def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
         """Take new sequences into free slots, run their prompts in one padded forward
         pass, and sample their first tokens."""
-        if self.active + len(seqs) > self.max_slots:
-            raise OverloadedError(f"all {self.max_slots} generation slots are in use")
-        for seq in seqs:
-            if not 0 < len(seq.prompt) < self.max_len:
-                raise InputTooLongError(
-                    f"prompt of {len(seq.prompt)} tokens; this model holds 1 to {self.max_len - 1}"
-                )
+        rows = self.table.admit(seqs, self.max_len)  # compact: new slots are contiguous
         if not seqs:
             return []
-        first = len(self._order)
-        rows = torch.arange(first, first + len(seqs))  # new slots are contiguous
         lengths = torch.tensor([len(s.prompt) for s in seqs])
         ids = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
         for i, seq in enumerate(seqs):
             ids[i, : len(seq.prompt)] = torch.tensor(list(seq.prompt))
-            self._order.append(seq.id)
-            self._slots[seq.id] = first + i
-            self._params[seq.id] = seq.params
-            self._prompt_lengths[seq.id] = len(seq.prompt)
-            self._seen[first + i] = False
-            self._seen[first + i, ids[i, : len(seq.prompt)].to(self.device)] = True
         try:
             # Padding past a prompt's end writes keys its own later tokens overwrite
             # before they are ever attended to (each row sees only positions <= its own).
@@ -232,33 +191,23 @@ class TorchGenerationBackend:
             for seq in reversed(seqs):
                 self.free(seq.id)
             raise
-        self._lengths[rows] = lengths
-        return self._sample([s.id for s in seqs], logits)
+        return self.table.sample([s.id for s in seqs], logits)
 
     @torch.inference_mode()
     def decode(self, tokens: dict[SeqId, int]) -> list[TokenOut]:
         """Append each sequence's last token and sample its next one, all in one step."""
         seqs = list(tokens)
-        rows = torch.tensor([self._slots[s] for s in seqs])
-        start = self._lengths[rows]
+        rows = self.table.rows(seqs)
+        start = self.table.lengths(rows)
         if int(start.max()) >= self.max_len:
             raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
         ids = torch.tensor([[tokens[s]] for s in seqs], dtype=torch.long)
         logits = self._forward(ids, rows, start)
-        self._lengths[rows] += 1
-        return self._sample(seqs, logits)
+        self.table.advance(rows)
+        return self.table.sample(seqs, logits)
 
     def free(self, seq: SeqId) -> None:
         """Release a sequence's slot; the last active sequence moves into it."""
-        slot = self._slots.pop(seq)
-        self._params.pop(seq)
-        self._prompt_lengths.pop(seq)
-        last = len(self._order) - 1
-        moved = self._order.pop()
-        if slot != last:
-            self.cache.move(last, slot, int(self._lengths[last]))
-            self._lengths[slot] = self._lengths[last]
-            self._seen[slot] = self._seen[last]
-            self._order[slot] = moved
-            self._slots[moved] = slot
-        self._lengths[last] = 0
+        move = self.table.release(seq)
+        if move is not None:
+            self.cache.move(move.source, move.target, move.length)

@@ -5,6 +5,10 @@
 the first start converts and writes a plain folder (config, safetensors, tokenizer,
 chat template) under a key of the file's sha256, and every later start, and every
 other process, loads that folder. A changed file gets a new key, never a stale cache.
+
+A converted folder also names the GGUF it came from (``source_gguf``), so a runtime
+that runs the quantized file itself (llama.cpp) can be given the folder that every
+other runtime loads.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from squeezer.errors import ModelLoadError
 log = logging.getLogger("squeezer.models")
 GGUF_SUFFIX = ".gguf"
 _DONE = ".converted"
+#: In a converted folder: the GGUF it was made from, to find that file again.
+SOURCE_FILE = "gguf_source.json"
 
 
 def gguf_cache_dir() -> Path:
@@ -44,9 +50,16 @@ def converted_folder(gguf: Path, cache: Path | None = None) -> Path:
     """The HF folder for ``gguf``: from the cache, or converted now (and cached)."""
     if not gguf.is_file():
         raise ModelLoadError(f"{gguf} is not a file")
-    target = (cache or gguf_cache_dir()) / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+    sha256 = file_sha256(gguf)
+    target = (cache or gguf_cache_dir()) / f"{gguf.stem}-{sha256[:16]}"
     if (target / _DONE).is_file():
         log.info("GGUF %s: converted weights found in %s", gguf.name, target)
+        # The same bytes may now live elsewhere, or the folder predate the record.
+        if _recorded(target) != _source_record(gguf, sha256):
+            try:
+                _write_source(gguf, sha256, target)
+            except OSError as e:  # a read-only cache still serves its weights
+                log.warning("GGUF %s: could not record its path in %s: %s", gguf.name, target, e)
         return target
     t0 = time.perf_counter()
     log.info("GGUF %s: dequantizing once (cached in %s)", gguf.name, target)
@@ -54,6 +67,7 @@ def converted_folder(gguf: Path, cache: Path | None = None) -> Path:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
+        _write_source(gguf, sha256, scratch)
         _convert(gguf, scratch)
         shutil.rmtree(target, ignore_errors=True)
         scratch.rename(target)
@@ -64,6 +78,52 @@ def converted_folder(gguf: Path, cache: Path | None = None) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("GGUF %s: converted in %.1f s", gguf.name, time.perf_counter() - t0)
     return target
+
+
+def _source_record(gguf: Path, sha256: str) -> dict[str, object]:
+    stat = gguf.stat()
+    return {
+        "path": str(gguf.resolve()),
+        "sha256": sha256,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def _recorded(folder: Path) -> dict[str, object] | None:
+    try:
+        record = json.loads((folder / SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_source(gguf: Path, sha256: str, folder: Path) -> None:
+    tmp = folder / f".{SOURCE_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(_source_record(gguf, sha256), indent=2), encoding="utf-8")
+    tmp.replace(folder / SOURCE_FILE)
+
+
+def source_gguf(folder: Path) -> Path | None:
+    """The GGUF file ``folder`` was converted from, if it is still there unchanged.
+
+    Same size and modification time as at conversion is taken as unchanged without
+    reading the file; a file whose time changed (copied, touched) is hashed. None for
+    folders converted before the record existed, or not from a GGUF at all.
+    """
+    record = _recorded(folder)
+    if record is None or not isinstance(record.get("path"), str):
+        return None
+    path = Path(str(record["path"]))
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file() or stat.st_size != record.get("size"):
+        return None
+    if stat.st_mtime_ns == record.get("mtime_ns"):
+        return path
+    return path if file_sha256(path) == record.get("sha256") else None
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -1,0 +1,154 @@
+"""The per-sequence state every generation backend keeps, apart from its KV cache.
+
+A backend's cache and forward pass are its own (torch tensors, llama.cpp's memory),
+but what a sequence's next token depends on besides the logits is not: its sampling
+settings, the tokens it has seen (repetition penalty), how many new tokens it has
+(``min_new_tokens`` bans EOS until then) and its position (which, with its seed, fixes
+its random draw). Keeping that here, and sampling here, makes every backend's tokens
+the same function of its logits: a seeded request samples the same text on torch and
+on llama.cpp when their logits agree.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from squeezer.backends.base import NewSequence, SeqId, TokenOut
+from squeezer.backends.sampling import SamplingBatch, SamplingParams, sample
+from squeezer.errors import InputTooLongError, OverloadedError
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A sequence moved from slot ``source`` to ``target``: its first ``length``
+    positions of cache must follow it."""
+
+    source: int
+    target: int
+    length: int
+
+
+class SequenceTable:
+    """Which sequence holds which slot, and the sampler state of each.
+
+    Slots are handed out lowest first. With ``compact``, a freed slot is filled by the
+    highest occupied one (``release`` returns that ``Move``), so the active sequences
+    always hold slots 0..n-1 and a backend can step over a prefix of its buffers; a
+    backend whose cache addresses sequences by id (llama.cpp) leaves holes instead.
+    """
+
+    def __init__(
+        self, max_slots: int, vocab_size: int, device: torch.device | str, *, compact: bool
+    ) -> None:
+        self.max_slots = max_slots
+        self.vocab_size = vocab_size
+        self.device = device
+        self.compact = compact
+        self._slots: dict[SeqId, int] = {}
+        self._owners: list[SeqId | None] = [None] * max_slots
+        self._free = list(range(max_slots))  # a heap
+        self._lengths = torch.zeros(max_slots, dtype=torch.long)
+        self._seen = torch.zeros(max_slots, vocab_size, dtype=torch.bool, device=device)
+        self._params: dict[SeqId, SamplingParams] = {}
+        self._prompt_lengths: dict[SeqId, int] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._slots
+
+    def slot(self, seq: SeqId) -> int:
+        return self._slots[seq]
+
+    def length(self, seq: SeqId) -> int:
+        """Tokens of ``seq`` in the cache: its prompt and every token decoded since."""
+        return int(self._lengths[self._slots[seq]])
+
+    def rows(self, seqs: Sequence[SeqId]) -> torch.Tensor:
+        return torch.tensor([self._slots[s] for s in seqs], dtype=torch.long)
+
+    def lengths(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._lengths[rows]
+
+    def admit(self, seqs: Sequence[NewSequence], max_len: int) -> torch.Tensor:
+        """Give new sequences slots (returned in order) after checking all of them, so a
+        refused batch leaves nothing behind. Their lengths are their prompts' from now:
+        a backend whose forward pass then fails must ``release`` them."""
+        if self.active + len(seqs) > self.max_slots:
+            raise OverloadedError(f"all {self.max_slots} generation slots are in use")
+        for seq in seqs:
+            if not 0 < len(seq.prompt) < max_len:
+                raise InputTooLongError(
+                    f"prompt of {len(seq.prompt)} tokens; this model holds 1 to {max_len - 1}"
+                )
+        slots = []
+        for seq in seqs:
+            slot = heapq.heappop(self._free)
+            slots.append(slot)
+            self._slots[seq.id] = slot
+            self._owners[slot] = seq.id
+            self._params[seq.id] = seq.params
+            self._prompt_lengths[seq.id] = len(seq.prompt)
+            self._lengths[slot] = len(seq.prompt)
+            self._seen[slot] = False
+            prompt = torch.tensor(list(seq.prompt), dtype=torch.long, device=self.device)
+            self._seen[slot, prompt] = True
+        return torch.tensor(slots, dtype=torch.long)
+
+    def advance(self, rows: torch.Tensor) -> None:
+        """One more token in the cache of each row."""
+        self._lengths[rows] += 1
+
+    def release(self, seq: SeqId) -> Move | None:
+        """Forget ``seq``; with ``compact``, the highest occupied slot moves into its
+        slot, and the backend must move that sequence's cache as the ``Move`` says."""
+        slot = self._slots.pop(seq)
+        self._params.pop(seq)
+        self._prompt_lengths.pop(seq)
+        self._owners[slot] = None
+        vacated, move = slot, None
+        last = len(self._slots)  # compact: the others hold 0..last, all but ``slot``
+        if self.compact and last > slot:
+            moved = self._owners[last]
+            assert moved is not None
+            move = Move(last, slot, int(self._lengths[last]))
+            self._lengths[slot] = self._lengths[last]
+            self._seen[slot] = self._seen[last]
+            self._owners[slot], self._owners[last] = moved, None
+            self._slots[moved] = slot
+            vacated = last
+        self._lengths[vacated] = 0
+        heapq.heappush(self._free, vacated)
+        return move
+
+    def sample(self, seqs: Sequence[SeqId], logits: torch.Tensor) -> list[TokenOut]:
+        """Each sequence's next token from its row of ``logits`` (modified in place:
+        EOS is banned for rows still short of ``min_new_tokens``), chosen at position
+        ``length`` and marked as seen."""
+        rows = self.rows(seqs)
+        lengths = self._lengths[rows].tolist()
+        for i, seq in enumerate(seqs):  # min_tokens: no EOS yet for these rows
+            p = self._params[seq]
+            if p.eos_ids and lengths[i] - self._prompt_lengths[seq] < p.min_new_tokens:
+                logits[i, list(p.eos_ids)] = float("-inf")
+        batch = SamplingBatch.of([self._params[s] for s in seqs], self.vocab_size, self.device)
+        # The position of the token being chosen: the sequence's length so far.
+        picked = sample(logits, batch, self._lengths[rows].to(self.device), self._seen[rows])
+        tokens = picked.tokens.cpu()
+        self._seen[rows.to(self.device), picked.tokens] = True
+        out = []
+        for i, seq in enumerate(seqs):
+            n = self._params[seq].top_logprobs or 0
+            top = tuple(
+                zip(
+                    picked.top_ids[i, :n].tolist(), picked.top_logprobs[i, :n].tolist(), strict=True
+                )
+            )
+            out.append(TokenOut(seq, int(tokens[i]), float(picked.logprobs[i]), top))
+        return out

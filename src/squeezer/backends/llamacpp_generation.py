@@ -1,0 +1,254 @@
+"""Causal-LM decoding with llama.cpp on the GGUF file itself: the fast CPU generation
+backend.
+
+The GGUF's quantized weights run in llama.cpp's kernels as they are (SmolLM2's Q4_1
+file decodes several times faster there than its dequantized fp32 weights in torch),
+while everything that decides a token stays squeezer's: llama.cpp only computes
+logits, and the shared sampler (``generation_state.SequenceTable``) picks from them,
+so seeds, top-k/p, penalties and logprobs mean what they mean on the torch backend.
+
+Each slot is a llama.cpp sequence id in one context whose KV cache is unified (one
+pool of cells for all sequences), so one ``llama_decode`` takes any mix of
+sequences: a prefill is every new prompt in one batch (split only where it exceeds
+``n_batch``), a decode step one token per running sequence. Freeing a sequence
+removes its cells from the pool; its slot is reused as it is, nothing moves.
+
+llama-cpp-python is an optional extra (it compiles llama.cpp on install), so it is
+imported only when this backend is built.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from squeezer.backends.base import NewSequence, SeqId, TokenOut
+from squeezer.backends.device import compute_threads
+from squeezer.backends.generation_state import SequenceTable
+from squeezer.errors import BackendError, InputTooLongError, ModelLoadError
+
+#: Tokens one ``llama_decode`` takes at most (longer prefills go in several calls) and
+#: the most it computes at once: the compute buffer, allocated up front, grows with it.
+_MAX_BATCH = 2048
+_MAX_UBATCH = 512
+
+
+#: The per-sequence memory API (llama.cpp, mid-2025) that freeing a sequence needs.
+_NEEDED = ("llama_get_memory", "llama_memory_seq_rm", "llama_model_load_from_file")
+
+
+def _llama_cpp() -> ModuleType:
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ModelLoadError(
+            "the llamacpp backend needs llama-cpp-python: pip install 'squeezer[llamacpp]' "
+            f"(it compiles llama.cpp from source, ~10 minutes on 2 cores) ({e})"
+        ) from e
+    missing = [name for name in _NEEDED if not hasattr(llama_cpp, name)]
+    if missing:
+        raise ModelLoadError(
+            f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')} lacks "
+            f"{', '.join(missing)}: upgrade it (pip install -U 'squeezer[llamacpp]')"
+        )
+    return llama_cpp
+
+
+def _ignore_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    return None
+
+
+# llama.cpp keeps a bare function pointer: the ctypes callback must outlive every call.
+_quiet_callback: Any = None
+
+
+def _silence(llama_cpp: ModuleType) -> None:
+    """Route llama.cpp's log (a page of stderr per context, process-wide) to nowhere."""
+    global _quiet_callback
+    if _quiet_callback is None:
+        _quiet_callback = llama_cpp.llama_log_callback(_ignore_log)
+    llama_cpp.llama_log_set(_quiet_callback, ctypes.c_void_p(0))
+
+
+def _release(llama_cpp: ModuleType, model: int, ctx: int, batch: Any) -> None:
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
+
+
+class LlamaCppGenerationBackend:
+    """A GGUF causal LM with ``max_slots`` concurrent sequences of up to ``max_len``
+    tokens, decoded by llama.cpp on the CPU."""
+
+    name = "llamacpp"
+    device = "cpu"
+
+    def __init__(
+        self,
+        gguf_path: Path | str,
+        *,
+        max_slots: int = 32,
+        max_len: int = 2048,
+        threads: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        llama_cpp = _llama_cpp()
+        if not verbose:
+            _silence(llama_cpp)
+        path = Path(gguf_path)
+        if not path.is_file():
+            raise ModelLoadError(f"{path} is not a file")
+        if not 0 < max_slots <= llama_cpp.llama_max_parallel_sequences():
+            raise ModelLoadError(
+                f"max_slots={max_slots}: llama.cpp holds 1 to "
+                f"{llama_cpp.llama_max_parallel_sequences()} sequences per context"
+            )
+        llama_cpp.llama_backend_init()
+        model = llama_cpp.llama_model_load_from_file(
+            str(path).encode(), llama_cpp.llama_model_default_params()
+        )
+        if not model:
+            raise ModelLoadError(f"llama.cpp could not load {path} as a GGUF model")
+        trained = int(llama_cpp.llama_model_n_ctx_train(model))
+        self.max_len = min(max_len, trained) if trained > 0 else max_len
+        self.max_slots = max_slots
+        self.threads = threads or compute_threads()
+        # A decode step is one token per slot: it must fit one batch.
+        self._n_batch = max(max_slots, min(max_slots * self.max_len, _MAX_BATCH))
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = max_slots * self.max_len
+        params.n_seq_max = max_slots
+        params.n_batch = self._n_batch
+        params.n_ubatch = min(self._n_batch, _MAX_UBATCH)
+        params.n_threads = params.n_threads_batch = self.threads
+        # One pool of cells for all sequences: any mix of them decodes in one ubatch
+        # (a split cache takes only runs of consecutive sequence ids per ubatch).
+        if any(field[0] == "kv_unified" for field in params._fields_):
+            params.kv_unified = True  # (older llama.cpp has only the unified cache)
+        params.no_perf = True
+        # Flash attention stays llama.cpp's choice ("auto": on for CPU, as in llama-server):
+        # it never materializes attention scores over the max_slots x max_len pool.
+        ctx = llama_cpp.llama_init_from_model(model, params)
+        if not ctx:
+            llama_cpp.llama_model_free(model)
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {max_slots} x {self.max_len} "
+                f"tokens for {path} (out of memory?)"
+            )
+        batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._finalizer = weakref.finalize(self, _release, llama_cpp, model, ctx, batch)
+        self._lib, self._ctx, self._batch = llama_cpp, ctx, batch
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self.vocab_size = int(
+            llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
+        )
+        # The batch's arrays, written in place for each call (llama.cpp owns them).
+        n = self._n_batch
+        self._token = np.ctypeslib.as_array(batch.token, shape=(n,))
+        self._pos = np.ctypeslib.as_array(batch.pos, shape=(n,))
+        self._output = np.ctypeslib.as_array(batch.logits, shape=(n,))
+        np.ctypeslib.as_array(batch.n_seq_id, shape=(n,))[:] = 1
+        self._seq_id = batch.seq_id
+        self.table = SequenceTable(max_slots, self.vocab_size, self.device, compact=False)
+
+    @property
+    def active(self) -> int:
+        return self.table.active
+
+    def length(self, seq: SeqId) -> int:
+        return self.table.length(seq)
+
+    def close(self) -> None:
+        """Free the model, its context and cache now rather than when collected."""
+        self._finalizer()
+
+    def _run(
+        self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray, output: np.ndarray
+    ) -> torch.Tensor:
+        """Decode ``tokens`` (each at its position in its slot's sequence) in batches of
+        at most ``n_batch``; the logits of the tokens marked in ``output``, in order."""
+        if not self._finalizer.alive:
+            raise BackendError("the llamacpp backend was closed")
+        lib, n_batch = self._lib, self._n_batch
+        logits = np.empty((int(output.sum()), self.vocab_size), dtype=np.float32)
+        row = 0
+        for start in range(0, len(tokens), n_batch):
+            end = min(start + n_batch, len(tokens))
+            n = end - start
+            self._token[:n] = tokens[start:end]
+            self._pos[:n] = positions[start:end]
+            self._output[:n] = output[start:end]
+            for i, slot in enumerate(slots[start:end].tolist()):
+                self._seq_id[i][0] = slot
+            self._batch.n_tokens = n
+            status = lib.llama_decode(self._ctx, self._batch)
+            if status != 0:
+                raise BackendError(f"llama_decode failed with status {status}")
+            for i in np.flatnonzero(output[start:end]).tolist():
+                row_logits = lib.llama_get_logits_ith(self._ctx, i)
+                if not row_logits:
+                    raise BackendError(f"llama.cpp returned no logits for batch token {i}")
+                logits[row] = np.ctypeslib.as_array(row_logits, shape=(self.vocab_size,))
+                row += 1
+        return torch.from_numpy(logits)
+
+    def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
+        """Take new sequences into free slots, run all their prompts in one
+        ``llama_decode`` (logits at each prompt's last token only) and sample their
+        first tokens."""
+        slots = self.table.admit(seqs, self.max_len).tolist()
+        if not seqs:
+            return []
+        lengths = [len(s.prompt) for s in seqs]
+        tokens = np.concatenate([np.asarray(s.prompt, dtype=np.int32) for s in seqs])
+        positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+        owners = np.repeat(np.asarray(slots, dtype=np.int32), lengths)
+        output = np.zeros(len(tokens), dtype=np.int8)
+        output[np.cumsum(lengths) - 1] = 1
+        try:
+            logits = self._run(tokens, positions, owners, output)
+        except BaseException:
+            for seq in reversed(seqs):
+                self.free(seq.id)  # also drops what earlier batches of the prompts wrote
+            raise
+        return self.table.sample([s.id for s in seqs], logits)
+
+    def decode(self, tokens: dict[Any, int]) -> list[TokenOut]:
+        """Append each sequence's last token and sample its next one, in one
+        ``llama_decode``."""
+        seqs = list(tokens)
+        if not seqs:
+            return []
+        rows = self.table.rows(seqs)
+        start = self.table.lengths(rows)
+        if int(start.max()) >= self.max_len:
+            raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
+        ids = np.asarray([tokens[s] for s in seqs], dtype=np.int32)
+        slots = rows.numpy().astype(np.int32)
+        try:
+            logits = self._run(
+                ids, start.numpy().astype(np.int32), slots, np.ones(len(seqs), dtype=np.int8)
+            )
+        except BaseException:
+            # llama.cpp rolls back only its last ubatch: drop this step's tokens from
+            # every sequence so that a retry finds each cache at its length.
+            for slot, length in zip(slots.tolist(), start.tolist(), strict=True):
+                self._lib.llama_memory_seq_rm(self._memory, slot, length, -1)
+            raise
+        self.table.advance(rows)
+        return self.table.sample(seqs, logits)
+
+    def free(self, seq: SeqId) -> None:
+        """Release a sequence: its cells go back to the shared pool, and its slot (its
+        llama.cpp sequence id) to the next sequence admitted."""
+        slot = self.table.slot(seq)
+        self.table.release(seq)
+        if self._finalizer.alive:
+            self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)

@@ -18,12 +18,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from squeezer.backends.base import NewSequence, SeqId, TokenOut
 from squeezer.backends.device import torch_dtype
 from squeezer.backends.generation_state import SequenceTable
 from squeezer.errors import InputTooLongError, ModelLoadError
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """Zeros that cost memory only where written, on CPU.
+
+    ``torch.zeros`` writes every byte: 32 slots x 2048 positions of SmolLM2 would be
+    3 GB resident at start-up. numpy's zeros come from ``calloc``, whose large blocks
+    are fresh zero pages, mapped only when a sequence first writes them. (Zeros, not
+    ``empty``: masked positions are still multiplied, and garbage could hold NaNs.)
+    """
+    if torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float16):
+        return torch.from_numpy(
+            np.zeros(shape, dtype=np.float32 if dtype == torch.float32 else np.float16)
+        )
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 class SlotCache:
@@ -46,8 +62,8 @@ class SlotCache:
         device: torch.device | str,
     ) -> None:
         shape = (slots, kv_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.keys = [_zeros(shape, dtype, device) for _ in range(layers)]
+        self.values = [_zeros(shape, dtype, device) for _ in range(layers)]
         self.max_len = max_len
         self._rows = torch.zeros(0, dtype=torch.long)
         self._positions = torch.zeros(0, 0, dtype=torch.long)

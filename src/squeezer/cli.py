@@ -168,7 +168,9 @@ def serve(
     quantize: Annotated[
         str | None,
         _opt(
-            "Generation: int8 serves weight-quantized (lossy, faster); unset keeps fp32.",
+            "Generation, lossy and faster: int8 (weight-only int8 linear layers in torch) "
+            "or gguf (llama.cpp on the GGUF file the model came from; needs "
+            "squeezer[llamacpp]). Unset keeps the lossless fp32 path.",
             "QUANTIZE",
         ),
     ] = None,

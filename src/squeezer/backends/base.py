@@ -72,6 +72,7 @@ class GenerationBackend(Protocol):
     scheduler: it names sequences and reads token ids back, never tensors.
     """
 
+    name: str
     max_slots: int
     max_len: int
 

@@ -157,3 +157,9 @@ def find_gguf(folder: Path) -> Path | None:
         names = ", ".join(f.name for f in files)
         raise ModelLoadError(f"{folder} holds several GGUF files ({names}): name one")
     return files[0] if files else None
+
+
+def gguf_precision(gguf: Path) -> str:
+    """The weights' quantization as the file name states it (``...Q4_1.gguf``: q4_1)."""
+    suffix = gguf.stem.rsplit(".", 1)[-1]
+    return suffix.lower() if suffix != gguf.stem else "gguf"

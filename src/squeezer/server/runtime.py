@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -20,7 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from squeezer.backends import Backend, load_backend
+from squeezer.backends.base import GenerationBackend
 from squeezer.backends.device import compute_threads, resolve_device, resolve_dtype
+from squeezer.backends.llamacpp_generation import LlamaCppGenerationBackend
 from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.config import ModelSettings, Settings
@@ -28,6 +31,7 @@ from squeezer.engine import Engine, EngineLimits, EngineObserver
 from squeezer.engine.generation import GenerationRequest
 from squeezer.errors import ModelLoadError, TooManyInputsError, UnavailableError
 from squeezer.models import ModelFolder, locate, read_folder
+from squeezer.models.gguf import gguf_precision, source_gguf
 from squeezer.models.manifest import Manifest, current_hardware, read_manifest
 from squeezer.optimize.cache import optimized_artifact
 from squeezer.server.registry import ModelRegistry, ServedModel
@@ -84,6 +88,13 @@ _INLINE_TOKENIZE_CHARS = 2048
 _CPU_OVERHEAD_TOKENS = 32.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Generator:
+    """A causal LM's backend: it goes to the generation scheduler, not a batch queue."""
+
+    backend: GenerationBackend
+
+
 class Phase(str, Enum):
     STARTING = "starting"
     READY = "ready"
@@ -121,13 +132,14 @@ class Runtime:
         for spec in self.settings.models:
             served, backend = await asyncio.to_thread(self._load, spec)
             self.registry.add(served)
-            if isinstance(backend, TorchGenerationBackend):
+            if isinstance(backend, _Generator):  # a causal LM: the generation scheduler
+                generator = backend.backend
                 self.engine.add_generator(
                     served.name,
-                    backend,
+                    generator,
                     device=served.info.device,
                     max_batch_total_tokens=self.settings.max_batch_total_tokens
-                    or backend.max_slots * backend.max_len,
+                    or generator.max_slots * generator.max_len,
                     max_concurrent_requests=self.settings.max_concurrent_requests,
                     max_prefill_tokens=self.settings.max_batch_prefill_tokens,
                 )
@@ -171,7 +183,7 @@ class Runtime:
             return self.settings.batch_overhead_tokens
         return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
 
-    def _load(self, spec: ModelSettings) -> tuple[ServedModel, Backend | TorchGenerationBackend]:
+    def _load(self, spec: ModelSettings) -> tuple[ServedModel, Backend | _Generator]:
         s = self.settings
         path = locate(spec.path)
         manifest = read_manifest(path)
@@ -222,20 +234,44 @@ class Runtime:
         tasks: tuple[Task, ...],
         device: str,
         dtype: str,
-    ) -> tuple[ServedModel, TorchGenerationBackend]:
+    ) -> tuple[ServedModel, _Generator]:
         s = self.settings
         if tasks != (Task.GENERATE,):
             raise ModelLoadError(
                 f"model {spec.name!r}: a causal LM serves only 'generate', not "
                 f"{[t.value for t in tasks if t is not Task.GENERATE]}"
             )
-        backend = TorchGenerationBackend(
-            folder.path,
-            device=device,
-            dtype=dtype,
-            max_slots=s.max_num_seqs,
-            max_len=s.max_total_tokens,
-        )
+        quantize = spec.quantize or s.quantize
+        backend: GenerationBackend
+        if quantize == "gguf":
+            gguf = source_gguf(folder.path)
+            if gguf is None:
+                raise ModelLoadError(
+                    f"model {spec.name!r}: --quantize gguf runs llama.cpp on the GGUF file a "
+                    f"model was converted from, and {folder.path} was not (serve a .gguf "
+                    "file or a package that carries one, or use --quantize int8)"
+                )
+            if device != "cpu":
+                raise ModelLoadError(f"model {spec.name!r}: --quantize gguf runs on cpu only")
+            backend = LlamaCppGenerationBackend(
+                gguf, max_slots=s.max_num_seqs, max_len=s.max_total_tokens
+            )
+            dtype = gguf_precision(gguf)
+        else:
+            backend = TorchGenerationBackend(
+                folder.path,
+                device=device,
+                dtype=dtype,
+                max_slots=s.max_num_seqs,
+                max_len=s.max_total_tokens,
+            )
+        if quantize is not None:
+            log.warning(
+                "model %s: quantized generation (%s) is lossy; its measured accuracy cost "
+                "is in docs/benchmarks.md",
+                spec.name,
+                quantize,
+            )
         limits = GenerationLimits(
             max_input_tokens=min(s.input_token_limit, backend.max_len - 1),
             max_total_tokens=backend.max_len,
@@ -257,7 +293,7 @@ class Runtime:
             max_total_tokens=limits.max_total_tokens,
         )
         tokenizer = TextTokenizer(folder.tokenizer_file, limits.max_input_tokens)
-        return ServedModel(info, folder, tokenizer, {}, generator), backend
+        return ServedModel(info, folder, tokenizer, {}, generator), _Generator(backend)
 
     async def _warm_up(self) -> None:
         """One short and one full-length batch per model, so first requests are not slow.

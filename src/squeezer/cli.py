@@ -168,8 +168,8 @@ def serve(
     quantize: Annotated[
         str | None,
         _opt(
-            "Generation, lossy and faster: int8 (weight-only int8 linear layers in torch) "
-            "or gguf (llama.cpp on the GGUF file the model came from; needs "
+            "Generation, lossy and faster: fp16 or int8 (weight-only linear layers in "
+            "torch), or gguf (llama.cpp on the GGUF file the model came from; needs "
             "squeezer[llamacpp]). Unset keeps the lossless fp32 path.",
             "QUANTIZE",
         ),

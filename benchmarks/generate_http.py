@@ -49,7 +49,7 @@ def find_llama_server(given: str | None) -> Path | None:
 
 
 def prompts(count: int) -> list[str]:
-    texts = _corpus.load_texts()
+    texts = _corpus.all_sentences()
     return [texts[(i * 37) % len(texts)] for i in range(count)]
 
 

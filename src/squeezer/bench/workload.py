@@ -147,13 +147,15 @@ def _body(kind: RouteKind, batch: list[str], spec: WorkloadSpec) -> dict[str, ob
     if kind is RouteKind.HF:
         return {"inputs": one}
     prompt = " ".join(batch)
+    # Sent only when asked: servers that do not know vLLM's field refuse it (422).
+    eos = {"ignore_eos": True} if spec.ignore_eos else {}
     if kind is RouteKind.OPENAI_CHAT:
         return {
             **model,
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": spec.max_tokens,
             "stream": True,
-            "ignore_eos": spec.ignore_eos,
+            **eos,
             "temperature": 0,
         }
     if kind is RouteKind.OPENAI_COMPLETIONS:
@@ -162,10 +164,10 @@ def _body(kind: RouteKind, batch: list[str], spec: WorkloadSpec) -> dict[str, ob
             "prompt": prompt,
             "max_tokens": spec.max_tokens,
             "stream": True,
-            "ignore_eos": spec.ignore_eos,
+            **eos,
             "temperature": 0,
         }
     return {
         "inputs": prompt,
-        "parameters": {"max_new_tokens": spec.max_tokens, "ignore_eos": spec.ignore_eos},
+        "parameters": {"max_new_tokens": spec.max_tokens, **eos},
     }

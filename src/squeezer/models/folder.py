@@ -76,7 +76,12 @@ class ModelFolder:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.config.get("hidden_size") or self.config.get("dim") or 0)
+        return int(
+            self.config.get("hidden_size")
+            or self.config.get("dim")
+            or self.config.get("n_embd")
+            or 0
+        )
 
     @property
     def tokenizer_file(self) -> Path:

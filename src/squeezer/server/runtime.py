@@ -80,6 +80,32 @@ def _check_hardware(name: str, manifest: Manifest) -> None:
         )
 
 
+def _model_info(
+    name: str,
+    folder: ModelFolder,
+    tasks: tuple[Task, ...],
+    backend: str,
+    device: str,
+    dtype: str,
+    max_input_length: int,
+    **extra: Any,
+) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        path=str(folder.path),
+        tasks=tasks,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        content_hash=folder.content_hash(),
+        max_input_length=max_input_length,
+        hidden_size=folder.hidden_size,
+        model_type=folder.model_type,
+        architectures=folder.architectures,
+        **extra,
+    )
+
+
 #: Requests smaller than this (characters) are tokenized inline: a thread hop costs
 #: more than tokenizing one sentence (~20 us in Rust).
 _INLINE_TOKENIZE_CHARS = 2048
@@ -210,19 +236,15 @@ class Runtime:
         handlers = build_tasks(spec.name, tasks, folder, tokenizer)
         options = manifest.runtime_options if manifest and manifest.runtime == backend_name else {}
         backend = load_backend(backend_name, path, device=device, dtype=dtype, options=options)
-        info = ModelInfo(
-            name=spec.name,
-            path=str(path),
-            tasks=tasks,
-            backend=backend_name,
-            device=device,
-            dtype=dtype,
-            content_hash=folder.content_hash(),
-            max_input_length=folder.max_input_length,
-            hidden_size=folder.hidden_size,
-            model_type=folder.model_type,
+        info = _model_info(
+            spec.name,
+            folder,
+            tasks,
+            backend_name,
+            device,
+            dtype,
+            folder.max_input_length,
             pooling=folder.pooling,
-            architectures=folder.architectures,
             labels=tuple(label_names(folder.config)) if folder.config.get("id2label") else (),
         )
         return ServedModel(info, folder, tokenizer, handlers), backend
@@ -281,18 +303,14 @@ class Runtime:
             max_stop_sequences=s.max_stop_sequences,
         )
         generator = GenerateTask(folder, limits)
-        info = ModelInfo(
-            name=spec.name,
-            path=str(folder.path),
-            tasks=tasks,
-            backend=backend.name,
-            device=device,
-            dtype=dtype,
-            content_hash=folder.content_hash(),
-            max_input_length=limits.max_input_tokens,
-            hidden_size=folder.hidden_size,
-            model_type=folder.model_type,
-            architectures=folder.architectures,
+        info = _model_info(
+            spec.name,
+            folder,
+            tasks,
+            backend.name,
+            device,
+            dtype,
+            limits.max_input_tokens,
             max_total_tokens=limits.max_total_tokens,
         )
         tokenizer = TextTokenizer(folder.tokenizer_file, limits.max_input_tokens)

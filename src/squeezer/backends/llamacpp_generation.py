@@ -7,11 +7,11 @@ while everything that decides a token stays squeezer's: llama.cpp only computes
 logits, and the shared sampler (``generation_state.SequenceTable``) picks from them,
 so seeds, top-k/p, penalties and logprobs mean what they mean on the torch backend.
 
-Each slot is a llama.cpp sequence id in one context whose KV cache is unified (one
-pool of cells for all sequences), so one ``llama_decode`` takes any mix of
-sequences: a prefill is every new prompt in one batch (split only where it exceeds
-``n_batch``), a decode step one token per running sequence. Freeing a sequence
-removes its cells from the pool; its slot is reused as it is, nothing moves.
+Each slot is a llama.cpp sequence id with its own KV stream of ``max_len`` cells in
+one context, and one ``llama_decode`` takes any mix of sequences: a prefill is every
+new prompt in one batch (split only where it exceeds ``n_batch``), a decode step one
+token per running sequence. Freeing a sequence removes its cells; its slot is reused
+as it is, nothing moves.
 
 llama-cpp-python is an optional extra (it compiles llama.cpp on install), so it is
 imported only when this backend is built.
@@ -128,10 +128,12 @@ class LlamaCppGenerationBackend:
         params.n_batch = self._n_batch
         params.n_ubatch = min(self._n_batch, _MAX_UBATCH)
         params.n_threads = params.n_threads_batch = self.threads
-        # One pool of cells for all sequences: any mix of them decodes in one ubatch
-        # (a split cache takes only runs of consecutive sequence ids per ubatch).
+        # One KV stream per sequence, not one pool for all: with a unified pool every
+        # token attends over every sequence's cells (masked), so a 32-stream step slowed
+        # from ~200 to ~350 ms as the sequences grew (SmolLM2, 2 cores); split streams
+        # stayed at ~200 ms, and llama.cpp still decodes all sequences in one ubatch.
         if any(field[0] == "kv_unified" for field in params._fields_):
-            params.kv_unified = True  # (older llama.cpp has only the unified cache)
+            params.kv_unified = False
         params.no_perf = True
         # Flash attention stays llama.cpp's choice ("auto": on for CPU, as in llama-server):
         # it never materializes attention scores over the max_slots x max_len pool.

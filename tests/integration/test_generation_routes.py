@@ -336,3 +336,27 @@ async def test_quantized_torch_paths_serve_and_say_so(
     assert info["bert"]["dtype"] == "float32"  # encoders are not generation models
     r = await client.post("/generate", json={"inputs": "The", "parameters": {"max_new_tokens": 8}})
     assert r.status_code == 200 and isinstance(r.json()["generated_text"], str)
+
+
+async def test_a_failed_step_ends_streams_with_an_error_event_and_the_server_serves_on(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from squeezer.backends.torch_generation import TorchGenerationBackend
+
+    decode = TorchGenerationBackend.decode
+
+    def failing(self: TorchGenerationBackend, tokens: Any) -> Any:
+        raise RuntimeError("decode exploded")
+
+    monkeypatch.setattr(TorchGenerationBackend, "decode", failing)
+    body = {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 5}}
+    events = _events((await client.post("/generate_stream", json=body)).content)
+    assert events[-1]["error_type"] == "generation" and "decode exploded" in events[-1]["error"]
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
+    chunks = _events((await client.post("/v1/chat/completions", json=chat)).content)
+    assert chunks[-1] == "[DONE]" and chunks[-2]["error"]["type"] == "server_error"
+    r = await client.post("/generate", json=body)
+    assert r.status_code == 424 and r.json()["error_type"] == "generation"
+    monkeypatch.setattr(TorchGenerationBackend, "decode", decode)
+    r = await client.post("/generate", json=body)
+    assert r.status_code == 200  # the failed steps failed only their own requests

@@ -242,9 +242,8 @@ class GenerationScheduler:
         except Exception as e:  # a failed step fails only the sequences it held
             self._fail(BackendError(f"generation step failed: {e}"))
             return
-        running, waiting = self.load
         self._observer.on_generation_step(
-            self.name, running, waiting, len(admitted) + len(decoding), self._clock() - t0
+            self.name, len(admitted) + len(decoding), self._clock() - t0
         )
 
     def _fail(self, exc: BaseException) -> None:

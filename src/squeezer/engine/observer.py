@@ -31,9 +31,7 @@ class EngineObserver(Protocol):
 
     def on_queue_depth(self, model: str, depth: int) -> None: ...
 
-    def on_generation_step(
-        self, model: str, running: int, waiting: int, new_tokens: int, seconds: float
-    ) -> None: ...
+    def on_generation_step(self, model: str, new_tokens: int, seconds: float) -> None: ...
 
 
 class NullObserver:
@@ -50,9 +48,7 @@ class NullObserver:
     def on_queue_depth(self, model: str, depth: int) -> None:
         pass
 
-    def on_generation_step(
-        self, model: str, running: int, waiting: int, new_tokens: int, seconds: float
-    ) -> None:
+    def on_generation_step(self, model: str, new_tokens: int, seconds: float) -> None:
         pass
 
 
@@ -82,10 +78,8 @@ class SafeObserver:
         except Exception:
             log.exception("engine observer on_queue_depth failed")
 
-    def on_generation_step(
-        self, model: str, running: int, waiting: int, new_tokens: int, seconds: float
-    ) -> None:
+    def on_generation_step(self, model: str, new_tokens: int, seconds: float) -> None:
         try:
-            self._inner.on_generation_step(model, running, waiting, new_tokens, seconds)
+            self._inner.on_generation_step(model, new_tokens, seconds)
         except Exception:
             log.exception("engine observer on_generation_step failed")

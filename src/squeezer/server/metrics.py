@@ -109,9 +109,7 @@ class Metrics:
     def on_queue_depth(self, model: str, depth: int) -> None:
         self.queue_depth.labels(model).set(depth)
 
-    def on_generation_step(
-        self, model: str, running: int, waiting: int, new_tokens: int, seconds: float
-    ) -> None:
+    def on_generation_step(self, model: str, new_tokens: int, seconds: float) -> None:
         self.generation_step.labels(model).observe(seconds)
         self.generated_tokens.labels(model).inc(new_tokens)
 

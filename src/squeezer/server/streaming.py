@@ -19,7 +19,6 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from squeezer.errors import SqueezerError
 from squeezer.server.errors import error_body
 from squeezer.tasks.generate import TextDelta, TextDone
 
@@ -44,9 +43,8 @@ def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
 
 
 def error_event(error: Exception, path: str) -> bytes:
-    """An error after the response has started: the dialect's error body as an event."""
-    if not isinstance(error, SqueezerError):
-        raise error
+    """An error after the response has started: the dialect's error body as an event
+    (an unexpected one is logged with its traceback and sent as an internal error)."""
     return sse_event(error_body(error, path))
 
 

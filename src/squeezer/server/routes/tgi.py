@@ -124,7 +124,7 @@ async def _generate(
                 continue
             generated = "".join(text)
             if p.return_full_text:
-                generated = (body.inputs) + generated
+                generated = body.inputs + generated
             out: dict[str, Any] = {"generated_text": generated}
             if p.details:
                 out["details"] = {

@@ -343,12 +343,14 @@ async def test_a_failed_step_ends_streams_with_an_error_event_and_the_server_ser
 ) -> None:
     from squeezer.backends.torch_generation import TorchGenerationBackend
 
-    decode = TorchGenerationBackend.decode
+    step = TorchGenerationBackend.step
 
-    def failing(self: TorchGenerationBackend, tokens: Any) -> Any:
-        raise RuntimeError("decode exploded")
+    def failing(self: TorchGenerationBackend, chunks: Any, tokens: Any) -> Any:
+        if tokens:  # prompts go in; the first step with decode tokens fails
+            raise RuntimeError("decode exploded")
+        return step(self, chunks, tokens)
 
-    monkeypatch.setattr(TorchGenerationBackend, "decode", failing)
+    monkeypatch.setattr(TorchGenerationBackend, "step", failing)
     body = {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 5}}
     events = _events((await client.post("/generate_stream", json=body)).content)
     assert events[-1]["error_type"] == "generation" and "decode exploded" in events[-1]["error"]
@@ -357,6 +359,6 @@ async def test_a_failed_step_ends_streams_with_an_error_event_and_the_server_ser
     assert chunks[-1] == "[DONE]" and chunks[-2]["error"]["type"] == "server_error"
     r = await client.post("/generate", json=body)
     assert r.status_code == 424 and r.json()["error_type"] == "generation"
-    monkeypatch.setattr(TorchGenerationBackend, "decode", decode)
+    monkeypatch.setattr(TorchGenerationBackend, "step", step)
     r = await client.post("/generate", json=body)
     assert r.status_code == 200  # the failed steps failed only their own requests

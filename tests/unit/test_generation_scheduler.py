@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -128,23 +129,35 @@ async def test_other_work_on_the_device_runs_between_decode_steps(running: Runni
     assert len(tokens) == 40
 
 
-async def test_a_burst_of_joins_is_prefilled_within_the_prefill_budget(tiny_llama: Path) -> None:
+async def test_prompts_are_prefilled_in_chunks_within_the_budget_beside_decoding(
+    tiny_llama: Path,
+) -> None:
     r = Running(tiny_llama, slots=4)
-    r.scheduler.max_prefill_tokens = 10  # PROMPTS are 5, 2, 9 and 3 tokens long
-    batches: list[list[int]] = []
-    prefill = r.backend.prefill
+    r.scheduler.max_prefill_tokens = 4  # PROMPTS are 5, 2, 9 and 3 tokens long
+    steps: list[tuple[list[tuple[object, int, int]], int]] = []
+    step = r.backend.step
 
-    def recording(seqs: list) -> list:  # type: ignore[type-arg]
-        batches.append([len(s.prompt) for s in seqs])
-        return prefill(seqs)
+    def recording(chunks: list, tokens: dict) -> list:  # type: ignore[type-arg]
+        steps.append(([(c.seq.id, c.start, c.end) for c in chunks], len(tokens)))
+        return step(chunks, tokens)
 
-    r.backend.prefill = recording  # type: ignore[method-assign]
+    r.backend.step = recording  # type: ignore[method-assign]
     try:
         streams = [r.scheduler.submit(GenerationRequest(p, 4)) for p in PROMPTS]
         got = await asyncio.gather(*(_collect(s) for s in streams))
+        # Prompts split over steps, prefilled beside other sequences' decode tokens,
+        # still give each prompt's tokens as `generate` alone does.
         assert got == [_alone(tiny_llama, p, 4) for p in PROMPTS]
-        # No step prefilled more than 10 prompt tokens, unless one prompt alone does.
-        assert all(sum(b) <= 10 or len(b) == 1 for b in batches) and len(batches) >= 2
-        assert sorted(n for b in batches for n in b) == sorted(len(p) for p in PROMPTS)
+        assert all(sum(end - start for _, start, end in chunks) <= 4 for chunks, _ in steps)
+        assert any(chunks and decoding for chunks, decoding in steps)
+        spans: dict[object, list[tuple[int, int]]] = {}
+        for chunks, _ in steps:
+            for seq, start, end in chunks:
+                spans.setdefault(seq, []).append((start, end))
+        for seq, prompt in zip(sorted(spans, key=str), PROMPTS, strict=True):
+            pieces = spans[seq]
+            assert pieces[0][0] == 0 and pieces[-1][1] == len(prompt)
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
+        assert len(spans[2]) == 3  # the 9-token prompt took three steps
     finally:
         r.close()

@@ -17,6 +17,7 @@ from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InputTooLongError, ModelLoadError, OverloadedError
 from squeezer.models.gguf import find_gguf
 from squeezer.models.locate import package_dir
+from tests.unit.chunked_driver import drive_chunked
 
 needs_llama = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None
@@ -109,6 +110,16 @@ def test_greedy_tokens_match_llama_alone_while_sequences_join_and_leave(
             if len(got[i]) == budget[i]:
                 backend.free(i)
     assert got == want
+    assert backend.active == 0
+
+
+@needs_llama
+def test_prompts_prefilled_in_chunks_beside_decoding_match_llama_alone(
+    build: Callable[..., LlamaCppGenerationBackend], reference: Any, prompts: list[list[int]]
+) -> None:
+    backend = build(max_slots=4, max_len=128)
+    got = drive_chunked(backend, dict(enumerate(prompts)), new=NEW, chunk=5)
+    assert got == {i: _greedy_alone(reference, p, NEW) for i, p in enumerate(prompts)}
     assert backend.active == 0
 
 

@@ -8,9 +8,11 @@ import pytest
 import torch
 import transformers
 
+from squeezer.backends.base import NewSequence
 from squeezer.backends.sampling import SamplingParams
-from squeezer.backends.torch_generation import NewSequence, TorchGenerationBackend
+from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.errors import InputTooLongError, OverloadedError
+from tests.unit.chunked_driver import drive_chunked
 
 VOCAB = 97
 PROMPTS = [[5, 17, 3, 44, 9], [60, 2], [11, 12, 13, 14, 15, 16, 17, 18, 19], [70, 71, 72]]
@@ -85,6 +87,13 @@ def test_greedy_tokens_match_generate_while_sequences_join_and_leave(tiny_lm: Pa
             if len(got[i]) == new:
                 backend.free(i)  # the last active sequence moves into its slot
     assert got == want
+    assert backend.active == 0
+
+
+def test_prompts_prefilled_in_chunks_beside_decoding_match_generate(tiny_lm: Path) -> None:
+    backend = TorchGenerationBackend(tiny_lm, max_slots=4, max_len=64)
+    got = drive_chunked(backend, dict(enumerate(PROMPTS)), new=6, chunk=2)
+    assert got == {i: _alone(tiny_lm, p, 6) for i, p in enumerate(PROMPTS)}
     assert backend.active == 0
 
 

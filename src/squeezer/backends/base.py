@@ -7,7 +7,7 @@ change when a runtime is added.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -65,6 +65,36 @@ class TokenOut:
     top: tuple[tuple[int, float], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PromptChunk:
+    """Prompt positions ``start:end`` of a sequence, prefilled in one step.
+
+    A long prompt is prefilled in several steps so that running streams keep decoding
+    meanwhile (chunked prefill). The chunk starting at 0 admits the sequence; the one
+    ending at the prompt's end samples its first token.
+    """
+
+    seq: NewSequence
+    start: int
+    end: int
+
+    @classmethod
+    def whole(cls, seq: NewSequence) -> PromptChunk:
+        return cls(seq, 0, len(seq.prompt))
+
+    @property
+    def tokens(self) -> Sequence[int]:
+        return self.seq.prompt[self.start : self.end]
+
+    @property
+    def first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def last(self) -> bool:
+        return self.end == len(self.seq.prompt)
+
+
 class GenerationBackend(Protocol):
     """A causal LM that owns its KV cache and samples inside each step.
 
@@ -76,12 +106,28 @@ class GenerationBackend(Protocol):
     max_slots: int
     max_len: int
 
-    def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
-        """Take new sequences, run their prompts, sample their first tokens."""
-        ...
-
-    def decode(self, tokens: dict[Any, int]) -> list[TokenOut]:
-        """Append each sequence's last token and sample its next one, in one step."""
+    def step(self, chunks: Sequence[PromptChunk], tokens: Mapping[Any, int]) -> list[TokenOut]:
+        """One forward pass over prompt chunks and one new token of each decoding
+        sequence (``tokens``: its last sampled token). Returns the next token of every
+        decoding sequence, then of every sequence whose prompt's last chunk this was.
+        If it raises, the sequences first admitted in it are gone again and the
+        decoding sequences' caches are as they were."""
         ...
 
     def free(self, seq: SeqId) -> None: ...
+
+
+class StepShortcuts:
+    """``prefill`` and ``decode`` as a step of one kind, for callers (tests,
+    benchmarks) that do not mix them."""
+
+    def step(self, chunks: Sequence[PromptChunk], tokens: Mapping[Any, int]) -> list[TokenOut]:
+        raise NotImplementedError
+
+    def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
+        """Take new sequences, run their whole prompts, sample their first tokens."""
+        return self.step([PromptChunk.whole(s) for s in seqs], {})
+
+    def decode(self, tokens: Mapping[Any, int]) -> list[TokenOut]:
+        """Append each sequence's last token and sample its next one, in one step."""
+        return self.step([], tokens)

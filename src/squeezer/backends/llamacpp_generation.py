@@ -8,10 +8,10 @@ logits, and the shared sampler (``generation_state.SequenceTable``) picks from t
 so seeds, top-k/p, penalties and logprobs mean what they mean on the torch backend.
 
 Each slot is a llama.cpp sequence id with its own KV stream of ``max_len`` cells in
-one context, and one ``llama_decode`` takes any mix of sequences: a prefill is every
-new prompt in one batch (split only where it exceeds ``n_batch``), a decode step one
-token per running sequence. Freeing a sequence removes its cells; its slot is reused
-as it is, nothing moves.
+one context, and one ``llama_decode`` takes any mix of sequences: a step is one token
+per decoding sequence and the step's prompt chunks, in one batch (split only where it
+exceeds ``n_batch``), as llama-server mixes them. Freeing a sequence removes its
+cells; its slot is reused as it is, nothing moves.
 
 llama-cpp-python is an optional extra (it compiles llama.cpp on install), so it is
 imported only when this backend is built.
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from squeezer.backends.base import NewSequence, SeqId, TokenOut
+from squeezer.backends.base import PromptChunk, SeqId, StepShortcuts, TokenOut
 from squeezer.backends.device import compute_threads
 from squeezer.backends.generation_state import SequenceTable
 from squeezer.errors import BackendError, InputTooLongError, ModelLoadError
@@ -83,7 +83,7 @@ def _release(llama_cpp: ModuleType, model: int, ctx: int, batch: Any) -> None:
     llama_cpp.llama_model_free(model)
 
 
-class LlamaCppGenerationBackend:
+class LlamaCppGenerationBackend(StepShortcuts):
     """A GGUF causal LM with ``max_slots`` concurrent sequences of up to ``max_len``
     tokens, decoded by llama.cpp on the CPU."""
 
@@ -201,51 +201,63 @@ class LlamaCppGenerationBackend:
                 row += 1
         return torch.from_numpy(logits)
 
-    def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
-        """Take new sequences into free slots, run all their prompts in one
-        ``llama_decode`` (logits at each prompt's last token only) and sample their
-        first tokens."""
-        slots = self.table.admit(seqs, self.max_len).tolist()
-        if not seqs:
-            return []
-        lengths = [len(s.prompt) for s in seqs]
-        tokens = np.concatenate([np.asarray(s.prompt, dtype=np.int32) for s in seqs])
-        positions = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-        owners = np.repeat(np.asarray(slots, dtype=np.int32), lengths)
-        output = np.zeros(len(tokens), dtype=np.int8)
-        output[np.cumsum(lengths) - 1] = 1
-        try:
-            logits = self._run(tokens, positions, owners, output)
-        except BaseException:
-            for seq in reversed(seqs):
-                self.free(seq.id)  # also drops what earlier batches of the prompts wrote
-            raise
-        return self.table.sample([s.id for s in seqs], logits)
-
-    def decode(self, tokens: dict[Any, int]) -> list[TokenOut]:
-        """Append each sequence's last token and sample its next one, in one
-        ``llama_decode``."""
-        seqs = list(tokens)
-        if not seqs:
-            return []
-        rows = self.table.rows(seqs)
+    def step(self, chunks: Sequence[PromptChunk], tokens: Mapping[Any, int]) -> list[TokenOut]:
+        """One ``llama_decode`` over every decoding sequence's last token and the
+        step's prompt chunks (logits for the decoding tokens and each prompt's last
+        token only); sequences first seen here take free slots."""
+        new = [c.seq for c in chunks if c.first]
+        self.table.admit(new, self.max_len)
+        decoding = list(tokens)
+        rows = self.table.rows(decoding)
         start = self.table.lengths(rows)
-        if int(start.max()) >= self.max_len:
-            raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
-        ids = np.asarray([tokens[s] for s in seqs], dtype=np.int32)
-        slots = rows.numpy().astype(np.int32)
         try:
-            logits = self._run(
-                ids, start.numpy().astype(np.int32), slots, np.ones(len(seqs), dtype=np.int8)
-            )
+            if decoding and int(start.max()) >= self.max_len:
+                raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
+            logits, sampled = self._run_step(chunks, tokens, rows, start)
         except BaseException:
-            # llama.cpp rolls back only its last ubatch: drop this step's tokens from
-            # every sequence so that a retry finds each cache at its length.
-            for slot, length in zip(slots.tolist(), start.tolist(), strict=True):
+            # llama.cpp rolls back only its last ubatch: drop what this step wrote, so
+            # that a retry finds each cache as it was.
+            for slot, length in zip(rows.tolist(), start.tolist(), strict=True):
                 self._lib.llama_memory_seq_rm(self._memory, slot, length, -1)
+            for chunk in chunks:
+                if not chunk.first:
+                    slot = self.table.slot(chunk.seq.id)
+                    self._lib.llama_memory_seq_rm(self._memory, slot, chunk.start, -1)
+            for seq in new:
+                self.free(seq.id)
             raise
         self.table.advance(rows)
-        return self.table.sample(seqs, logits)
+        return self.table.sample(sampled, logits) if sampled else []
+
+    def _run_step(
+        self,
+        chunks: Sequence[PromptChunk],
+        tokens: Mapping[Any, int],
+        rows: torch.Tensor,
+        start: torch.Tensor,
+    ) -> tuple[torch.Tensor, list[SeqId]]:
+        ids = [np.asarray([tokens[s] for s in tokens], dtype=np.int32)]
+        positions = [start.numpy().astype(np.int32)]
+        owners = [rows.numpy().astype(np.int32)]
+        output = [np.ones(len(tokens), dtype=np.int8)]
+        sampled: list[SeqId] = list(tokens)
+        for chunk in chunks:
+            size = chunk.end - chunk.start
+            ids.append(np.asarray(chunk.tokens, dtype=np.int32))
+            positions.append(np.arange(chunk.start, chunk.end, dtype=np.int32))
+            owners.append(np.full(size, self.table.slot(chunk.seq.id), dtype=np.int32))
+            marks = np.zeros(size, dtype=np.int8)
+            if chunk.last:
+                marks[-1] = 1
+                sampled.append(chunk.seq.id)
+            output.append(marks)
+        logits = self._run(
+            np.concatenate(ids),
+            np.concatenate(positions),
+            np.concatenate(owners),
+            np.concatenate(output),
+        )
+        return logits, sampled
 
     def free(self, seq: SeqId) -> None:
         """Release a sequence: its cells go back to the shared pool, and its slot (its

@@ -3,10 +3,17 @@
 The backend owns the cache and samples inside each step; the scheduler above it only
 names sequences and reads token ids back. The cache is one static buffer per layer,
 (slots, kv_heads, max_len, head_dim), allocated once. Active sequences always occupy
-slots 0..n-1, so a decode step attends over views of the buffers (never a copy); when
-a sequence leaves, the last one moves into its slot (one copy of one sequence's cache,
-once, not per step). Each row writes its new keys at its own position and a 4D mask
-lets it see only its own past, so sequences of any lengths decode together.
+slots 0..n-1, so decoding attends over views of the buffers (never a copy); when a
+sequence leaves, the last one moves into its slot (one copy of one sequence's cache,
+once, not per step).
+
+A step is one forward pass over a flat row of tokens: one per decoding sequence, then
+chunks of new prompts, none padded, each written at its own slot and position. The
+linear layers, which are most of the work, see one (tokens, hidden) matrix, so prompts
+joining ride along with the decode step instead of stalling it, and the weights are
+read once for both. Only attention needs to know which token belongs to whom:
+``slot_attention``, registered with ``transformers`` as an attention implementation,
+reads the step's ``StepPlan``.
 
 The model is the unmodified ``transformers`` implementation: the cache object is
 handed to it as ``past_key_values`` and answers its ``update`` calls.
@@ -14,14 +21,16 @@ handed to it as ``past_key_values`` and answers its ``update`` calls.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from squeezer.backends.base import NewSequence, SeqId, TokenOut
+from squeezer.backends.base import PromptChunk, SeqId, StepShortcuts, TokenOut
 from squeezer.backends.device import torch_dtype
 from squeezer.backends.generation_state import SequenceTable
 from squeezer.backends.quantize import QuantizeReport, quantize_fp16, quantize_int8
@@ -53,13 +62,83 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | st
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
-class SlotCache:
-    """Keys and values of every slot, written at each row's own position.
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """A prompt chunk's place in the step: flat tokens ``offset:offset+size`` go to
+    ``slot`` at positions ``start:start+size``."""
 
-    ``begin`` names the rows (slots) and write positions of the next forward pass;
-    ``update`` (called by every attention layer) stores the new keys and values there
-    and returns the rows' keys and values up to ``kv_len``: views when the rows are
-    slots 0..B-1.
+    slot: int
+    start: int
+    offset: int
+    size: int
+    #: (size, start+size) bool: who sees whom; None when the chunk is a whole prompt
+    #: (plain causal attention).
+    mask: torch.Tensor | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """Where a step's flat tokens sit in the cache, built once per step and read by
+    every layer's attention.
+
+    The step's tokens are one row of ``T``: first one token per decoding sequence
+    (``decode_slots``), then each prompt chunk's tokens. Linear layers see them as one
+    (T, hidden) matrix, with no padding; only attention needs to know who is who.
+    """
+
+    slots: torch.Tensor  # (T,) slot of each token
+    positions: torch.Tensor  # (T,) position of each token in its sequence
+    decode_slots: torch.Tensor  # (D,) slots of the decoding sequences, in token order
+    #: (span, 1, 1, L) additive mask over slots 0..span-1 (the active prefix); rows of
+    #: slots not decoding see position 0 only, their output is dropped.
+    decode_mask: torch.Tensor | None
+    chunks: tuple[_Chunk, ...]
+
+    @classmethod
+    def build(
+        cls,
+        decode_slots: torch.Tensor,
+        decode_positions: torch.Tensor,
+        chunks: Sequence[tuple[int, int, int]],
+        span: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> StepPlan:
+        """``chunks``: (slot, start, end) of each prompt chunk, in token order."""
+        slots, positions, placed = [decode_slots], [decode_positions], []
+        offset = len(decode_slots)
+        for slot, start, end in chunks:
+            size = end - start
+            slots.append(torch.full((size,), slot, dtype=torch.long))
+            positions.append(torch.arange(start, end))
+            mask = None
+            if start:  # token i (at start+i) sees the cache up to its own position
+                mask = torch.arange(end).view(1, -1) <= torch.arange(start, end).view(-1, 1)
+                mask = mask.to(device)
+            placed.append(_Chunk(slot, start, offset, size, mask))
+            offset += size
+        decode_mask = None
+        if len(decode_slots):
+            limit = torch.zeros(span, dtype=torch.long)
+            limit[decode_slots] = decode_positions
+            seen = torch.arange(int(decode_positions.max()) + 1).view(1, -1) <= limit.view(-1, 1)
+            decode_mask = torch.zeros(seen.shape, dtype=dtype).masked_fill_(~seen, float("-inf"))
+            decode_mask = decode_mask.view(span, 1, 1, -1).to(device)
+        return cls(
+            torch.cat(slots).to(device),
+            torch.cat(positions).to(device),
+            decode_slots.to(device),
+            decode_mask,
+            tuple(placed),
+        )
+
+
+class SlotCache:
+    """Keys and values of every slot, written at each token's own slot and position.
+
+    ``begin`` hands it the step's plan; ``update`` (called by every attention layer)
+    stores the new keys and values there and returns the layer's whole buffers, which
+    ``slot_attention`` reads through views.
     """
 
     def __init__(
@@ -76,19 +155,10 @@ class SlotCache:
         self.keys = [_zeros(shape, dtype, device) for _ in range(layers)]
         self.values = [_zeros(shape, dtype, device) for _ in range(layers)]
         self.max_len = max_len
-        self._rows = torch.zeros(0, dtype=torch.long)
-        self._positions = torch.zeros(0, 0, dtype=torch.long)
-        self._read: slice | torch.Tensor = slice(0, 0)
-        self._kv_len = 0
+        self._plan: StepPlan | None = None
 
-    def begin(self, rows: torch.Tensor, positions: torch.Tensor) -> None:
-        """Rows (B,) and the positions (B, q) their q new tokens are written at."""
-        self._rows = rows
-        self._positions = positions
-        count = int(rows.shape[0])
-        contiguous = bool(torch.equal(rows, torch.arange(int(rows[0]), int(rows[0]) + count)))
-        self._read = slice(int(rows[0]), int(rows[0]) + count) if contiguous else rows
-        self._kv_len = int(positions.max()) + 1
+    def begin(self, plan: StepPlan) -> None:
+        self._plan = plan
 
     def update(
         self,
@@ -97,11 +167,13 @@ class SlotCache:
         layer_idx: int,
         cache_kwargs: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (1, kv_heads, T, head_dim) new keys and values at their slots."""
+        assert self._plan is not None, "begin() names where the step's tokens go"
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        rows = self._rows.unsqueeze(1)
-        keys[rows, :, self._positions] = key_states.transpose(1, 2).to(keys.dtype)
-        values[rows, :, self._positions] = value_states.transpose(1, 2).to(values.dtype)
-        return keys[self._read, :, : self._kv_len], values[self._read, :, : self._kv_len]
+        slots, positions = self._plan.slots, self._plan.positions
+        keys[slots, :, positions] = key_states[0].transpose(0, 1).to(keys.dtype)
+        values[slots, :, positions] = value_states[0].transpose(0, 1).to(values.dtype)
+        return keys, values
 
     def move(self, source: int, target: int, length: int) -> None:
         for buffers in (self.keys, self.values):
@@ -110,14 +182,75 @@ class SlotCache:
 
     # What transformers may ask a cache beyond ``update``.
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self._kv_len
+        return 0 if self._plan is None else int(self._plan.positions.max()) + 1
 
     @property
     def is_compileable(self) -> bool:
         return False
 
 
-class TorchGenerationBackend:
+def slot_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    *,
+    slot_plan: StepPlan,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of a step's flat tokens over the slot cache, as a ``transformers``
+    attention function (registered as ``squeezer_slots``).
+
+    ``query`` is (1, heads, T, head_dim); ``key``/``value`` are the layer's whole
+    (slots, kv_heads, max_len, head_dim) buffers. Decoding tokens attend in one batched
+    call over views of slots 0..span-1; each prompt chunk attends over its own slot up
+    to its end. Grouped-query heads are matched inside SDPA (``enable_gqa``): expanding
+    the keys to every query head costs a copy per layer, ~10x the attention itself.
+    """
+    plan = slot_plan
+    heads, tokens, head_dim = query.shape[1], query.shape[2], query.shape[3]
+    out = query.new_empty(tokens, heads, head_dim)
+    decoding = len(plan.decode_slots)
+    if plan.decode_mask is not None:
+        span, length = plan.decode_mask.shape[0], plan.decode_mask.shape[-1]
+        q = query.new_zeros(span, heads, 1, head_dim)
+        q[plan.decode_slots, :, 0] = query[0, :, :decoding].transpose(0, 1)
+        o = F.scaled_dot_product_attention(
+            q,
+            key[:span, :, :length],
+            value[:span, :, :length],
+            attn_mask=plan.decode_mask,
+            scale=scaling,
+            enable_gqa=True,
+        )
+        out[:decoding] = o[plan.decode_slots, :, 0]
+    for chunk in plan.chunks:
+        end = chunk.start + chunk.size
+        o = F.scaled_dot_product_attention(
+            query[:, :, chunk.offset : chunk.offset + chunk.size],
+            key[chunk.slot : chunk.slot + 1, :, :end],
+            value[chunk.slot : chunk.slot + 1, :, :end],
+            attn_mask=chunk.mask,
+            is_causal=chunk.mask is None,
+            scale=scaling,
+            enable_gqa=True,
+        )
+        out[chunk.offset : chunk.offset + chunk.size] = o[0].transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+def _register_attention() -> None:
+    """Make ``squeezer_slots`` an attention implementation models can be loaded with
+    (imported late: transformers takes a second to import)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("squeezer_slots", slot_attention)
+
+
+class TorchGenerationBackend(StepShortcuts):
     """A causal LM with ``max_slots`` concurrent sequences of up to ``max_len`` tokens."""
 
     name = "torch"
@@ -134,13 +267,22 @@ class TorchGenerationBackend:
     ) -> None:
         import transformers
 
+        _register_attention()
         self.device, self.dtype = device, dtype
         try:
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch_dtype(dtype), attn_implementation="sdpa", local_files_only=True
+                path,
+                dtype=torch_dtype(dtype),
+                attn_implementation="squeezer_slots",
+                local_files_only=True,
             )
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"could not load {path} as a causal LM: {e}") from e
+        if "sliding_attention" in (getattr(self.model.config, "layer_types", None) or ()):
+            raise ModelLoadError(
+                f"{path}: sliding-window attention layers are not supported by the torch "
+                "generation backend yet"
+            )
         self.model.eval().to(device)
         #: What quantization did (None: the weights are as loaded, lossless).
         self.quantized = None if quantize is None else _quantize(self.model, quantize)
@@ -176,66 +318,57 @@ class TorchGenerationBackend:
     def length(self, seq: SeqId) -> int:
         return self.table.length(seq)
 
-    def _forward(
-        self,
-        ids: torch.Tensor,
-        rows: torch.Tensor,
-        start: torch.Tensor,
-        lengths: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits at each row's last real token; ``ids`` (B, q) go at start..start+q,
-        right-padded to q when ``lengths`` says rows are shorter."""
-        q = ids.shape[1]
-        positions = start.unsqueeze(1) + torch.arange(q).unsqueeze(0)
-        self.cache.begin(rows, positions)
-        kv = torch.arange(int(positions.max()) + 1)
-        mask = (kv.view(1, 1, 1, -1) <= positions.view(-1, 1, q, 1)).to(self.device)
-        hidden = self._decoder(
-            input_ids=ids.to(self.device),
-            position_ids=positions.to(self.device),
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-        ).last_hidden_state
-        last = (lengths - 1) if lengths is not None else torch.full((ids.shape[0],), q - 1)
-        # Only the rows' last positions go through the vocabulary projection.
-        picked = hidden[torch.arange(ids.shape[0]), last.to(self.device)]
-        logits: torch.Tensor = self._head(picked)
-        return logits
-
     @torch.inference_mode()
-    def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
-        """Take new sequences into free slots, run their prompts in one padded forward
-        pass, and sample their first tokens."""
-        rows = self.table.admit(seqs, self.max_len)  # compact: new slots are contiguous
-        if not seqs:
-            return []
-        lengths = torch.tensor([len(s.prompt) for s in seqs])
-        ids = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            ids[i, : len(seq.prompt)] = torch.tensor(list(seq.prompt))
+    def step(self, chunks: Sequence[PromptChunk], tokens: Mapping[SeqId, int]) -> list[TokenOut]:
+        """Prompt chunks and one token of each decoding sequence in one forward pass;
+        sequences first seen here take free slots (contiguous: the table is compact)."""
+        new = [c.seq for c in chunks if c.first]
+        self.table.admit(new, self.max_len)
         try:
-            # Padding past a prompt's end writes keys its own later tokens overwrite
-            # before they are ever attended to (each row sees only positions <= its own).
-            logits = self._forward(ids, rows, torch.zeros(len(seqs), dtype=torch.long), lengths)
+            return self._step(chunks, tokens)
         except BaseException:
-            for seq in reversed(seqs):
+            for seq in reversed(new):  # newest first: nothing has to move
                 self.free(seq.id)
             raise
-        return self.table.sample([s.id for s in seqs], logits)
 
-    @torch.inference_mode()
-    def decode(self, tokens: dict[SeqId, int]) -> list[TokenOut]:
-        """Append each sequence's last token and sample its next one, all in one step."""
-        seqs = list(tokens)
-        rows = self.table.rows(seqs)
+    def _step(self, chunks: Sequence[PromptChunk], tokens: Mapping[SeqId, int]) -> list[TokenOut]:
+        decoding = list(tokens)
+        rows = self.table.rows(decoding)
         start = self.table.lengths(rows)
-        if int(start.max()) >= self.max_len:
+        if decoding and int(start.max()) >= self.max_len:
             raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
-        ids = torch.tensor([[tokens[s]] for s in seqs], dtype=torch.long)
-        logits = self._forward(ids, rows, start)
+        placed = [(self.table.slot(c.seq.id), c.start, c.end) for c in chunks]
+        if not (decoding or placed):
+            return []
+        plan = StepPlan.build(
+            rows, start, placed, self.table.active, self.cache.keys[0].dtype, self.device
+        )
+        ids = [tokens[s] for s in decoding]
+        for chunk in chunks:
+            ids.extend(chunk.tokens)
+        hidden = self._decoder(
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=plan.positions.unsqueeze(0),
+            past_key_values=self.cache,
+            use_cache=True,
+            slot_plan=self._begin(plan),
+        ).last_hidden_state[0]
+        # Only the tokens that pick a next token go through the vocabulary projection:
+        # every decoding token, and the last token of each prompt that ends here.
+        picks, sampled = list(range(len(decoding))), list(decoding)
+        for chunk, info in zip(chunks, plan.chunks, strict=True):
+            if chunk.last:
+                picks.append(info.offset + info.size - 1)
+                sampled.append(chunk.seq.id)
         self.table.advance(rows)
-        return self.table.sample(seqs, logits)
+        if not picks:  # only prompt chunks with more to come
+            return []
+        picked = hidden[torch.tensor(picks, dtype=torch.long, device=self.device)]
+        return self.table.sample(sampled, self._head(picked))
+
+    def _begin(self, plan: StepPlan) -> StepPlan:
+        self.cache.begin(plan)
+        return plan
 
     def free(self, seq: SeqId) -> None:
         """Release a sequence's slot; the last active sequence moves into it."""

@@ -2,10 +2,13 @@
 
 The scheduler is a ``WorkSource`` of the device executor, so its steps take turns
 with other models' batches on the same thread (an embedding request completes while
-streams decode). Each turn is one step: sequences cancelled since the last step are
-freed, waiting requests join while slots and the token budget allow (their prompts
-are prefilled and their first tokens sampled), then every running sequence decodes
-one token together. Finished sequences leave at once.
+streams decode). Each turn is one step, one forward pass of the backend: sequences
+cancelled since the last step are freed; every decoding sequence gets one token; and
+prompts are prefilled in the same pass, up to ``max_prefill_tokens`` of them: first
+the rest of prompts already under way, then waiting requests while slots and the
+token budget allow (chunked prefill: a long prompt or a burst of joins is spread over
+several steps, so running streams never stall for all of it). A sequence samples its
+first token in the step its prompt's last chunk runs. Finished sequences leave at once.
 
 It works in token ids only: a request ends at ``max_new_tokens`` or an EOS id; text
 stop sequences are the task layer's, which cancels the stream when it sees one. The
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import cast
 
-from squeezer.backends.base import GenerationBackend, NewSequence, TokenOut
+from squeezer.backends.base import GenerationBackend, NewSequence, PromptChunk, TokenOut
 from squeezer.backends.sampling import SamplingParams
 from squeezer.engine.executor import Work
 from squeezer.engine.observer import EngineObserver, NullObserver
@@ -96,6 +99,18 @@ class _Sequence:
     stream: GenerationStream
     generated: int = 0
     last: int = -1
+    #: Prompt tokens already in the backend's cache.
+    prefilled: int = 0
+
+    @property
+    def decoding(self) -> bool:
+        return self.prefilled == len(self.request.prompt)
+
+    def chunk(self, budget: int) -> PromptChunk:
+        """The next at most ``budget`` tokens of its prompt."""
+        r = self.request
+        new = NewSequence(self.stream.id, r.prompt, r.params)
+        return PromptChunk(new, self.prefilled, min(len(r.prompt), self.prefilled + budget))
 
 
 class GenerationScheduler:
@@ -121,7 +136,7 @@ class GenerationScheduler:
         self.max_batch_total_tokens = max_batch_total_tokens
         self.max_concurrent = max_concurrent_requests
         #: Prompt tokens prefilled in one step (TGI's --max-batch-prefill-tokens).
-        self.max_prefill_tokens = max_prefill_tokens
+        self.max_prefill_tokens = max(1, max_prefill_tokens)
         self._lock = threading.Lock()
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[int, _Sequence] = {}
@@ -178,31 +193,35 @@ class GenerationScheduler:
     def _budget_used(self) -> int:
         return sum(len(s.request.prompt) + s.request.max_new_tokens for s in self._running.values())
 
-    def _admit(self) -> list[_Sequence]:
-        """Retire cancelled sequences, then take waiting ones while slots, the token
-        budget and the per-step prefill budget allow (always at least one when a slot
-        is free, however long its prompt)."""
+    def _plan(self) -> list[PromptChunk]:
+        """Retire cancelled sequences, then choose this step's prompt chunks: the rest
+        of prompts under way first, then waiting requests while slots, the token budget
+        and the step's prefill budget allow (the last one taken may get a part of its
+        prompt, the rest follows next step)."""
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
             self._waiting = deque(s for s in self._waiting if s.stream.id not in cancelled)
             gone = [self._running[i] for i in cancelled if i in self._running]
         for seq in gone:
             self._retire(seq, FinishReason.CANCELLED)
+        budget = self.max_prefill_tokens
+        chunks = []
+        for seq in self._running.values():
+            if budget and not seq.decoding:
+                chunks.append(seq.chunk(budget))
+                budget -= chunks[-1].end - chunks[-1].start
         with self._lock:
-            admitted: list[_Sequence] = []
             used = self._budget_used()
-            prefill = 0
-            while self._waiting and len(self._running) + len(admitted) < self.backend.max_slots:
+            while budget and self._waiting and len(self._running) < self.backend.max_slots:
                 nxt = self._waiting[0]
                 cost = len(nxt.request.prompt) + nxt.request.max_new_tokens
                 if used + cost > self.max_batch_total_tokens:
                     break
-                if admitted and prefill + len(nxt.request.prompt) > self.max_prefill_tokens:
-                    break  # the rest join next step: running streams are not stalled long
-                admitted.append(self._waiting.popleft())
+                self._running[nxt.stream.id] = self._waiting.popleft()
+                chunks.append(nxt.chunk(budget))
+                budget -= chunks[-1].end
                 used += cost
-                prefill += len(nxt.request.prompt)
-        return admitted
+        return chunks
 
     def _retire(self, seq: _Sequence, reason: FinishReason) -> None:
         self.backend.free(seq.stream.id)
@@ -212,7 +231,9 @@ class GenerationScheduler:
 
     def _deliver(self, outs: list[TokenOut]) -> None:
         for out in outs:
-            seq = self._running[cast(int, out.id)]
+            seq = self._running.get(cast(int, out.id))
+            if seq is None:  # failed by shutdown while the step ran
+                continue
             seq.generated += 1
             seq.last = out.token
             seq.stream._push(out)
@@ -222,28 +243,25 @@ class GenerationScheduler:
                 self._retire(seq, FinishReason.LENGTH)
 
     def step(self) -> None:
-        """One iteration: retire cancelled, admit and prefill, decode all running."""
+        """One iteration: retire cancelled, then one forward pass that decodes every
+        running sequence and prefills this step's prompt chunks."""
         self.steps += 1
         t0 = self._clock()
-        admitted = self._admit()
-        decoding = {i: s.last for i, s in self._running.items()}
-        if not (admitted or decoding):
+        chunks = self._plan()
+        decoding = {i: s.last for i, s in self._running.items() if s.decoding}
+        if not (chunks or decoding):
             return
         try:
-            if admitted:
-                with self._lock:
-                    self._running.update({s.stream.id: s for s in admitted})
-                new = [
-                    NewSequence(s.stream.id, s.request.prompt, s.request.params) for s in admitted
-                ]
-                self._deliver(self.backend.prefill(new))
-            if decoding:
-                self._deliver(self.backend.decode(decoding))
+            outs = self.backend.step(chunks, decoding)
         except Exception as e:  # a failed step fails only the sequences it held
             self._fail(BackendError(f"generation step failed: {e}"))
             return
+        for chunk in chunks:
+            if (seq := self._running.get(cast(int, chunk.seq.id))) is not None:
+                seq.prefilled = chunk.end
+        self._deliver(outs)
         self._observer.on_generation_step(
-            self.name, len(admitted) + len(decoding), self._clock() - t0
+            self.name, len(chunks) + len(decoding), self._clock() - t0
         )
 
     def _fail(self, exc: BaseException) -> None:

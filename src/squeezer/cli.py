@@ -157,7 +157,8 @@ def serve(
     max_batch_prefill_tokens: Annotated[
         int | None,
         _opt(
-            "Generation: prompt tokens prefilled per step; more joins wait a step. [default: 4096]",
+            "Generation: prompt tokens prefilled per step beside decoding (chunked "
+            "prefill). [default: 256 on CPU, 4096 on GPU]",
             "MAX_BATCH_PREFILL_TOKENS",
         ),
     ] = None,

@@ -110,9 +110,12 @@ class Settings(BaseModel):
     max_batch_total_tokens: int | None = Field(default=None, gt=0)
     #: Sequences decoding together (KV-cache slots), per generation model.
     max_num_seqs: int = Field(default=32, gt=0)
-    #: Prompt tokens prefilled per step: more joins wait a step, so that a burst of
-    #: new requests does not stall the streams already decoding for long.
-    max_batch_prefill_tokens: int = Field(default=4096, gt=0)
+    #: Prompt tokens prefilled per step, beside the running streams' decode tokens:
+    #: longer prompts and bursts of joins are spread over steps (chunked prefill), so
+    #: the streams already decoding never stall for long. None = 256 on CPU, where a
+    #: prompt token costs as much as a decode token (a 256-token step is ~5 decode
+    #: steps; docs/benchmarks.md), 4096 on a GPU.
+    max_batch_prefill_tokens: int | None = Field(default=None, gt=0)
     max_stop_sequences: int = Field(default=4, ge=0)
     #: Weight quantization of generation models: None keeps them lossless (fp32).
     quantize: Quantize | None = None

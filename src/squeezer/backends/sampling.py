@@ -139,7 +139,8 @@ def process(
     if seen is not None and bool((batch.penalty != 1).any()):
         penalized = torch.where(scores < 0, scores * batch.penalty, scores / batch.penalty)
         scores = torch.where(seen, penalized, scores)
-    scores = scores / batch.temperature
+    if bool((batch.temperature != 1).any()):  # greedy rows carry 1
+        scores = scores / batch.temperature
     vocab = scores.shape[-1]
     # Each filter costs a sort over the vocabulary: skipped when no row asks for it.
     if bool((batch.top_k < vocab).any()):  # top-k: below the k-th largest score goes
@@ -183,8 +184,14 @@ def sample(
     """The next token of every row. ``positions`` (B,) is each row's index of the token
     being chosen (its sequence length so far), which with its seed fixes its draw."""
     scores = process(logits, batch, seen)
-    logprobs = torch.log_softmax(scores, dim=-1)
     best = scores.argmax(dim=-1)
+    n = batch.top_logprobs
+    if bool(batch.greedy.all()) and not n:
+        # The common decode step: no (B, vocab) log-softmax written, one reduction read.
+        chosen = scores.gather(1, best.unsqueeze(1)).squeeze(1) - scores.logsumexp(dim=-1)
+        empty = scores.new_empty((scores.shape[0], 0))
+        return Sampled(tokens=best, logprobs=chosen, top_ids=empty.long(), top_logprobs=empty)
+    logprobs = torch.log_softmax(scores, dim=-1)
     if bool(batch.greedy.all()):
         tokens = best
     else:
@@ -195,7 +202,6 @@ def sample(
         pick = torch.searchsorted(cdf, u).clamp(max=cdf.shape[-1] - 1)
         tokens = torch.where(batch.greedy, best, order.gather(1, pick).squeeze(1))
     chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
-    n = batch.top_logprobs
     top = torch.topk(logprobs, n, dim=-1) if n else None
     empty = logprobs.new_empty((logprobs.shape[0], 0))
     return Sampled(

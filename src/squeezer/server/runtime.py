@@ -167,7 +167,8 @@ class Runtime:
                     max_batch_total_tokens=self.settings.max_batch_total_tokens
                     or generator.max_slots * generator.max_len,
                     max_concurrent_requests=self.settings.max_concurrent_requests,
-                    max_prefill_tokens=self.settings.max_batch_prefill_tokens,
+                    max_prefill_tokens=self.settings.max_batch_prefill_tokens
+                    or (256 if served.info.device == "cpu" else 4096),
                 )
                 self._log_loaded(served)
                 continue

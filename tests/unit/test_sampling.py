@@ -56,6 +56,22 @@ def test_processing_matches_generates_processors_row_by_row() -> None:
         torch.testing.assert_close(ours[row][kept], want[kept], rtol=1e-5, atol=1e-5)
 
 
+def test_top_p_over_a_large_vocabulary_with_and_without_a_full_sort() -> None:
+    # Peaked rows find their nucleus among the most likely candidates; a flat row's
+    # nucleus is wider than them and takes the full sort. Both as `generate` filters.
+    vocab = 4096
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, vocab, generator=gen) * torch.tensor([[6.0], [4.0], [0.1]])
+    nucleus = SamplingParams(do_sample=True, top_p=0.9)
+    rows = [nucleus, SamplingParams(do_sample=True, top_p=0.5, top_k=700), nucleus]
+    ours = process(logits, SamplingBatch.of(rows, vocab, "cpu"))
+    ids = torch.zeros(0, dtype=torch.long)
+    for row, params in enumerate(rows):
+        want = _reference(logits[row], ids, params)
+        assert torch.equal(torch.isinf(ours[row]), torch.isinf(want)), row
+    assert int((~torch.isinf(ours[2])).sum()) > 512  # the flat row: wider than candidates
+
+
 def test_greedy_rows_take_the_penalized_argmax() -> None:
     logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(1))
     seen = torch.zeros(3, VOCAB, dtype=torch.bool)

@@ -124,6 +124,19 @@ def test_prompts_prefilled_in_chunks_beside_decoding_match_llama_alone(
 
 
 @needs_llama
+def test_a_prompt_sharing_a_freed_slots_prefix_starts_from_its_cells(
+    build: Callable[..., LlamaCppGenerationBackend], reference: Any, prompts: list[list[int]]
+) -> None:
+    backend = build(max_slots=2, max_len=128)
+    base = prompts[1]
+    first = drive_chunked(backend, {"a": base}, new=NEW, chunk=8)["a"]
+    longer = base + first[:3] + prompts[0]  # a's prompt and decoded tokens, then more
+    got = drive_chunked(backend, {"b": longer}, new=NEW, chunk=8)
+    assert got == {"b": _greedy_alone(reference, longer, NEW)}
+    assert backend.table.cached_tokens == len(base) + 3
+
+
+@needs_llama
 def test_a_freed_slot_is_reused_without_stale_cache(
     build: Callable[..., LlamaCppGenerationBackend], reference: Any, prompts: list[list[int]]
 ) -> None:

@@ -97,6 +97,18 @@ def test_prompts_prefilled_in_chunks_beside_decoding_match_generate(tiny_lm: Pat
     assert backend.active == 0
 
 
+def test_prompts_sharing_a_prefix_start_from_its_cached_keys(tiny_lm: Path) -> None:
+    backend = TorchGenerationBackend(tiny_lm, max_slots=3, max_len=64)
+    base = [5, 17, 3, 44, 9, 21, 22]
+    first = drive_chunked(backend, {"a": base}, new=4, chunk=3)["a"]
+    # "a" left; its slot still holds its prompt and the tokens it decoded after it.
+    prompts = {"c": base + first[:3] + [7], "b": [*base[:5], 60, 61], "d": base[:3]}
+    got = drive_chunked(backend, prompts, new=4, chunk=3)
+    assert got == {k: _alone(tiny_lm, p, 4) for k, p in prompts.items()}
+    # c: all 10 held tokens (in place); b: 5, copied from c's slot; d: all but its last.
+    assert backend.table.cached_tokens == 10 + 5 + 2
+
+
 def test_cache_buffers_are_written_in_place_not_copied(tiny_lm: Path) -> None:
     backend = TorchGenerationBackend(tiny_lm, max_slots=2, max_len=32)
     pointers = [k.data_ptr() for k in backend.cache.keys]

@@ -7,17 +7,23 @@ settings, the tokens it has seen (repetition penalty), how many new tokens it ha
 its random draw). Keeping that here, and sampling here, makes every backend's tokens
 the same function of its logits: a seeded request samples the same text on torch and
 on llama.cpp when their logits agree.
+
+It also remembers which tokens each slot's cache holds, after its sequence has left
+too, so that a new prompt sharing a prefix with one of them (every chat request
+starts with the same template and system prompt) is prefilled from where they part:
+prefix caching, as llama-server's slots and vLLM's block hashes do it.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from squeezer.backends.base import NewSequence, SeqId, TokenOut
+from squeezer.backends.base import NewSequence, PromptChunk, SeqId, TokenOut
 from squeezer.backends.sampling import SamplingBatch, SamplingParams, sample
 from squeezer.errors import InputTooLongError, OverloadedError
 
@@ -30,6 +36,20 @@ class Move:
     source: int
     target: int
     length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """Prompt tokens ``start:chunk.end`` of a chunk, computed in ``slot``'s cache (the
+    ones before ``start`` are there already)."""
+
+    chunk: PromptChunk
+    slot: int
+    start: int
+
+    @property
+    def tokens(self) -> Sequence[int]:
+        return self.chunk.seq.prompt[self.start : self.chunk.end]
 
 
 class SequenceTable:
@@ -55,6 +75,14 @@ class SequenceTable:
         self._seen = torch.zeros(max_slots, vocab_size, dtype=torch.bool, device=device)
         self._params: dict[SeqId, SamplingParams] = {}
         self._prompt_lengths: dict[SeqId, int] = {}
+        #: Tokens whose keys and values each slot's cache holds, from position 0; kept
+        #: when the sequence leaves (backends keep the cache) until overwritten.
+        self._held: list[list[int]] = [[] for _ in range(max_slots)]
+        #: Prompt tokens of each sequence found in its slot's cache at admission.
+        self._reused: dict[SeqId, int] = {}
+        #: Prompt tokens admitted, and of those found cached, since start.
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
         #: The last step's sequences and their settings as tensors; dropped whenever a
         #: sequence joins or leaves (an id may come back with other settings).
         self._cached: tuple[tuple[SeqId, ...], SamplingBatch] | None = None
@@ -79,10 +107,13 @@ class SequenceTable:
     def lengths(self, rows: torch.Tensor) -> torch.Tensor:
         return self._lengths[rows]
 
-    def admit(self, seqs: Sequence[NewSequence], max_len: int) -> torch.Tensor:
-        """Give new sequences slots (returned in order) after checking all of them, so a
-        refused batch leaves nothing behind. Their lengths are their prompts' from now:
-        a backend whose forward pass then fails must ``release`` them."""
+    def admit(
+        self, seqs: Sequence[NewSequence], max_len: int, slots: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Give new sequences slots (returned in order; ``slots`` picks free ones) after
+        checking all of them, so a refused batch leaves nothing behind. Their lengths
+        are their prompts' from now: a backend whose forward pass then fails must
+        ``release`` them."""
         self._cached = None
         if self.active + len(seqs) > self.max_slots:
             raise OverloadedError(f"all {self.max_slots} generation slots are in use")
@@ -91,10 +122,13 @@ class SequenceTable:
                 raise InputTooLongError(
                     f"prompt of {len(seq.prompt)} tokens; this model holds 1 to {max_len - 1}"
                 )
-        slots = []
-        for seq in seqs:
-            slot = heapq.heappop(self._free)
-            slots.append(slot)
+        if slots is not None:
+            self._free = [s for s in self._free if s not in slots]
+            heapq.heapify(self._free)
+        taken = []
+        for i, seq in enumerate(seqs):
+            slot = slots[i] if slots is not None else heapq.heappop(self._free)
+            taken.append(slot)
             self._slots[seq.id] = slot
             self._owners[slot] = seq.id
             self._params[seq.id] = seq.params
@@ -103,7 +137,67 @@ class SequenceTable:
             self._seen[slot] = False
             prompt = torch.tensor(list(seq.prompt), dtype=torch.long, device=self.device)
             self._seen[slot, prompt] = True
-        return torch.tensor(slots, dtype=torch.long)
+            self._reused[seq.id] = 0
+        return torch.tensor(taken, dtype=torch.long)
+
+    # -- prefix caching -------------------------------------------------------------
+
+    def common_prefix(self, slot: int, prompt: Sequence[int]) -> int:
+        """Leading prompt tokens whose keys and values ``slot``'s cache holds, at most
+        all but the last (whose logits pick the first new token)."""
+        held = self._held[slot]
+        if not held or held[0] != prompt[0]:
+            return 0
+        n = min(len(held), len(prompt) - 1)
+        differ = np.flatnonzero(np.asarray(held[:n]) != np.asarray(prompt[:n]))
+        return int(differ[0]) if len(differ) else n
+
+    def free_slots(self) -> list[int]:
+        return sorted(self._free)
+
+    def reuse(self, seq: SeqId, tokens: int) -> None:
+        """``seq``'s first ``tokens`` prompt tokens are in its slot's cache already."""
+        slot = self._slots[seq]
+        del self._held[slot][tokens:]
+        self._reused[seq] = tokens
+        self.prompt_tokens += self._prompt_lengths[seq]
+        self.cached_tokens += tokens
+
+    def copied(self, source: int, target: int, tokens: int) -> None:
+        """The first ``tokens`` positions of ``source``'s cache were copied to ``target``."""
+        self._held[target] = self._held[source][:tokens]
+
+    def feeds(self, chunks: Sequence[PromptChunk]) -> list[Feed]:
+        """What of each chunk a forward pass must compute: its tokens not already in
+        its slot's cache (chunks wholly cached are left out; a prompt's last token never
+        is)."""
+        out = []
+        for chunk in chunks:
+            start = max(chunk.start, self._reused[chunk.seq.id])
+            if start < chunk.end:
+                out.append(Feed(chunk, self._slots[chunk.seq.id], start))
+        return out
+
+    def wrote(
+        self,
+        feeds: Sequence[Feed],
+        tokens: Mapping[SeqId, int],
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> None:
+        """A step's forward pass stored its feeds and decode ``tokens`` (at ``rows``,
+        ``positions``) in the cache."""
+        for feed in feeds:
+            self._write(feed.slot, feed.start, feed.tokens)
+        for token, slot, position in zip(
+            tokens.values(), rows.tolist(), positions.tolist(), strict=True
+        ):
+            self._write(slot, position, (token,))
+
+    def _write(self, slot: int, start: int, tokens: Sequence[int]) -> None:
+        held = self._held[slot]
+        del held[start:]
+        held.extend(tokens)
 
     def advance(self, rows: torch.Tensor) -> None:
         """One more token in the cache of each row."""
@@ -116,6 +210,7 @@ class SequenceTable:
         slot = self._slots.pop(seq)
         self._params.pop(seq)
         self._prompt_lengths.pop(seq)
+        self._reused.pop(seq)
         self._owners[slot] = None
         vacated, move = slot, None
         last = len(self._slots)  # compact: the others hold 0..last, all but ``slot``
@@ -123,6 +218,7 @@ class SequenceTable:
             moved = self._owners[last]
             assert moved is not None
             move = Move(last, slot, int(self._lengths[last]))
+            self._held[slot] = self._held[last][: move.length]
             self._lengths[slot] = self._lengths[last]
             self._seen[slot] = self._seen[last]
             self._owners[slot], self._owners[last] = moved, None

@@ -10,8 +10,8 @@ so seeds, top-k/p, penalties and logprobs mean what they mean on the torch backe
 Each slot is a llama.cpp sequence id with its own KV stream of ``max_len`` cells in
 one context, and one ``llama_decode`` takes any mix of sequences: a step is one token
 per decoding sequence and the step's prompt chunks, in one batch (split only where it
-exceeds ``n_batch``), as llama-server mixes them. Freeing a sequence removes its
-cells; its slot is reused as it is, nothing moves.
+exceeds ``n_batch``), as llama-server mixes them. A freed slot keeps its cells until
+reused, and a new prompt goes to the free slot holding the longest prefix of it.
 
 llama-cpp-python is an optional extra (it compiles llama.cpp on install), so it is
 imported only when this backend is built.
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from squeezer.backends.base import PromptChunk, SeqId, StepShortcuts, TokenOut
+from squeezer.backends.base import NewSequence, PromptChunk, SeqId, StepShortcuts, TokenOut
 from squeezer.backends.device import compute_threads
-from squeezer.backends.generation_state import SequenceTable
+from squeezer.backends.generation_state import Feed, SequenceTable
 from squeezer.errors import BackendError, InputTooLongError, ModelLoadError
 
 #: Tokens one ``llama_decode`` takes at most (longer prefills go in several calls) and
@@ -206,32 +206,50 @@ class LlamaCppGenerationBackend(StepShortcuts):
         step's prompt chunks (logits for the decoding tokens and each prompt's last
         token only); sequences first seen here take free slots."""
         new = [c.seq for c in chunks if c.first]
-        self.table.admit(new, self.max_len)
+        self.table.admit(new, self.max_len, self._pick_slots(new))
+        for seq in new:  # keep what the slot holds of the prompt, drop the rest
+            slot = self.table.slot(seq.id)
+            length = self.table.common_prefix(slot, seq.prompt)
+            self._lib.llama_memory_seq_rm(self._memory, slot, length, -1)
+            self.table.reuse(seq.id, length)
         decoding = list(tokens)
         rows = self.table.rows(decoding)
         start = self.table.lengths(rows)
+        feeds = self.table.feeds(chunks)
         try:
             if decoding and int(start.max()) >= self.max_len:
                 raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
-            logits, sampled = self._run_step(chunks, tokens, rows, start)
+            logits, sampled = self._run_step(feeds, tokens, rows, start)
         except BaseException:
             # llama.cpp rolls back only its last ubatch: drop what this step wrote, so
             # that a retry finds each cache as it was.
             for slot, length in zip(rows.tolist(), start.tolist(), strict=True):
                 self._lib.llama_memory_seq_rm(self._memory, slot, length, -1)
-            for chunk in chunks:
-                if not chunk.first:
-                    slot = self.table.slot(chunk.seq.id)
-                    self._lib.llama_memory_seq_rm(self._memory, slot, chunk.start, -1)
+            for feed in feeds:
+                self._lib.llama_memory_seq_rm(self._memory, feed.slot, feed.start, -1)
             for seq in new:
                 self.free(seq.id)
             raise
+        self.table.wrote(feeds, tokens, rows, start)
         self.table.advance(rows)
         return self.table.sample(sampled, logits) if sampled else []
 
+    def _pick_slots(self, new: Sequence[NewSequence]) -> list[int] | None:
+        """A free slot for each new sequence: the one whose cache holds the longest
+        prefix of its prompt (prefix caching), else the lowest. None when too few are
+        free (``admit`` refuses)."""
+        free, picked = self.table.free_slots(), []
+        if len(new) > len(free):
+            return None
+        for seq in new:
+            best = max(free, key=lambda slot: (self.table.common_prefix(slot, seq.prompt), -slot))
+            free.remove(best)
+            picked.append(best)
+        return picked
+
     def _run_step(
         self,
-        chunks: Sequence[PromptChunk],
+        feeds: Sequence[Feed],
         tokens: Mapping[Any, int],
         rows: torch.Tensor,
         start: torch.Tensor,
@@ -241,15 +259,15 @@ class LlamaCppGenerationBackend(StepShortcuts):
         owners = [rows.numpy().astype(np.int32)]
         output = [np.ones(len(tokens), dtype=np.int8)]
         sampled: list[SeqId] = list(tokens)
-        for chunk in chunks:
-            size = chunk.end - chunk.start
-            ids.append(np.asarray(chunk.tokens, dtype=np.int32))
-            positions.append(np.arange(chunk.start, chunk.end, dtype=np.int32))
-            owners.append(np.full(size, self.table.slot(chunk.seq.id), dtype=np.int32))
+        for feed in feeds:
+            size = feed.chunk.end - feed.start
+            ids.append(np.asarray(feed.tokens, dtype=np.int32))
+            positions.append(np.arange(feed.start, feed.chunk.end, dtype=np.int32))
+            owners.append(np.full(size, feed.slot, dtype=np.int32))
             marks = np.zeros(size, dtype=np.int8)
-            if chunk.last:
+            if feed.chunk.last:
                 marks[-1] = 1
-                sampled.append(chunk.seq.id)
+                sampled.append(feed.chunk.seq.id)
             output.append(marks)
         logits = self._run(
             np.concatenate(ids),
@@ -260,9 +278,7 @@ class LlamaCppGenerationBackend(StepShortcuts):
         return logits, sampled
 
     def free(self, seq: SeqId) -> None:
-        """Release a sequence: its cells go back to the shared pool, and its slot (its
-        llama.cpp sequence id) to the next sequence admitted."""
-        slot = self.table.slot(seq)
+        """Release a sequence's slot (its llama.cpp sequence id). Its cells stay: a
+        later prompt that shares their prefix takes the slot and starts from them (what
+        it does not share is removed then)."""
         self.table.release(seq)
-        if self._finalizer.alive:
-            self._lib.llama_memory_seq_rm(self._memory, slot, -1, -1)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from squeezer.backends.base import PromptChunk, SeqId, StepShortcuts, TokenOut
+from squeezer.backends.base import NewSequence, PromptChunk, SeqId, StepShortcuts, TokenOut
 from squeezer.backends.device import torch_dtype
 from squeezer.backends.generation_state import SequenceTable
 from squeezer.backends.quantize import QuantizeReport, quantize_fp16, quantize_int8
@@ -325,11 +325,27 @@ class TorchGenerationBackend(StepShortcuts):
         new = [c.seq for c in chunks if c.first]
         self.table.admit(new, self.max_len)
         try:
+            for seq in new:
+                self._reuse_prefix(seq)
             return self._step(chunks, tokens)
         except BaseException:
             for seq in reversed(new):  # newest first: nothing has to move
                 self.free(seq.id)
             raise
+
+    def _reuse_prefix(self, seq: NewSequence) -> None:
+        """Copy the longest cached prefix of ``seq``'s prompt, from whichever slot holds
+        it (running or left), into its own slot: those positions are not computed."""
+        target = self.table.slot(seq.id)
+        source = max(
+            range(self.max_slots),
+            key=lambda slot: (self.table.common_prefix(slot, seq.prompt), slot == target),
+        )
+        length = self.table.common_prefix(source, seq.prompt)
+        if length and source != target:
+            self.cache.move(source, target, length)
+            self.table.copied(source, target, length)
+        self.table.reuse(seq.id, length)
 
     def _step(self, chunks: Sequence[PromptChunk], tokens: Mapping[SeqId, int]) -> list[TokenOut]:
         decoding = list(tokens)
@@ -337,15 +353,16 @@ class TorchGenerationBackend(StepShortcuts):
         start = self.table.lengths(rows)
         if decoding and int(start.max()) >= self.max_len:
             raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
-        placed = [(self.table.slot(c.seq.id), c.start, c.end) for c in chunks]
-        if not (decoding or placed):
+        feeds = self.table.feeds(chunks)
+        if not (decoding or feeds):
             return []
+        placed = [(f.slot, f.start, f.chunk.end) for f in feeds]
         plan = StepPlan.build(
             rows, start, placed, self.table.active, self.cache.keys[0].dtype, self.device
         )
         ids = [tokens[s] for s in decoding]
-        for chunk in chunks:
-            ids.extend(chunk.tokens)
+        for feed in feeds:
+            ids.extend(feed.tokens)
         hidden = self._decoder(
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=plan.positions.unsqueeze(0),
@@ -356,10 +373,11 @@ class TorchGenerationBackend(StepShortcuts):
         # Only the tokens that pick a next token go through the vocabulary projection:
         # every decoding token, and the last token of each prompt that ends here.
         picks, sampled = list(range(len(decoding))), list(decoding)
-        for chunk, info in zip(chunks, plan.chunks, strict=True):
-            if chunk.last:
+        for feed, info in zip(feeds, plan.chunks, strict=True):
+            if feed.chunk.last:
                 picks.append(info.offset + info.size - 1)
-                sampled.append(chunk.seq.id)
+                sampled.append(feed.chunk.seq.id)
+        self.table.wrote(feeds, tokens, rows, start)
         self.table.advance(rows)
         if not picks:  # only prompt chunks with more to come
             return []

@@ -260,9 +260,7 @@ class GenerationScheduler:
             if (seq := self._running.get(cast(int, chunk.seq.id))) is not None:
                 seq.prefilled = chunk.end
         self._deliver(outs)
-        self._observer.on_generation_step(
-            self.name, len(chunks) + len(decoding), self._clock() - t0
-        )
+        self._observer.on_generation_step(self.name, len(outs), self._clock() - t0)
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:

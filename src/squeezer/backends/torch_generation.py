@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from squeezer.backends.base import NewSequence, PromptChunk, SeqId, StepShortcuts, TokenOut
+from squeezer.backends.cpu_linear import use_decode_linears
 from squeezer.backends.device import torch_dtype
 from squeezer.backends.generation_state import SequenceTable
 from squeezer.backends.quantize import QuantizeReport, quantize_fp16, quantize_int8
@@ -286,6 +287,8 @@ class TorchGenerationBackend(StepShortcuts):
         self.model.eval().to(device)
         #: What quantization did (None: the weights are as loaded, lossless).
         self.quantized = None if quantize is None else _quantize(self.model, quantize)
+        if self.quantized is None and torch.device(device).type == "cpu":
+            use_decode_linears(self.model)  # MKL's small-batch layout: cpu_linear.py
         self._decoder = self.model.base_model
         # Looked up after quantizing: a converted head is a new module.
         self._head = self.model.get_output_embeddings()

@@ -196,6 +196,8 @@ class SequenceTable:
 
     def _write(self, slot: int, start: int, tokens: Sequence[int]) -> None:
         held = self._held[slot]
+        if start > len(held):  # a gap: claim nothing past what is known
+            return
         del held[start:]
         held.extend(tokens)
 

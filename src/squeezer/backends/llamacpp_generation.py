@@ -205,6 +205,8 @@ class LlamaCppGenerationBackend(StepShortcuts):
         """One ``llama_decode`` over every decoding sequence's last token and the
         step's prompt chunks (logits for the decoding tokens and each prompt's last
         token only); sequences first seen here take free slots."""
+        if not self._finalizer.alive:
+            raise BackendError("the llamacpp backend was closed")
         new = [c.seq for c in chunks if c.first]
         self.table.admit(new, self.max_len, self._pick_slots(new))
         for seq in new:  # keep what the slot holds of the prompt, drop the rest
@@ -216,6 +218,8 @@ class LlamaCppGenerationBackend(StepShortcuts):
         rows = self.table.rows(decoding)
         start = self.table.lengths(rows)
         feeds = self.table.feeds(chunks)
+        if not (feeds or decoding):
+            return []
         try:
             if decoding and int(start.max()) >= self.max_len:
                 raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")

@@ -317,6 +317,22 @@ async def test_an_embedding_completes_while_32_streams_decode(
     assert 'squeezer_generated_tokens_total{model="llama"}' in metrics
 
 
+def _counter(metrics: str, name: str) -> float:
+    line = next((x for x in metrics.splitlines() if x.startswith(name + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+async def test_a_repeated_prompt_starts_from_the_prefix_cache(client: httpx.AsyncClient) -> None:
+    name = 'squeezer_generation_prompt_tokens_cached_total{model="llama"}'
+    before = _counter((await client.get("/metrics")).text, name)
+    body = {"inputs": PROMPTS[0] + " again", "parameters": {"max_new_tokens": 4}}
+    first = (await client.post("/generate", json=body)).json()
+    second = (await client.post("/generate", json=body)).json()
+    assert first == second  # greedy: the cached keys give the same tokens
+    after = _counter((await client.get("/metrics")).text, name)
+    assert after - before >= 2  # the whole prompt but its last token, at least
+
+
 async def test_info_has_tgi_fields(client: httpx.AsyncClient) -> None:
     info = (await client.get("/info")).json()
     assert info["model_id"] == "bert"  # TEI clients still see the embedding default

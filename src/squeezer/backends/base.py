@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from squeezer.backends.sampling import SamplingParams
 from squeezer.types import NamedArrays
+
+if TYPE_CHECKING:
+    from squeezer.backends.generation_state import SequenceTable
 
 
 @runtime_checkable
@@ -116,13 +119,22 @@ class GenerationBackend(Protocol):
 
     def free(self, seq: SeqId) -> None: ...
 
+    def prefix_cache(self) -> tuple[int, int]:
+        """(prompt tokens admitted, of them found in the cache) since start."""
+        ...
+
 
 class StepShortcuts:
     """``prefill`` and ``decode`` as a step of one kind, for callers (tests,
-    benchmarks) that do not mix them."""
+    benchmarks) that do not mix them; ``prefix_cache`` from the backend's table."""
+
+    table: SequenceTable
 
     def step(self, chunks: Sequence[PromptChunk], tokens: Mapping[Any, int]) -> list[TokenOut]:
         raise NotImplementedError
+
+    def prefix_cache(self) -> tuple[int, int]:
+        return self.table.prompt_tokens, self.table.cached_tokens
 
     def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
         """Take new sequences, run their whole prompts, sample their first tokens."""

@@ -182,6 +182,11 @@ class GenerationScheduler:
         with self._lock:
             return len(self._running), len(self._waiting)
 
+    @property
+    def prefix_cache(self) -> tuple[int, int]:
+        """(prompt tokens admitted, of them found in the backend's cache) since start."""
+        return self.backend.prefix_cache()
+
     # -- compute thread side ------------------------------------------------------
 
     def poll(self, now: float) -> Work | None:

@@ -89,6 +89,19 @@ class Metrics:
         self.generated_tokens = Counter(
             "squeezer_generated_tokens", "Tokens sampled", ["model"], registry=r
         )
+        self.prompt_tokens = Counter(
+            "squeezer_generation_prompt_tokens",
+            "Prompt tokens admitted to generation",
+            ["model"],
+            registry=r,
+        )
+        self.prompt_tokens_cached = Counter(
+            "squeezer_generation_prompt_tokens_cached",
+            "Prompt tokens found in the KV cache (prefix caching), not computed",
+            ["model"],
+            registry=r,
+        )
+        self._prompt_counts: dict[str, tuple[int, int]] = {}
         self.in_flight = Gauge(
             "squeezer_http_requests_in_flight", "HTTP requests being served", registry=r
         )
@@ -123,6 +136,14 @@ class Metrics:
         """Read at scrape time, so the gauges are exact whenever they are looked at."""
         self.generation_running.labels(model).set(running)
         self.generation_waiting.labels(model).set(waiting)
+
+    def set_prefix_cache(self, model: str, prompt: int, cached: int) -> None:
+        """Read at scrape time from the backend's own counts (the counters advance by
+        what they grew since the last scrape)."""
+        seen_prompt, seen_cached = self._prompt_counts.get(model, (0, 0))
+        self.prompt_tokens.labels(model).inc(max(prompt - seen_prompt, 0))
+        self.prompt_tokens_cached.labels(model).inc(max(cached - seen_cached, 0))
+        self._prompt_counts[model] = (prompt, cached)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,8 +41,9 @@ async def metrics(request: Request) -> Response:
     metrics = request.app.state.metrics
     runtime = runtime_of(request)
     for name in runtime.registry.serving(Task.GENERATE):
-        running, waiting = runtime.engine.generator(name).load
-        metrics.set_generation_load(name, running, waiting)
+        generator = runtime.engine.generator(name)
+        metrics.set_generation_load(name, *generator.load)
+        metrics.set_prefix_cache(name, *generator.prefix_cache)
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

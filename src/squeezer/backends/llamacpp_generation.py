@@ -258,20 +258,28 @@ class LlamaCppGenerationBackend(StepShortcuts):
         rows: torch.Tensor,
         start: torch.Tensor,
     ) -> tuple[torch.Tensor, list[SeqId]]:
-        ids = [np.asarray([tokens[s] for s in tokens], dtype=np.int32)]
-        positions = [start.numpy().astype(np.int32)]
-        owners = [rows.numpy().astype(np.int32)]
-        output = [np.ones(len(tokens), dtype=np.int8)]
-        sampled: list[SeqId] = list(tokens)
-        for feed in feeds:
-            size = feed.chunk.end - feed.start
-            ids.append(np.asarray(feed.tokens, dtype=np.int32))
-            positions.append(np.arange(feed.start, feed.chunk.end, dtype=np.int32))
-            owners.append(np.full(size, feed.slot, dtype=np.int32))
+        """The step's tokens in slot order, and the sequences their logits are for.
+
+        With one KV stream per sequence, llama.cpp splits a batch into ubatches of
+        consecutive sequence ids taking equal numbers of tokens, scanning in batch
+        order, and each ubatch is a pass over all the weights. In slot order a step is
+        at most two ubatches (one token of every sequence, then the rest of the prompt
+        chunks); in any other order a mixed step could take one per sequence."""
+        # (slot, tokens, first position, logits wanted for the last token, sequence)
+        parts: list[tuple[int, Sequence[int], int, bool, SeqId]] = [
+            (slot, (tokens[seq],), position, True, seq)
+            for seq, slot, position in zip(tokens, rows.tolist(), start.tolist(), strict=True)
+        ]
+        parts += [(f.slot, f.tokens, f.start, f.chunk.last, f.chunk.seq.id) for f in feeds]
+        parts.sort(key=lambda part: part[0])
+        ids, positions, owners, output = [], [], [], []
+        for slot, part_tokens, first, wanted, _ in parts:
+            size = len(part_tokens)
+            ids.append(np.asarray(part_tokens, dtype=np.int32))
+            positions.append(np.arange(first, first + size, dtype=np.int32))
+            owners.append(np.full(size, slot, dtype=np.int32))
             marks = np.zeros(size, dtype=np.int8)
-            if feed.chunk.last:
-                marks[-1] = 1
-                sampled.append(feed.chunk.seq.id)
+            marks[-1] = wanted
             output.append(marks)
         logits = self._run(
             np.concatenate(ids),
@@ -279,7 +287,7 @@ class LlamaCppGenerationBackend(StepShortcuts):
             np.concatenate(owners),
             np.concatenate(output),
         )
-        return logits, sampled
+        return logits, [part[4] for part in parts if part[3]]
 
     def free(self, seq: SeqId) -> None:
         """Release a sequence's slot (its llama.cpp sequence id). Its cells stay: a

@@ -114,6 +114,8 @@ class SequenceTable:
         checking all of them, so a refused batch leaves nothing behind. Their lengths
         are their prompts' from now: a backend whose forward pass then fails must
         ``release`` them."""
+        if not seqs:
+            return torch.zeros(0, dtype=torch.long)
         self._cached = None
         if self.active + len(seqs) > self.max_slots:
             raise OverloadedError(f"all {self.max_slots} generation slots are in use")

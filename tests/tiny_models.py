@@ -152,17 +152,28 @@ def build_chat_llama(path: Path, template: str | None = CHAT_TEMPLATE) -> Path:
         fast.chat_template = template
     fast.save_pretrained(path)
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_llama_config(
+        tok.get_vocab_size(),
         max_position_embeddings=256,
-        eos_token_id=None,
         bos_token_id=None,
         architectures=["LlamaForCausalLM"],
     )
     transformers.LlamaForCausalLM(config).eval().save_pretrained(path)
     return path
+
+
+def tiny_llama_config(vocab_size: int, **overrides: object) -> transformers.LlamaConfig:
+    """Two layers with grouped-query attention (as SmolLM2) and no EOS id: the
+    scheduler stops sequences, and `generate` must not stop them earlier."""
+    settings: dict[str, object] = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+        "eos_token_id": None,
+        **overrides,
+    }
+    return transformers.LlamaConfig(**settings)

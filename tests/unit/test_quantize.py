@@ -17,6 +17,7 @@ from squeezer.backends.quantize import (
     quantize_fp16,
     quantize_int8,
 )
+from tests.tiny_models import tiny_llama_config
 
 VOCAB = 97
 ALL = (*METHODS, "fp16")
@@ -37,17 +38,7 @@ def _tolerance(method: str) -> float:
 
 def _llama() -> Any:  # transformers' stubs reject .to(dtype) and .generate on it
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,  # as SmolLM2
-        eos_token_id=None,
-    )
+    config = tiny_llama_config(VOCAB, tie_word_embeddings=True)  # tied, as SmolLM2
     return transformers.LlamaForCausalLM(config).eval()
 
 

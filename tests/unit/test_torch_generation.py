@@ -12,6 +12,7 @@ from squeezer.backends.base import NewSequence
 from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.errors import InputTooLongError, OverloadedError
+from tests.tiny_models import tiny_llama_config
 from tests.unit.chunked_driver import drive_chunked
 
 VOCAB = 97
@@ -21,17 +22,7 @@ PROMPTS = [[5, 17, 3, 44, 9], [60, 2], [11, 12, 13, 14, 15, 16, 17, 18, 19], [70
 def _build(path: Path, kind: str) -> Path:
     torch.manual_seed(0)
     if kind == "llama":
-        config = transformers.LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,  # grouped-query attention, as SmolLM2
-            max_position_embeddings=128,
-            eos_token_id=None,  # the scheduler stops sequences; `generate` must not
-        )
-        model = transformers.LlamaForCausalLM(config)
+        model = transformers.LlamaForCausalLM(tiny_llama_config(VOCAB))
     else:
         config = transformers.GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128

@@ -86,10 +86,6 @@ class PromptChunk:
         return cls(seq, 0, len(seq.prompt))
 
     @property
-    def tokens(self) -> Sequence[int]:
-        return self.seq.prompt[self.start : self.end]
-
-    @property
     def first(self) -> bool:
         return self.start == 0
 

@@ -89,11 +89,11 @@ class SamplingBatch:
     top_logprobs: int  # the batch's largest request, 0 when none asked
     #: What any row asks for, known on the host: deciding which steps to run must not
     #: wait for the device.
-    all_greedy: bool = False
-    top_k_max: int = 0  # the largest top-k in use, 0 when no row filters by it
-    any_temperature: bool = True
-    any_top_p: bool = True
-    any_typical: bool = True
+    all_greedy: bool
+    top_k_max: int  # the largest top-k in use, 0 when no row filters by it
+    any_temperature: bool
+    any_top_p: bool
+    any_typical: bool
 
     @staticmethod
     def of(

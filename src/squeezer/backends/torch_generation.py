@@ -340,11 +340,10 @@ class TorchGenerationBackend(StepShortcuts):
         """Copy the longest cached prefix of ``seq``'s prompt, from whichever slot holds
         it (running or left), into its own slot: those positions are not computed."""
         target = self.table.slot(seq.id)
-        source = max(
-            range(self.max_slots),
-            key=lambda slot: (self.table.common_prefix(slot, seq.prompt), slot == target),
+        length, _, source = max(  # the target itself first among equals: no copy
+            (self.table.common_prefix(slot, seq.prompt), slot == target, slot)
+            for slot in range(self.max_slots)
         )
-        length = self.table.common_prefix(source, seq.prompt)
         if length and source != target:
             self.cache.move(source, target, length)
             self.table.copied(source, target, length)

@@ -52,6 +52,22 @@ def serve(
     dtype: Annotated[
         str | None, _opt("auto, float32, float16 or bfloat16. [default: auto]", "DTYPE")
     ] = None,
+    precision_check: Annotated[
+        bool | None,
+        _opt(
+            "Measure fp16/bf16 models against fp32 at load (min cosine on held-out text, "
+            "in the log and /info). [default: precision-check]",
+            "PRECISION_CHECK",
+        ),
+    ] = None,
+    gpu_memory_fraction: Annotated[
+        float | None,
+        _opt(
+            "Share of each GPU's memory squeezer may take (batches that would not fit "
+            "are split). [default: 0.9]",
+            "GPU_MEMORY_FRACTION",
+        ),
+    ] = None,
     threads: Annotated[
         int | None, _opt("Compute threads; 0 = one per core. [default: 0]", "THREADS")
     ] = None,
@@ -189,6 +205,8 @@ def serve(
         "backend": backend,
         "device": device,
         "dtype": dtype,
+        "precision_check": precision_check,
+        "gpu_memory_fraction": gpu_memory_fraction,
         "threads": threads,
         "tokenizer_workers": tokenizer_workers,
         "max_batch_tokens": max_batch_tokens,

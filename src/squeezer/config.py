@@ -93,6 +93,12 @@ class Settings(BaseModel):
     #: balancers stop sending before the listener closes (a built-in preStop sleep).
     drain_delay: float = Field(default=0.0, ge=0)
     warmup: bool = True
+    #: fp16/bf16 models are compared with their fp32 weights at load (held-out text;
+    #: the figure goes to the log, /info and /v1/models).
+    precision_check: bool = True
+    #: Share of each CUDA device's memory this process may allocate (torch's
+    #: per-process cap); a batch that would not fit is split instead.
+    gpu_memory_fraction: float = Field(default=0.9, gt=0, le=1)
     #: Run `squeezer optimize` on each model at start-up (cached by model hash and
     #: hardware) and serve the winning artifact.
     optimize: bool = False

@@ -103,6 +103,37 @@ class EngineRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PrecisionReport:
+    """A reduced-precision model against its own fp32 weights, measured at load on
+    held-out text, so that serving in fp16 or bf16 is never a silent accuracy change."""
+
+    dtype: str
+    #: The task whose output was compared: pooled embeddings or classifier logits.
+    task: str
+    texts: int
+    min_cosine: float
+    mean_cosine: float
+    #: Embeddings: nearest neighbour unchanged; classifiers: top-1 label unchanged.
+    agreement: float
+    #: Classifiers only: largest change of any softmax probability.
+    max_prob_diff: float
+    seconds: float
+    reference: str = "float32"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dtype": self.dtype,
+            "reference": self.reference,
+            "task": self.task,
+            "texts": self.texts,
+            "min_cosine": self.min_cosine,
+            "mean_cosine": self.mean_cosine,
+            "agreement": self.agreement,
+            "max_prob_diff": self.max_prob_diff,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """What the server says about a served model (``/info``, ``/v1/models``)."""
 
@@ -123,3 +154,6 @@ class ModelInfo:
     labels: tuple[str, ...] = ()
     #: Generation models: prompt + new tokens per request.
     max_total_tokens: int | None = None
+    #: fp16/bf16 models: how far their outputs are from fp32 (None: fp32, or a
+    #: runtime whose precision its optimizer artifact already measured).
+    precision: PrecisionReport | None = None

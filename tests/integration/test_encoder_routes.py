@@ -211,3 +211,26 @@ def test_one_model_serves_embeddings_and_fill_mask_in_shared_batches(
     assert all(r.status_code == 200 for r in responses)
     assert all(np.allclose(e, embeds[0], atol=1e-5) for e in embeds)
     assert all(f == fills[0] for f in fills)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "check"), [("bfloat16", True), ("bfloat16", False), ("float32", True)]
+)
+def test_reduced_precision_is_reported_in_info_and_models(
+    tiny_bert: Path, dtype: str, check: bool
+) -> None:
+    settings = settings_for({"tiny": tiny_bert}, dtype=dtype, precision_check=check, warmup=False)
+    with TestClient(create_app(settings)) as c:
+        info = c.get("/info").json()
+        cards = c.get("/v1/models").json()["data"]
+        served = c.post("/embed", json={"inputs": "still serving"})
+    precision = info["models"][0]["precision"]
+    assert cards[0]["precision"] == precision
+    assert served.status_code == 200
+    if dtype == "float32" or not check:
+        assert precision is None
+        return
+    assert info["models"][0]["dtype"] == "bfloat16"
+    assert precision["dtype"] == "bfloat16" and precision["reference"] == "float32"
+    assert precision["task"] == "embed" and precision["texts"] == 64
+    assert 0.95 < precision["min_cosine"] <= precision["mean_cosine"] < 1.0

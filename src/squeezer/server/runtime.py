@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from squeezer.models import ModelFolder, locate, read_folder
 from squeezer.models.gguf import gguf_precision, source_gguf
 from squeezer.models.manifest import Manifest, current_hardware, read_manifest
 from squeezer.optimize.cache import optimized_artifact
+from squeezer.optimize.precision import WARN_BELOW, check_precision, probe_task
 from squeezer.server.registry import ModelRegistry, ServedModel
 from squeezer.tasks import (
     ClassifyRequest,
@@ -60,7 +62,7 @@ from squeezer.tasks import (
 )
 from squeezer.tasks.classify import label_names
 from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, GenerationLimits
-from squeezer.types import EngineRequest, ModelInfo, Task, TruncationDirection
+from squeezer.types import EngineRequest, ModelInfo, PrecisionReport, Task, TruncationDirection
 
 log = logging.getLogger("squeezer")
 
@@ -237,6 +239,11 @@ class Runtime:
         handlers = build_tasks(spec.name, tasks, folder, tokenizer)
         options = manifest.runtime_options if manifest and manifest.runtime == backend_name else {}
         backend = load_backend(backend_name, path, device=device, dtype=dtype, options=options)
+        precision = None
+        if backend_name == "torch" and dtype != "float32" and s.precision_check:
+            precision = self._check_precision(
+                spec.name, folder, tasks, backend, path, device, dtype
+            )
         info = _model_info(
             spec.name,
             folder,
@@ -247,8 +254,53 @@ class Runtime:
             folder.max_input_length,
             pooling=folder.pooling,
             labels=tuple(label_names(folder.config)) if folder.config.get("id2label") else (),
+            precision=precision,
         )
         return ServedModel(info, folder, tokenizer, handlers), backend
+
+    @staticmethod
+    def _check_precision(
+        name: str,
+        folder: ModelFolder,
+        tasks: tuple[Task, ...],
+        backend: Backend,
+        path: Path,
+        device: str,
+        dtype: str,
+    ) -> PrecisionReport | None:
+        """fp16/bf16 against the same weights in fp32, logged; never silent."""
+        task = probe_task(tasks)
+        if task is None:
+            log.warning(
+                "model %s in %s: no precision measure for its tasks (%s); its accuracy "
+                "against fp32 is not measured",
+                name,
+                dtype,
+                "/".join(t.value for t in tasks),
+            )
+            return None
+        report = check_precision(
+            folder,
+            task,
+            dtype,
+            backend,
+            lambda: load_backend("torch", path, device=device, dtype="float32"),
+        )
+        level = logging.INFO if report.min_cosine >= WARN_BELOW else logging.WARNING
+        log.log(
+            level,
+            "model %s in %s vs float32 on %d held-out texts (%s): min cosine %.5f, mean "
+            "%.5f, agreement %.3f (%.1f s)",
+            name,
+            report.dtype,
+            report.texts,
+            report.task,
+            report.min_cosine,
+            report.mean_cosine,
+            report.agreement,
+            report.seconds,
+        )
+        return report
 
     def _load_generator(
         self,

@@ -125,6 +125,7 @@ async def info(request: Request) -> Response:
                     "path": m.path,
                     "max_input_length": m.max_input_length,
                     "max_total_tokens": m.max_total_tokens,
+                    "precision": m.precision.as_dict() if m.precision else None,
                 }
                 for m in runtime.model_infos()
             ],

@@ -66,6 +66,7 @@ def _model_list(runtime: Runtime) -> Response:
             "device": info.device,
             "dtype": info.dtype,
             "content_hash": info.content_hash,
+            "precision": info.precision.as_dict() if info.precision else None,
         }
         for info in runtime.model_infos()
     ]

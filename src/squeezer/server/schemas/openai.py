@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from squeezer.server.schemas.common import Precision
+
 
 class EmbeddingsRequest(BaseModel):
     # Unknown fields are ignored, as OpenAI-compatible servers do for client extras.
@@ -46,6 +48,7 @@ class ModelCard(BaseModel):
     device: str
     dtype: str
     content_hash: str
+    precision: Precision | None = None
 
 
 class ModelList(BaseModel):

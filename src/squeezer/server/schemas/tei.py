@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from squeezer.server.schemas.common import Precision
 from squeezer.types import TruncationDirection
 
 #: A string, token ids, or a list of either (TEI's ``Input``).
@@ -127,6 +128,7 @@ class ServedModelInfo(BaseModel):
     content_hash: str
     path: str
     max_input_length: int
+    precision: Precision | None = None
 
 
 class Info(BaseModel):

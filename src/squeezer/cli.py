@@ -194,7 +194,7 @@ def serve(
     log_level: Annotated[str | None, _opt("Log level. [default: info]", "LOG_LEVEL")] = None,
 ) -> None:
     """Serve models over HTTP (TEI, OpenAI and HF Inference API dialects)."""
-    from squeezer.backends.device import configure_threads
+    from squeezer.backends.device import configure_threads, resolve_device
     from squeezer.config import load_settings
     from squeezer.errors import SqueezerError
     from squeezer.server.serve import run_server
@@ -238,6 +238,11 @@ def serve(
         settings = load_settings(config, overrides, model)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    try:  # a device that is not there is the user's to fix, not a traceback
+        for device in {settings.device, *(m.device for m in settings.models if m.device)}:
+            resolve_device(device)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from e
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -69,6 +69,13 @@ class BackendError(SqueezerError):
     """The forward pass of the batch holding this request failed."""
 
 
+class DeviceOutOfMemoryError(BackendError):
+    """A forward pass did not fit in the device's memory (or ``--gpu-memory-fraction``).
+
+    The batch queue halves a batch that raises this until the parts fit; a client sees
+    it only when one input alone does not fit at that moment (503: try again)."""
+
+
 class UnavailableError(SqueezerError):
     """The server is starting up or draining and takes no new work."""
 

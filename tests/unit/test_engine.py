@@ -20,6 +20,7 @@ from squeezer.engine import Engine, EngineLimits
 from squeezer.errors import (
     BackendError,
     DeadlineExceededError,
+    DeviceOutOfMemoryError,
     InvalidRequestError,
     ModelNotFoundError,
     OverloadedError,
@@ -106,6 +107,8 @@ class FakeBackend:
         self, model: str, rec: Recorder, gate: Gate | None = None, device: str = "cpu"
     ) -> None:
         self.model, self.rec, self.gate, self.device = model, rec, gate, device
+        #: Device memory for this many rows at most; "huge" inputs never fit.
+        self.max_rows: int | None = None
 
     def forward(self, inputs: NamedArrays, outputs: Sequence[str] | None = None) -> NamedArrays:
         assert outputs == ("tags",)
@@ -121,6 +124,10 @@ class FakeBackend:
                 self.gate.pass_through()
             if any(t.startswith("boom") for t in tags):
                 raise RuntimeError("boom in forward")
+            if self.max_rows is not None and (
+                len(tags) > self.max_rows or any(t.startswith("huge") for t in tags)
+            ):
+                raise DeviceOutOfMemoryError(f"{len(tags)} rows did not fit")
             return {"tags": np.array([f"{self.model}:{t}" for t in tags], dtype=object)}
         finally:
             with self.rec.lock:
@@ -467,6 +474,37 @@ async def test_a_failing_batch_fails_only_its_requests(env: Env) -> None:
     assert await after == ["m:after"]
     assert "bad-later" not in env.rec.seen()
     assert await engine.submit(req("m", "still")) == ["m:still"]
+
+
+async def test_a_batch_over_the_memory_cap_is_halved_until_it_fits(env: Env) -> None:
+    engine = env.engine(max_batch_requests=8, observer=(observer := Observer()))
+    backend = FakeBackend("m", env.rec, env.gate)
+    backend.max_rows = 2
+    engine.add_model("m", backend, FakeRunner(), device="cpu")
+    await engine.start()
+    first = await busy(env, engine)
+    queued = [submit(engine, req("m", f"r{i}")) for i in range(5)]
+    huge = submit(engine, req("m", "huge", "h2"))  # one input fits nowhere: its request fails
+    await until(lambda: engine.queue_depth("m") == 7, "queued")
+    env.gate.open()
+    await first
+    assert [await t for t in queued] == [[f"m:r{i}"] for i in range(5)]
+    with pytest.raises(DeviceOutOfMemoryError, match="1 rows did not fit"):
+        await huge
+    # Halves, depth first, in order; each input is computed once in the end.
+    assert env.rec.tags()[1:] == [
+        ["r0", "r1", "r2", "r3", "r4", "huge", "h2"],
+        ["r0", "r1", "r2"],
+        ["r0"],
+        ["r1", "r2"],
+        ["r3", "r4", "huge", "h2"],
+        ["r3", "r4"],
+        ["huge", "h2"],
+        ["huge"],
+        ["h2"],
+    ]
+    assert observer.batches[-1][:2] == ("m", 7)  # one batch as far as metrics go
+    assert await engine.submit(req("m", "after")) == ["m:after"]
 
 
 async def test_a_squeezer_error_from_the_runner_passes_through_unchanged(env: Env) -> None:

@@ -21,6 +21,7 @@ from squeezer.server.errors import Dialect, dialect_of, error_response
         (e.OverloadedError("x"), 429, "Overloaded"),
         (e.DeadlineExceededError("x"), 504, "Overloaded"),
         (e.BackendError("x"), 424, "Backend"),
+        (e.DeviceOutOfMemoryError("x"), 503, "Overloaded"),
         (e.UnavailableError("x"), 503, "Unhealthy"),
     ],
 )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -21,13 +23,21 @@ def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda:0`` when a GPU is visible, else ``cpu``; ``cuda`` -> ``cuda:0``."""
     if device == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return "cuda:0"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
-    if device != "cpu" and not device.startswith("cuda:"):
+    if device == "cpu":
+        return device
+    index = device.removeprefix("cuda").removeprefix(":")
+    if not device.startswith("cuda") or not (index == "" or index.isdigit()):
         raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
-    return device
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise ValueError(
+            f"device {device!r} asked for, but torch {torch.__version__} ({build}) sees no "
+            "CUDA device; use --device cpu or auto"
+        )
+    n = torch.cuda.device_count()
+    if index and int(index) >= n:
+        raise ValueError(f"device {device!r}: torch sees {n} CUDA device(s), cuda:0..{n - 1}")
+    return f"cuda:{index or 0}"
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -75,3 +85,52 @@ def configure_threads(threads: int = 0) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
     return n
+
+
+def cuda_index(device: str) -> int | None:
+    """``cuda:N`` -> N; None for any other device."""
+    if not device.startswith("cuda"):
+        return None
+    return int(device.partition(":")[2] or 0)
+
+
+def cap_gpu_memory(device: str, fraction: float) -> None:
+    """Let this process allocate at most ``fraction`` of a CUDA device's memory.
+
+    Past the cap torch raises ``OutOfMemoryError`` instead of taking the rest of the
+    card, and the batch queue splits the batch (``DeviceOutOfMemoryError``), so the
+    cap is a budget, not a crash. No-op off CUDA."""
+    index = cuda_index(device)
+    if index is not None:
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMemory:
+    """One CUDA device's memory as torch's caching allocator sees it, in bytes."""
+
+    device: str
+    allocated: int  # held by live tensors
+    reserved: int  # held by the allocator's cache (allocated + free blocks it keeps)
+    limit: int  # what this process may take: total x --gpu-memory-fraction
+
+
+def gpu_memory(devices: Iterable[str], fraction: float) -> list[DeviceMemory]:
+    """Memory of each distinct CUDA device among ``devices`` (CPU ones are skipped)."""
+    seen: dict[int, str] = {}
+    for device in devices:
+        index = cuda_index(device)
+        if index is not None:
+            seen.setdefault(index, f"cuda:{index}")
+    out = []
+    for index, name in sorted(seen.items()):
+        total = torch.cuda.get_device_properties(index).total_memory
+        out.append(
+            DeviceMemory(
+                name,
+                allocated=int(torch.cuda.memory_allocated(index)),
+                reserved=int(torch.cuda.memory_reserved(index)),
+                limit=int(total * fraction),
+            )
+        )
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from squeezer.backends.device import torch_dtype
-from squeezer.errors import ModelLoadError
+from squeezer.errors import DeviceOutOfMemoryError, ModelLoadError
 from squeezer.types import NamedArrays
 
 #: Arrays a BERT-style encoder accepts; anything else in the batch is ignored.
@@ -127,6 +127,16 @@ class TorchBackend:
                 f"outputs {sorted(unknown)} not produced; this model gives "
                 f"{list(self.output_names)}"
             )
+        try:
+            return self._forward(inputs, wanted)
+        except torch.OutOfMemoryError as e:
+            # What the failed pass allocated is garbage now: give it back before the
+            # queue retries smaller parts of the batch.
+            torch.cuda.empty_cache()
+            shape = tuple(inputs["input_ids"].shape) if "input_ids" in inputs else "?"
+            raise DeviceOutOfMemoryError(f"batch of shape {shape} did not fit: {e}") from e
+
+    def _forward(self, inputs: NamedArrays, wanted: set[str]) -> NamedArrays:
         kwargs = {k: self._to_device(v) for k, v in inputs.items() if k in self._accepts}
         heads = [name for name in self._head_outputs if name in wanted]
         result: dict[str, torch.Tensor] = {}

@@ -24,8 +24,21 @@ from squeezer.backends.base import Backend
 from squeezer.engine.batching import batch_is_full, padded_tokens, select_batch
 from squeezer.engine.executor import Later, Work, settle_threadsafe
 from squeezer.engine.observer import EngineObserver
-from squeezer.errors import BackendError, DeadlineExceededError, SqueezerError
+from squeezer.errors import (
+    BackendError,
+    DeadlineExceededError,
+    DeviceOutOfMemoryError,
+    SqueezerError,
+)
 from squeezer.types import BatchRunner
+
+
+@dataclass(frozen=True, slots=True)
+class _DidNotFit:
+    """One input's place in a batch's results when it alone overflowed device memory."""
+
+    error: DeviceOutOfMemoryError
+
 
 _ids = itertools.count()
 
@@ -237,10 +250,7 @@ class ModelQueue:
         lengths = [e.num_tokens for e in batch]
         started = time.perf_counter()  # a duration for metrics: real time, not the clock
         try:
-            outputs = self.backend.forward(self.runner.collate(items), self.runner.outputs(items))
-            results = self.runner.split(outputs, items)
-            if len(results) != len(items):
-                raise RuntimeError(f"split returned {len(results)} results for {len(items)}")
+            results = self._compute(items)
         except SqueezerError as e:  # the runner's own verdict: passed through unchanged
             passthrough = e
             self._fail_batch(batch, lambda: passthrough)
@@ -252,6 +262,9 @@ class ModelQueue:
             self._fail_batch(batch, lambda: BackendError(msg))
             return
         compute_s = time.perf_counter() - started
+        for entry, result in zip(batch, results, strict=True):
+            if isinstance(result, _DidNotFit):
+                self._fail_batch([entry], lambda error=result.error: error)
         finished: list[Pending] = []
         with self._lock:
             for entry, result in zip(batch, results, strict=True):
@@ -269,6 +282,22 @@ class ModelQueue:
         )
         for req in finished:
             settle_threadsafe(req.fut, req.results)
+
+    def _compute(self, items: list[Any]) -> list[Any]:
+        """Forward and split. A batch that does not fit in device memory is halved until
+        its parts do; an input that does not fit alone gets ``_DidNotFit`` in place of
+        its result, so only its own request fails."""
+        try:
+            outputs = self.backend.forward(self.runner.collate(items), self.runner.outputs(items))
+        except DeviceOutOfMemoryError as e:
+            if len(items) == 1:
+                return [_DidNotFit(e)]
+            half = len(items) // 2
+            return self._compute(items[:half]) + self._compute(items[half:])
+        results = self.runner.split(outputs, items)
+        if len(results) != len(items):
+            raise RuntimeError(f"split returned {len(results)} results for {len(items)}")
+        return results
 
     def _fail_batch(self, batch: list[Entry], exc_factory: Callable[[], BaseException]) -> None:
         """Fail every request with an item in this batch; their queued items go too."""

@@ -63,6 +63,10 @@ _TABLE: tuple[tuple[type[e.SqueezerError], ErrorKind], ...] = (
     (e.PayloadTooLargeError, ErrorKind(413, "Validation", "invalid_request_error")),
     (e.OverloadedError, ErrorKind(429, "Overloaded", "rate_limit_error", tgi_type="overloaded")),
     (e.DeadlineExceededError, ErrorKind(504, "Overloaded", "timeout_error", tgi_type="overloaded")),
+    (
+        e.DeviceOutOfMemoryError,
+        ErrorKind(503, "Overloaded", "service_unavailable_error", tgi_type="overloaded"),
+    ),
     (e.BackendError, ErrorKind(424, "Backend", "server_error", 500, tgi_type="generation")),
     (
         e.UnavailableError,

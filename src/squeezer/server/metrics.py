@@ -7,7 +7,11 @@ prometheus-client's metric objects are thread-safe, so the compute thread may ca
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from squeezer.backends.device import DeviceMemory
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -102,6 +106,24 @@ class Metrics:
             registry=r,
         )
         self._prompt_counts: dict[str, tuple[int, int]] = {}
+        self.gpu_allocated = Gauge(
+            "squeezer_gpu_memory_allocated_bytes",
+            "GPU memory held by live tensors",
+            ["device"],
+            registry=r,
+        )
+        self.gpu_reserved = Gauge(
+            "squeezer_gpu_memory_reserved_bytes",
+            "GPU memory held by torch's caching allocator (live tensors and cached blocks)",
+            ["device"],
+            registry=r,
+        )
+        self.gpu_limit = Gauge(
+            "squeezer_gpu_memory_limit_bytes",
+            "GPU memory this process may take (total x --gpu-memory-fraction)",
+            ["device"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "squeezer_http_requests_in_flight", "HTTP requests being served", registry=r
         )
@@ -144,6 +166,13 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(max(prompt - seen_prompt, 0))
         self.prompt_tokens_cached.labels(model).inc(max(cached - seen_cached, 0))
         self._prompt_counts[model] = (prompt, cached)
+
+    def set_gpu_memory(self, memory: Iterable[DeviceMemory]) -> None:
+        """Read at scrape time from torch's allocator."""
+        for m in memory:
+            self.gpu_allocated.labels(m.device).set(m.allocated)
+            self.gpu_reserved.labels(m.device).set(m.reserved)
+            self.gpu_limit.labels(m.device).set(m.limit)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,7 +23,12 @@ import numpy.typing as npt
 
 from squeezer.backends import Backend, load_backend
 from squeezer.backends.base import GenerationBackend
-from squeezer.backends.device import compute_threads, resolve_device, resolve_dtype
+from squeezer.backends.device import (
+    cap_gpu_memory,
+    compute_threads,
+    resolve_device,
+    resolve_dtype,
+)
 from squeezer.backends.llamacpp_generation import LlamaCppGenerationBackend
 from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.torch_generation import TorchGenerationBackend
@@ -231,6 +236,7 @@ class Runtime:
             )
         device = resolve_device(spec.device or s.device)
         dtype = resolve_dtype(spec.dtype or s.dtype, device)
+        cap_gpu_memory(device, s.gpu_memory_fraction)
         if Task.GENERATE in tasks:
             return self._load_generator(spec, folder, tasks, device, dtype)
         # An artifact names its runtime; only a per-model setting overrides it.

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer import __version__
+from squeezer.backends.device import gpu_memory
 from squeezer.errors import UnavailableError
 from squeezer.server.jsonio import json_response
 from squeezer.server.routes import runtime_of
@@ -44,6 +45,8 @@ async def metrics(request: Request) -> Response:
         generator = runtime.engine.generator(name)
         metrics.set_generation_load(name, *generator.load)
         metrics.set_prefix_cache(name, *generator.prefix_cache)
+    devices = {m.device for m in runtime.model_infos()}
+    metrics.set_gpu_memory(gpu_memory(devices, runtime.settings.gpu_memory_fraction))
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

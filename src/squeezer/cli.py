@@ -72,7 +72,11 @@ def serve(
         int | None, _opt("Compute threads; 0 = one per core. [default: 0]", "THREADS")
     ] = None,
     tokenizer_workers: Annotated[
-        int | None, _opt("Threads tokenizing beside compute. [default: 1]", "TOKENIZER_WORKERS")
+        int | None,
+        _opt(
+            "Threads tokenizing beside compute. [default: 1 on CPU, cores - 2 with a GPU]",
+            "TOKENIZER_WORKERS",
+        ),
     ] = None,
     max_batch_tokens: Annotated[
         int | None,

@@ -72,7 +72,8 @@ class Settings(BaseModel):
     #: Compute threads for torch / ONNX Runtime; 0 means one per CPU this process may use.
     threads: int = Field(default=0, ge=0)
     #: Threads that tokenize requests concurrently with compute.
-    tokenizer_workers: int = Field(default=1, ge=1)
+    #: Threads tokenizing beside compute; None = 1 on CPU, cores - 2 with a GPU.
+    tokenizer_workers: int | None = Field(default=None, ge=1)
 
     #: Padded tokens per forward pass (batch size x longest input). 2 cores: ~8k.
     max_batch_tokens: int = Field(default=8192, gt=0)

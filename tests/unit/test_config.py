@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from squeezer.config import load_settings, parse_model_arg
+from squeezer.config import ModelSettings, Settings, load_settings, parse_model_arg
 
 
 def test_defaults_serve_the_packaged_models(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,3 +85,14 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     cfg.write_text('[models.a]\npath = "/x"\ncolour = "red"\n')
     with pytest.raises(ValidationError):
         load_settings(cfg)
+
+
+def test_tokenizer_threads_follow_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from squeezer.server import runtime
+
+    cpu = Settings(device="cpu")
+    assert runtime.default_tokenizer_workers(cpu) == 1  # the cores compute
+    monkeypatch.setattr(runtime, "resolve_device", lambda d: "cuda:0" if d == "cuda" else d)
+    monkeypatch.setattr(runtime, "physical_cores", lambda: 16)
+    gpu = Settings(device="cpu", models=[ModelSettings(name="m", path="x", device="cuda")])
+    assert runtime.default_tokenizer_workers(gpu) == 14  # all but the loop and compute

@@ -26,6 +26,7 @@ from squeezer.backends.base import GenerationBackend
 from squeezer.backends.device import (
     cap_gpu_memory,
     compute_threads,
+    physical_cores,
     resolve_device,
     resolve_dtype,
 )
@@ -121,6 +122,18 @@ _INLINE_TOKENIZE_CHARS = 2048
 _CPU_OVERHEAD_TOKENS = 32.0
 
 
+def default_tokenizer_workers(settings: Settings) -> int:
+    """One thread on CPU, where the cores belong to the forward pass; with a GPU the
+    cores are free and tokenization is what keeps the card fed, so all but two (the
+    event loop and the compute thread). The Rust batch tokenizer releases the GIL."""
+    try:
+        devices = {settings.device, *(m.device for m in settings.models if m.device)}
+        on_gpu = any(resolve_device(d).startswith("cuda") for d in devices)
+    except ValueError:  # reported when the model loads
+        on_gpu = False
+    return max(1, physical_cores() - 2) if on_gpu else 1
+
+
 @dataclass(frozen=True, slots=True)
 class _Generator:
     """A causal LM's backend: it goes to the generation scheduler, not a batch queue."""
@@ -150,8 +163,10 @@ class Runtime:
             ),
             observer=observer,
         )
+        #: Threads tokenizing beside compute (``--tokenizer-workers``, else by device).
+        self.tokenizer_workers = settings.tokenizer_workers or default_tokenizer_workers(settings)
         self._tokenize_pool = ThreadPoolExecutor(
-            settings.tokenizer_workers, thread_name_prefix="squeezer-tokenize"
+            self.tokenizer_workers, thread_name_prefix="squeezer-tokenize"
         )
         self.phase = Phase.STARTING
         self.cold_start_s: float | None = None

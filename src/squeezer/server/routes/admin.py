@@ -94,7 +94,7 @@ async def info(request: Request) -> Response:
             "max_batch_size": s.max_num_seqs,
             "max_waiting_tokens": 0,
             "waiting_served_ratio": 0.0,
-            "validation_workers": s.tokenizer_workers,
+            "validation_workers": runtime.tokenizer_workers,
             "router": "squeezer",
             "generation_model_id": generator.name,
         }
@@ -110,7 +110,7 @@ async def info(request: Request) -> Response:
             "max_batch_requests": s.max_batch_requests,
             "max_client_batch_size": s.max_client_batch_size,
             "auto_truncate": False,
-            "tokenization_workers": s.tokenizer_workers,
+            "tokenization_workers": runtime.tokenizer_workers,
             "version": __version__,
             "sha": None,
             "docker_label": None,

@@ -1,0 +1,116 @@
+"""Subprocesses that never outlive the harness: servers, measurement jobs, load generators.
+
+Why not ``peers.started``: it starts servers in a new session (``setsid``), and on the GPU
+machine a process in a session of its own survives the call that started it, holding
+the GPU until the machine is given back, if the harness is ever killed at its time limit.
+Here every child gets a process group of its own (so that a whole tree is stopped at
+once: uvicorn, a load generator's workers) inside the harness's session, is stopped in a
+``finally``, and SIGTERM/SIGHUP to the harness become ``SystemExit`` so that those
+``finally`` blocks run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+#: Every child still running, stopped at exit whatever happens.
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP unwind the stack (running the cleanups) instead of killing."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def stop_all() -> None:
+    for proc in list(_LIVE):
+        stop(proc)
+
+
+def spawn(cmd: Sequence[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in a process group of its own, output appended to ``log``."""
+    with log.open("ab") as out:
+        out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            list(map(str, cmd)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            process_group=0,
+        )
+    _LIVE.add(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """SIGTERM to the whole group, SIGKILL after ``grace_s``."""
+    _LIVE.discard(proc)
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; its group may not be (a load generator's workers).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
+def tail(log: Path, chars: int = 1500) -> str:
+    with contextlib.suppress(OSError):
+        return log.read_text(errors="replace")[-chars:]
+    return ""
+
+
+def run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float) -> None:
+    """Run ``cmd`` to completion; a failure or timeout raises with the log's tail."""
+    proc = spawn(cmd, log, env)
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout_s:.0f} s; log:\n{tail(log)}") from None
+    finally:
+        stop(proc)
+    if code != 0:
+        raise RuntimeError(f"exited with {code}; log:\n{tail(log)}")
+
+
+@contextlib.contextmanager
+def server(
+    cmd: Sequence[str], ready_url: str, log: Path, env: dict[str, str], timeout_s: float
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server, wait until ``ready_url`` answers 200, stop it on the way out."""
+    proc = spawn(cmd, log, env)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"exited with {proc.returncode} before ready:\n{tail(log)}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(ready_url, timeout=2) as r,
+            ):
+                if r.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {timeout_s:.0f} s:\n{tail(log)}")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        stop(proc)

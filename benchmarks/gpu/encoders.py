@@ -1,0 +1,401 @@
+"""The GPU comparison for encoders, whole, in one run (issue 13): squeezer against baselines.
+
+    python3 benchmarks/gpu/encoders.py --device cuda                  # the GPU machine
+    .venv/bin/python benchmarks/gpu/encoders.py --device cpu --quick  # dry run here
+
+all-MiniLM-L6-v2 (its real weights, carried in fp16: ``prepare.py``) over the pydoc
+sentences, one process orchestrating subprocesses, in this order:
+
+1. in-process baselines, each in a subprocess (``_jobs.py``): HF ``pipeline`` one request
+   at a time (fp32), sentence-transformers ``encode`` (fp16 bs256, fp32 bs32);
+2. the ceilings: squeezer's own forward pass on pre-tokenized, length-sorted batches,
+   and the HTTP stack (a no-op ASGI server) under each level of load;
+3. accuracy: squeezer's backend per dtype, and ``/embed`` as served, against fp32
+   sentence-transformers on held-out sentences;
+4. ``squeezer serve`` over HTTP on loopback: TEI ``POST /embed`` with one sentence per
+   request at each ``--concurrency``, ``--batch`` sentences per request, and one short
+   request at a time (latency);
+5. the server users write by hand (FastAPI + sentence-transformers, ``st_server.py``)
+   under the same load.
+
+Every measurement is a function of its own in ``SECTIONS``; one that fails is recorded
+as skipped with its reason and the run goes on. Results are written after each section
+(a run stopped at its time limit keeps what it measured) to ``$OUT`` when set, else
+``--out``: ``gpu_encoders.json``, ``gpu_encoders.png`` and ``gpu_encoders_logs.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(ROOT / "src"), str(ROOT / "benchmarks")]
+
+import _carry  # noqa: E402
+import _procs  # noqa: E402
+import _report  # noqa: E402
+import numpy as np  # noqa: E402
+from _load import Generator, Level  # noqa: E402
+from peers import free_port  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from squeezer.bench.run import LevelProgress, machine  # noqa: E402
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+SQUEEZER = "squeezer"
+HANDWRITTEN = "FastAPI + sentence-transformers"
+
+
+@dataclass
+class Run:
+    """What every section reads (settings, environment, load) and writes (results)."""
+
+    args: argparse.Namespace
+    setup: _carry.Setup
+    work: Path
+    out: Path
+    generator: Generator
+    levels: list[Level]
+    progress: LevelProgress
+    results: dict[str, Any] = field(default_factory=dict)
+    t0: float = field(default_factory=time.monotonic)
+
+    def left_s(self) -> float:
+        return self.args.budget - (time.monotonic() - self.t0)
+
+    def job(self, name: str, *extra: str, expect_s: float) -> dict[str, Any]:
+        """Run one ``_jobs.py`` measurement in a subprocess; its JSON result."""
+        out = self.work / f"job-{name}.json"
+        cmd = [sys.executable, str(HERE / "_jobs.py"), name, "--model", str(self.args.model)]
+        cmd += ["--device", self.args.device, "--out", str(out)]
+        cmd += ["--seconds", f"{self.args.seconds:g}", *extra]
+        with self.progress.level(f"in-process: {name}", expect_s):
+            _procs.run(cmd, self.work / f"job-{name}.log", self.setup.env, self.timeout_s())
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+    def timeout_s(self) -> float:
+        return max(60.0, self.left_s() + 60.0)
+
+    def load(self, system: str, url: str) -> None:
+        """Every level against ``url``; one failing level is recorded, the others run."""
+        measured = self.results.setdefault("http", {}).setdefault(system, {})
+        log = self.work / f"load-{system.split()[0].lower()}.log"
+        for level in self.levels:
+            g = self.generator
+            with self.progress.level(f"{system}: {level.label}", g.warmup_s + g.duration_s):
+                try:
+                    rec = g.measure(url, level, self.work, self.setup.env, log)
+                except (RuntimeError, OSError, ValueError, KeyError) as e:
+                    self.results.setdefault("skipped", {})[f"{system} {level.label}"] = str(e)
+                    continue
+            measured[level.label] = {
+                **rec,
+                "concurrency": level.concurrency,
+                "batch": level.batch,
+                "lengths": level.lengths,
+            }
+
+    @contextlib.contextmanager
+    def serve(self, label: str, cmd: list[str], ready_url: str) -> Iterator[None]:
+        """A server for the body of the ``with``; its start-up shown as progress."""
+        log = self.work / f"server-{label.split()[0].lower()}.log"
+        with contextlib.ExitStack() as stack:
+            with self.progress.level(f"{label}: starting", 30):
+                stack.enter_context(_procs.server(cmd, ready_url, log, self.setup.env, 300))
+            yield
+
+    def save(self) -> None:
+        self.results["targets"] = _report.targets(self.results)
+        self.results["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        path = self.out / "gpu_encoders.json"
+        path.write_text(json.dumps(self.results, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# Sections: each measures one thing into run.results. Issue 14 adds generation the same way.
+
+
+def inprocess_pipeline(run: Run) -> None:
+    """HF ``pipeline("feature-extraction")``, fp32, one request at a time."""
+    result = run.job("pipeline", expect_s=run.args.seconds + 20)
+    run.results.setdefault("inprocess", {})["pipeline"] = result
+
+
+def inprocess_st(run: Run) -> None:
+    """sentence-transformers ``encode`` over the corpus (fp16 bs256 on a GPU)."""
+    extra = ["--st-runs", run.args.st_runs]
+    if run.args.st_sentences:
+        extra += ["--st-sentences", str(run.args.st_sentences)]
+    result = run.job("st", *extra, expect_s=3 * run.args.seconds + 20)
+    run.results.setdefault("inprocess", {})["st"] = result
+
+
+def forward_ceiling(run: Run) -> None:
+    """squeezer's forward pass alone on length-sorted batches: the compute ceiling."""
+    extra = ["--dtype", run.args.dtype, "--batches", run.args.batches]
+    extra += ["--forward-sentences", str(run.args.forward_sentences)]
+    run.results["forward"] = run.job("forward", *extra, expect_s=3 * run.args.seconds + 20)
+
+
+def accuracy(run: Run) -> None:
+    """squeezer's backend per dtype against fp32 sentence-transformers (held-out text)."""
+    dtypes = "float32,float16,bfloat16"
+    extra = ["--texts", str(run.args.texts), "--dtypes", dtypes]
+    extra += ["--reference", str(run.work / "reference.npz")]
+    run.results["accuracy"] = run.job("accuracy", *extra, expect_s=30)
+
+
+def http_ceiling(run: Run) -> None:
+    """A no-op /embed (``_noop.py``) at every level: what the HTTP stack can answer."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, str(HERE / "_noop.py"), str(port)]
+    with run.serve("no-op server", [*cmd, "--workers", str(run.args.noop_workers)], base):
+        run.load(_report.CEILING, base + "/embed")
+
+
+def squeezer_http(run: Run) -> None:
+    """``squeezer serve`` on the device: its /info, its /embed accuracy, every level."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    most = max(lv.concurrency for lv in run.levels)
+    cmd = [sys.executable, "-m", "squeezer", "serve", "--device", run.args.device]
+    cmd += ["--dtype", run.args.dtype, "--model", f"minilm={run.args.model}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--max-concurrent-requests", str(max(4 * most, 4096)), *run.args.serve_args.split()]
+    with run.serve("squeezer serve", cmd, base + "/ready"):
+        with urllib.request.urlopen(base + "/info", timeout=10) as r:
+            info = json.loads(r.read())
+        run.results["squeezer_info"] = info
+        run.results["machine"]["served_dtype"] = info.get("model_dtype")
+        reference = run.work / "reference.npz"
+        if reference.is_file():
+            run.results["squeezer_http_accuracy"] = embed_accuracy(base + "/embed", reference)
+        run.load(SQUEEZER, base + "/embed")
+
+
+def handwritten_http(run: Run) -> None:
+    """The server users write by hand (``st_server.py``), fp16 on a GPU, same load."""
+    port = free_port()
+    dtype = "float16" if run.args.device.startswith("cuda") else "float32"
+    cmd = [sys.executable, str(HERE / "st_server.py"), str(run.args.model), str(port)]
+    cmd += ["--device", run.args.device, "--dtype", dtype]
+    base = f"http://127.0.0.1:{port}"
+    with run.serve(HANDWRITTEN, cmd, base + "/health"):
+        run.load(HANDWRITTEN, base + "/embed")
+
+
+SECTIONS: dict[str, Callable[[Run], None]] = {
+    "pipeline": inprocess_pipeline,
+    "st": inprocess_st,
+    "forward": forward_ceiling,
+    "accuracy": accuracy,
+    "http-ceiling": http_ceiling,
+    "squeezer": squeezer_http,
+    "handwritten": handwritten_http,
+}
+
+
+def embed_accuracy(url: str, reference: Path, per_request: int = 32) -> dict[str, float]:
+    """/embed's vectors for the held-out sentences against the fp32 reference."""
+    saved = np.load(reference)
+    texts, want = [str(t) for t in saved["texts"]], saved["vectors"]
+    got: list[list[float]] = []
+    for start in range(0, len(texts), per_request):
+        body = json.dumps({"inputs": texts[start : start + per_request]}).encode()
+        req = urllib.request.Request(url, body, {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            got += json.loads(r.read())
+    vectors = np.asarray(got, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    want = want / np.linalg.norm(want, axis=1, keepdims=True)
+    cosines = np.sum(vectors * want, axis=1)
+    return {"min_cosine": float(cosines.min()), "mean_cosine": float(cosines.mean())}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def describe_machine(device: str) -> dict[str, Any]:
+    """CPU, GPU and library versions, without importing torch in this process."""
+    info: dict[str, Any] = {**machine(), "device": device}
+    info["cpu_cores"] = info.pop("cores", None)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        query = "--query-gpu=name,memory.total,driver_version"
+        smi = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True
+        )
+        if smi.returncode == 0 and smi.stdout.strip():
+            info["gpu"] = smi.stdout.strip().splitlines()[0]
+    versions = {}
+    for name in ("torch", "transformers", "sentence-transformers", "tokenizers", "fastapi"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    info["versions"] = versions
+    return info
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (the dry run)")
+    p.add_argument("--dtype", default="auto", help="squeezer's --dtype (auto: bf16/fp16 on GPU)")
+    p.add_argument("--model", type=Path, default=_carry.CARRY / "minilm")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gpu")
+    p.add_argument("--quick", action="store_true", help="dry-run sizes: seconds, not minutes")
+    p.add_argument("--only", help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
+    p.add_argument("--concurrency", help="one sentence per request: levels (256,1024)")
+    p.add_argument("--batch", type=int, default=32, help="sentences per request, batched level")
+    p.add_argument("--batch-concurrency", type=int, help="connections, batched level (64)")
+    p.add_argument("--short-words", type=int, default=8, help="latency level: words per request")
+    p.add_argument("--duration", type=float, help="seconds measured per level (8)")
+    p.add_argument("--warmup", type=float, help="unmeasured seconds before each level (2)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a request fails")
+    p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    p.add_argument("--wrk-threads", type=int, help="wrk threads (4)")
+    p.add_argument("--workers", type=int, help="squeezer bench worker processes (8)")
+    p.add_argument("--seconds", type=float, help="in-process timed loops (5)")
+    p.add_argument("--batches", help="forward-pass ceiling batch sizes (256,1024)")
+    p.add_argument("--forward-sentences", type=int, help="sentences per ceiling pass (8192)")
+    p.add_argument("--st-runs", help="sentence-transformers DTYPE:BATCH runs")
+    p.add_argument("--st-sentences", type=int, help="corpus prefix for encode (all)")
+    p.add_argument("--texts", type=int, help="held-out sentences for accuracy (256)")
+    p.add_argument("--serve-args", default="", help="extra `squeezer serve` flags")
+    p.add_argument(
+        "--noop-workers", type=int, default=1, help="HTTP processes of the ceiling's server"
+    )
+    p.add_argument("--budget", type=float, default=540.0, help="skip sections after this many s")
+    a = p.parse_args(argv)
+    gpu = a.device.startswith("cuda")
+    full = {
+        "concurrency": "256,1024",
+        "batch_concurrency": 64,
+        "duration": 8.0,
+        "warmup": 2.0,
+        "wrk_threads": 4,
+        "workers": 8,
+        "seconds": 5.0,
+        "batches": "256,1024",
+        "forward_sentences": 8192,
+        "st_runs": "float16:256,float32:32" if gpu else "float32:256,float32:32",
+        "texts": 256,
+    }
+    quick = {
+        **full,
+        **{"concurrency": "8,32", "batch_concurrency": 4, "duration": 3.0, "warmup": 1.0},
+        **{"wrk_threads": 1, "workers": 2, "seconds": 2.0, "batches": "16,64"},
+        **{"forward_sentences": 256, "st_runs": "float32:32", "st_sentences": 128, "texts": 32},
+    }
+    for key, value in (quick if a.quick else full).items():
+        if getattr(a, key, None) is None:
+            setattr(a, key, value)
+    if "OUT" in os.environ:
+        a.out = Path(os.environ["OUT"])
+    return a
+
+
+def levels_of(a: argparse.Namespace) -> list[Level]:
+    """One sentence per request at each concurrency, then batched, then one short request."""
+    levels = [Level(int(c)) for c in a.concurrency.split(",") if c.strip()]
+    levels.append(Level(a.batch_concurrency, batch=a.batch))
+    levels.append(Level(1, lengths=f"fixed:{a.short_words}"))
+    return levels
+
+
+def write_logs(work: Path, path: Path, keep: int = 100_000) -> None:
+    """Every log of the run in one file (the last ``keep`` characters of each)."""
+    with path.open("w") as out:
+        for log in sorted(work.glob("*.log")):
+            out.write(f"\n===== {log.name}\n{_procs.tail(log, keep)}")
+
+
+def run_section(run: Run, name: str) -> None:
+    """One section; a failure is recorded as skipped, with its reason, and the run goes on."""
+    if run.left_s() <= 0:
+        run.results["skipped"][name] = f"time budget of {run.args.budget:g} s spent"
+        return
+    try:
+        SECTIONS[name](run)
+    except Exception as e:
+        run.results["skipped"][name] = f"{type(e).__name__}: {e}"
+    except BaseException:
+        run.results["skipped"][name] = "interrupted (SIGTERM, SIGHUP or Ctrl-C)"
+        raise
+    finally:
+        finish(run)
+
+
+def finish(run: Run) -> None:
+    """Write the JSON, the chart and the logs as they stand (after every section)."""
+    run.save()
+    _report.draw(run.results, run.out / "gpu_encoders.png")
+    write_logs(run.work, run.out / "gpu_encoders_logs.txt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    _procs.exit_on_signals()
+    a.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu-encoders-"))
+    console.rule(f"GPU encoders harness: device {a.device}, out {a.out}")
+    chosen = a.only.split(",") if a.only else list(SECTIONS)
+    if unknown := sorted(set(chosen) - set(SECTIONS)):
+        console.print(f"[red]unknown sections {unknown}; known: {', '.join(SECTIONS)}[/red]")
+        return 2
+    try:
+        setup = _carry.prepare()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        console.print(f"[red]setup failed: {e}[/red]")
+        return 2
+    for note in setup.notes:
+        console.print(f"setup: {note}")
+    if not (a.model / "config.json").is_file():
+        console.print(f"[red]no model at {a.model}: run benchmarks/gpu/prepare.py[/red]")
+        return 2
+    kind = a.loadgen if a.loadgen != "auto" else ("wrk" if setup.wrk else "python")
+    if kind == "wrk" and not setup.wrk:
+        console.print("[red]--loadgen wrk: no working wrk[/red]")
+        return 2
+    generator = Generator(
+        kind, a.duration, a.warmup, a.timeout, setup.wrk, a.wrk_threads, a.workers
+    )
+    with LevelProgress(console) as progress:
+        run = Run(a, setup, work, a.out, generator, levels_of(a), progress)
+        run.results.update(
+            machine=describe_machine(a.device),
+            command=" ".join(sys.argv),
+            settings={k: str(v) for k, v in vars(a).items()},
+            setup=setup.notes,
+            generator=f"{kind}: {generator}",
+            skipped={},
+        )
+        try:
+            for name in chosen:
+                run_section(run, name)
+        finally:  # also on SIGTERM at the device's time limit: keep what was measured
+            _procs.stop_all()
+            finish(run)
+    _report.print_table(console, run.results)
+    took = run.results["elapsed_s"]
+    console.print(f"wrote gpu_encoders.json, .png and _logs.txt to {a.out} ({took} s)")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if run.results.get("http", {}).get(SQUEEZER) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

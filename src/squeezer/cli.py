@@ -68,6 +68,15 @@ def serve(
             "GPU_MEMORY_FRACTION",
         ),
     ] = None,
+    api_workers: Annotated[
+        int | None,
+        _opt(
+            "API-server processes in front of the engine process, sharing the port "
+            "(HTTP, tokenization and JSON off the engine's GIL). [default: 0 = one "
+            "process]",
+            "API_WORKERS",
+        ),
+    ] = None,
     threads: Annotated[
         int | None, _opt("Compute threads; 0 = one per core. [default: 0]", "THREADS")
     ] = None,
@@ -211,6 +220,7 @@ def serve(
         "dtype": dtype,
         "precision_check": precision_check,
         "gpu_memory_fraction": gpu_memory_fraction,
+        "api_workers": api_workers,
         "threads": threads,
         "tokenizer_workers": tokenizer_workers,
         "max_batch_tokens": max_batch_tokens,

@@ -72,6 +72,9 @@ class Settings(BaseModel):
     #: Compute threads for torch / ONNX Runtime; 0 means one per CPU this process may use.
     threads: int = Field(default=0, ge=0)
     #: Threads that tokenize requests concurrently with compute.
+    #: API-server processes in front of the engine process (0: one process does all).
+    #: HTTP parsing, tokenization and JSON then run beside the engine, not under its GIL.
+    api_workers: int = Field(default=0, ge=0)
     #: Threads tokenizing beside compute; None = 1 on CPU, cores - 2 with a GPU.
     tokenizer_workers: int | None = Field(default=None, ge=1)
 

@@ -218,6 +218,10 @@ class Engine:
             raise ModelNotFoundError(f"generation model {model!r} is not served")
         return scheduler.submit(request)
 
+    async def open_stream(self, model: str, request: GenerationRequest) -> GenerationStream:
+        """``generate`` as ``EngineCalls`` has it: awaitable, as it is over a socket."""
+        return self.generate(model, request)
+
     async def run_on_device(self, device: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` on ``device``'s compute thread, in its turn among the models there
         (warm-up now, generation steps later). Works while the engine is started,

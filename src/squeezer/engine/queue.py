@@ -39,6 +39,9 @@ class _DidNotFit:
 
     error: DeviceOutOfMemoryError
 
+    def exception(self) -> DeviceOutOfMemoryError:
+        return self.error
+
 
 _ids = itertools.count()
 
@@ -264,7 +267,7 @@ class ModelQueue:
         compute_s = time.perf_counter() - started
         for entry, result in zip(batch, results, strict=True):
             if isinstance(result, _DidNotFit):
-                self._fail_batch([entry], lambda error=result.error: error)
+                self._fail_batch([entry], result.exception)
         finished: list[Pending] = []
         with self._lock:
             for entry, result in zip(batch, results, strict=True):

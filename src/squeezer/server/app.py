@@ -26,9 +26,11 @@ from squeezer.server.runtime import Phase, Runtime
 log = logging.getLogger("squeezer")
 
 
-def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, runtime: Runtime | None = None, metrics: Metrics | None = None
+) -> FastAPI:
     """Build the app; models load in its lifespan (``/ready`` answers once they have)."""
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     runtime = runtime or Runtime(settings, observer=metrics)
 
     @asynccontextmanager

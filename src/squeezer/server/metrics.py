@@ -7,11 +7,13 @@ prometheus-client's metric objects are thread-safe, so the compute thread may ca
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from squeezer.backends.device import DeviceMemory
+from squeezer.errors import SqueezerError
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -150,7 +152,11 @@ class Metrics:
 
     # HTTP -----------------------------------------------------------------------
 
-    def on_request(self, route: str, status: int, seconds: float) -> None:
+    def request_started(self) -> None:
+        self.in_flight.inc()
+
+    def request_finished(self, route: str, status: int, seconds: float) -> None:
+        self.in_flight.dec()
         self.requests.labels(route, str(status)).inc()
         self.request_latency.labels(route).observe(seconds)
 
@@ -176,3 +182,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RemoteMetrics(Metrics):
+    """An API process's metrics (``--api-workers``): its HTTP observations go to the
+    engine process, whose one registry ``/metrics`` renders for every process."""
+
+    def __init__(self, send: Callable[..., None]) -> None:
+        super().__init__()
+        self._send = send
+
+    def request_started(self) -> None:
+        self._note("http_start")
+
+    def request_finished(self, route: str, status: int, seconds: float) -> None:
+        self._note("http_end", route, status, seconds)
+
+    def _note(self, *args: object) -> None:
+        with contextlib.suppress(SqueezerError):  # the engine is gone: nobody to count for
+            self._send(*args)

@@ -79,8 +79,9 @@ class HttpGuard:
                 refusal = self._too_large(length)
         if refusal is not None:
             response = error_response(refusal, path)
+            self.metrics.request_started()
             await response(scope, receive, send)
-            self.metrics.on_request("refused", response.status_code, 0.0)
+            self.metrics.request_finished("refused", response.status_code, 0.0)
             return
 
         status = 500
@@ -104,17 +105,16 @@ class HttpGuard:
         counted = path not in _ALWAYS_OPEN
         if counted:
             self.in_flight.enter()
-        self.metrics.in_flight.inc()
+        self.metrics.request_started()
         t0 = time.perf_counter()
         try:
             await self.app(scope, limited_receive, tracking_send)
         finally:
             if counted:
                 self.in_flight.leave()
-            self.metrics.in_flight.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.on_request(template, status, time.perf_counter() - t0)
+            self.metrics.request_finished(template, status, time.perf_counter() - t0)
 
     def _too_large(self, size: int) -> PayloadTooLargeError:
         return PayloadTooLargeError(

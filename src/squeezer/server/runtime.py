@@ -36,6 +36,7 @@ from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.config import ModelSettings, Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
 from squeezer.engine.generation import GenerationRequest
+from squeezer.engine.remote import EngineCalls, RemoteEngine
 from squeezer.errors import ModelLoadError, TooManyInputsError, UnavailableError
 from squeezer.models import ModelFolder, locate, read_folder
 from squeezer.models.gguf import gguf_precision, source_gguf
@@ -114,6 +115,27 @@ def _model_info(
     )
 
 
+def describe(info: ModelInfo, settings: Settings) -> ServedModel:
+    """What serves a loaded model's requests besides its weights: folder, tokenizer and
+    task objects, rebuilt from its ``ModelInfo``. API processes (``--api-workers``)
+    build these from the infos the engine process sends, without loading weights."""
+    tasks = info.tasks
+    if Task.GENERATE in tasks:
+        folder = read_folder(Path(info.path))
+        limits = GenerationLimits(
+            max_input_tokens=info.max_input_length,
+            max_total_tokens=info.max_total_tokens or settings.max_total_tokens,
+            max_stop_sequences=settings.max_stop_sequences,
+        )
+        tokenizer = TextTokenizer(folder.tokenizer_file, limits.max_input_tokens)
+        return ServedModel(info, folder, tokenizer, {}, GenerateTask(folder, limits))
+    folder = read_folder(
+        Path(info.path), pooling=info.pooling, max_input_length=info.max_input_length
+    )
+    tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
+    return ServedModel(info, folder, tokenizer, build_tasks(info.name, tasks, folder, tokenizer))
+
+
 #: Requests smaller than this (characters) are tokenized inline: a thread hop costs
 #: more than tokenizing one sentence (~20 us in Rust).
 _INLINE_TOKENIZE_CHARS = 2048
@@ -151,7 +173,16 @@ class Phase(str, Enum):
 class Runtime:
     """Loads the configured models, runs their requests through one engine."""
 
-    def __init__(self, settings: Settings, *, observer: EngineObserver | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        observer: EngineObserver | None = None,
+        remote: str | None = None,
+    ) -> None:
+        """``remote``: the engine process's socket. This runtime is then an API
+        process's (``--api-workers``): it loads no weights, tokenizes and answers HTTP
+        here, and sends the engine's calls there."""
         self.settings = settings
         self.registry = ModelRegistry(settings.default_models)
         self.engine = Engine(
@@ -163,6 +194,9 @@ class Runtime:
             ),
             observer=observer,
         )
+        self.remote = RemoteEngine(remote) if remote is not None else None
+        #: Where requests are computed: this process's engine, or the engine process.
+        self.calls: EngineCalls = self.remote or self.engine
         #: Threads tokenizing beside compute (``--tokenizer-workers``, else by device).
         self.tokenizer_workers = settings.tokenizer_workers or default_tokenizer_workers(settings)
         self._tokenize_pool = ThreadPoolExecutor(
@@ -177,8 +211,12 @@ class Runtime:
 
     async def start(self) -> None:
         t0 = time.perf_counter()
+        if self.remote is not None:
+            await self._start_remote(t0)
+            return
         for spec in self.settings.models:
-            served, backend = await asyncio.to_thread(self._load, spec)
+            info, backend = await asyncio.to_thread(self._load, spec)
+            served = describe(info, self.settings)
             self.registry.add(served)
             if isinstance(backend, _Generator):  # a causal LM: the generation scheduler
                 generator = backend.backend
@@ -214,6 +252,17 @@ class Runtime:
         self.cold_start_s = time.perf_counter() - t0
         self.phase = Phase.READY
 
+    async def _start_remote(self, t0: float) -> None:
+        """Connect to the engine process (already loaded and warm) and serve its models."""
+        assert self.remote is not None
+        await self.remote.connect(attempts=100)
+        infos: list[ModelInfo] = await self.remote.call("models")
+        for info in infos:
+            self.registry.add(describe(info, self.settings))
+        self.registry.check_defaults()
+        self.cold_start_s = time.perf_counter() - t0
+        self.phase = Phase.READY
+
     @staticmethod
     def _log_loaded(served: ServedModel) -> None:
         log.info(
@@ -232,7 +281,7 @@ class Runtime:
             return self.settings.batch_overhead_tokens
         return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
 
-    def _load(self, spec: ModelSettings) -> tuple[ServedModel, Backend | _Generator]:
+    def _load(self, spec: ModelSettings) -> tuple[ModelInfo, Backend | _Generator]:
         s = self.settings
         path = locate(spec.path)
         manifest = read_manifest(path)
@@ -256,8 +305,6 @@ class Runtime:
             return self._load_generator(spec, folder, tasks, device, dtype)
         # An artifact names its runtime; only a per-model setting overrides it.
         backend_name = spec.backend or (manifest.runtime if manifest else s.backend)
-        tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
-        handlers = build_tasks(spec.name, tasks, folder, tokenizer)
         options = manifest.runtime_options if manifest and manifest.runtime == backend_name else {}
         backend = load_backend(backend_name, path, device=device, dtype=dtype, options=options)
         precision = None
@@ -277,7 +324,7 @@ class Runtime:
             labels=tuple(label_names(folder.config)) if folder.config.get("id2label") else (),
             precision=precision,
         )
-        return ServedModel(info, folder, tokenizer, handlers), backend
+        return info, backend
 
     @staticmethod
     def _check_precision(
@@ -330,7 +377,7 @@ class Runtime:
         tasks: tuple[Task, ...],
         device: str,
         dtype: str,
-    ) -> tuple[ServedModel, _Generator]:
+    ) -> tuple[ModelInfo, _Generator]:
         s = self.settings
         if tasks != (Task.GENERATE,):
             raise ModelLoadError(
@@ -376,7 +423,6 @@ class Runtime:
             max_total_tokens=backend.max_len,
             max_stop_sequences=s.max_stop_sequences,
         )
-        generator = GenerateTask(folder, limits)
         info = _model_info(
             spec.name,
             folder,
@@ -387,8 +433,7 @@ class Runtime:
             limits.max_input_tokens,
             max_total_tokens=limits.max_total_tokens,
         )
-        tokenizer = TextTokenizer(folder.tokenizer_file, limits.max_input_tokens)
-        return ServedModel(info, folder, tokenizer, {}, generator), _Generator(backend)
+        return info, _Generator(backend)
 
     async def _warm_up(self) -> None:
         """One short and one full-length batch per model, so first requests are not slow.
@@ -415,7 +460,10 @@ class Runtime:
 
     async def stop(self) -> None:
         self.phase = Phase.STOPPED if self.phase is Phase.STARTING else Phase.DRAINING
-        await self.engine.stop(self.settings.shutdown_timeout)
+        if self.remote is not None:
+            await self.remote.close()
+        else:
+            await self.engine.stop(self.settings.shutdown_timeout)
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.phase = Phase.STOPPED
 
@@ -456,7 +504,7 @@ class Runtime:
             items = await loop.run_in_executor(self._tokenize_pool, handler.prepare, request)
         else:
             items = handler.prepare(request)
-        results = await self.engine.submit(
+        results = await self.calls.submit(
             EngineRequest(model=model.name, items=list(items), deadline=self._deadline())
         )
         if big:
@@ -530,7 +578,7 @@ class Runtime:
         task = model.generator
         assert task is not None, "generate models have a generator"
         plan = task.plan(request, params)
-        stream = self.engine.generate(
+        stream = await self.calls.open_stream(
             model.name,
             GenerationRequest(
                 plan.prompt,

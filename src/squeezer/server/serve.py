@@ -24,7 +24,7 @@ from squeezer.server.app import create_app
 log = logging.getLogger("squeezer")
 
 
-class _DrainingServer(uvicorn.Server):
+class DrainingServer(uvicorn.Server):
     def __init__(
         self,
         config: uvicorn.Config,
@@ -76,6 +76,11 @@ class _DrainingServer(uvicorn.Server):
 
 def run_server(settings: Settings) -> None:
     """Build the app from ``settings`` and serve it until a signal drains it."""
+    if settings.api_workers:
+        from squeezer.server.workers import run_with_api_workers
+
+        run_with_api_workers(settings)
+        return
     t0 = time.perf_counter()
     app = create_app(settings)
     config = uvicorn.Config(
@@ -96,7 +101,7 @@ def run_server(settings: Settings) -> None:
             flush=True,
         )
 
-    server = _DrainingServer(
+    server = DrainingServer(
         config, app, settings.shutdown_timeout, announce, drain_delay=settings.drain_delay
     )
     server.run()

@@ -13,8 +13,9 @@ from squeezer import __version__
 from squeezer.backends.device import gpu_memory
 from squeezer.errors import UnavailableError
 from squeezer.server.jsonio import json_response
+from squeezer.server.metrics import Metrics
 from squeezer.server.routes import runtime_of
-from squeezer.server.runtime import Phase
+from squeezer.server.runtime import Phase, Runtime
 from squeezer.server.schemas import tei
 from squeezer.types import ModelInfo, Task
 
@@ -39,15 +40,24 @@ async def ready(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    metrics = request.app.state.metrics
     runtime = runtime_of(request)
+    if runtime.remote is not None:  # an API process: the engine process holds them all
+        body: bytes = await runtime.remote.call("metrics")
+    else:
+        body = render_metrics(runtime, request.app.state.metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def render_metrics(runtime: Runtime, metrics: Metrics) -> bytes:
+    """Gauges read at scrape time (generation load, prefix cache, GPU memory), then
+    the whole registry."""
     for name in runtime.registry.serving(Task.GENERATE):
         generator = runtime.engine.generator(name)
         metrics.set_generation_load(name, *generator.load)
         metrics.set_prefix_cache(name, *generator.prefix_cache)
     devices = {m.device for m in runtime.model_infos()}
     metrics.set_gpu_memory(gpu_memory(devices, runtime.settings.gpu_memory_fraction))
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return metrics.render()
 
 
 def _model_type(info: ModelInfo) -> dict[str, Any]:

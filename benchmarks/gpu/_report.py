@@ -59,22 +59,35 @@ def _find(levels: dict[str, Any], **want: Any) -> dict[str, Any] | None:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets against what this run measured (None: not measured)."""
-    served = results.get("http", {}).get("squeezer", {})
-    c256 = _find(served, batch=1, lengths="corpus", concurrency=256)
-    batched = next((r for r in served.values() if r.get("batch", 1) > 1), None)
-    short = next((r for r in served.values() if r.get("lengths") != "corpus"), None)
-    cosine = (results.get("squeezer_http_accuracy") or {}).get("min_cosine")
+    """The issue's targets against what this run measured (None: not measured), each
+    read on the best squeezer configuration (one process or ``--api-workers``)."""
+    configs = {
+        name: levels
+        for name, levels in results.get("http", {}).items()
+        if name == "squeezer" or name.startswith("squeezer ")
+    }
     checks = [
-        ("1 sentence/request, c=256: sentences/s", c256, "sentences_per_s", TARGET_C256, ">="),
-        ("32 sentences/request: sentences/s", batched, "sentences_per_s", TARGET_BATCHED, ">="),
-        ("short request, c=1: p50 ms", short, "p50_ms", TARGET_P50_MS, "<="),
+        ("1 sentence/request, c=256: sentences/s", "c256", "sentences_per_s", TARGET_C256, ">="),
+        ("32 sentences/request: sentences/s", "batched", "sentences_per_s", TARGET_BATCHED, ">="),
+        ("short request, c=1: p50 ms", "short", "p50_ms", TARGET_P50_MS, "<="),
     ]
     out = []
-    for what, rec, key, goal, op in checks:
-        value = rec.get(key) if rec else None
+    for what, level, key, goal, op in checks:
+        found = []
+        for name, served in configs.items():
+            rec = {
+                "c256": _find(served, batch=1, lengths="corpus", concurrency=256),
+                "batched": next((r for r in served.values() if r.get("batch", 1) > 1), None),
+                "short": next((r for r in served.values() if r.get("lengths") != "corpus"), None),
+            }[level]
+            if rec and rec.get(key) is not None:
+                found.append((rec[key], name))
+        best = (max if op == ">=" else min)(found) if found else (None, None)
+        value, by = best
         met = value is not None and (value >= goal if op == ">=" else value <= goal)
-        out.append({"target": what, "value": value, "goal": f"{op} {goal:g}", "met": met})
+        row = {"target": what, "value": value, "goal": f"{op} {goal:g}", "met": met}
+        out.append({**row, "by": by})
+    cosine = (results.get("squeezer_http_accuracy") or {}).get("min_cosine")
     served_dtype = (results.get("squeezer_info") or {}).get("model_dtype", "served dtype")
     met = cosine is not None and cosine >= TARGET_COSINE
     out.append(

@@ -171,23 +171,37 @@ def http_ceiling(run: Run) -> None:
 
 
 def squeezer_http(run: Run) -> None:
-    """``squeezer serve`` on the device: its /info, its /embed accuracy, every level."""
+    """``squeezer serve`` on the device, one process: its /info, its /embed accuracy,
+    every level."""
+    _squeezer(run, SQUEEZER, [])
+
+
+def squeezer_api_workers(run: Run) -> None:
+    """The same with ``--api-workers N``: HTTP, tokenization and JSON in N processes in
+    front of the engine process (what lifts the one-process HTTP ceiling)."""
+    n = run.args.api_workers
+    _squeezer(run, f"{SQUEEZER} --api-workers {n}", ["--api-workers", str(n)])
+
+
+def _squeezer(run: Run, label: str, flags: list[str]) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     most = max(lv.concurrency for lv in run.levels)
     cmd = [sys.executable, "-m", "squeezer", "serve", "--device", run.args.device]
     cmd += ["--dtype", run.args.dtype, "--model", f"minilm={run.args.model}"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--max-concurrent-requests", str(max(4 * most, 4096)), *run.args.serve_args.split()]
-    with run.serve("squeezer serve", cmd, base + "/ready"):
-        with urllib.request.urlopen(base + "/info", timeout=10) as r:
-            info = json.loads(r.read())
-        run.results["squeezer_info"] = info
-        run.results["machine"]["served_dtype"] = info.get("model_dtype")
-        reference = run.work / "reference.npz"
-        if reference.is_file():
-            run.results["squeezer_http_accuracy"] = embed_accuracy(base + "/embed", reference)
-        run.load(SQUEEZER, base + "/embed")
+    cmd += ["--max-concurrent-requests", str(max(4 * most, 4096)), *flags]
+    cmd += run.args.serve_args.split()
+    with run.serve(label, cmd, base + "/ready"):
+        if not flags:  # what the server says of itself, and its answers' accuracy: once
+            with urllib.request.urlopen(base + "/info", timeout=10) as r:
+                info = json.loads(r.read())
+            run.results["squeezer_info"] = info
+            run.results["machine"]["served_dtype"] = info.get("model_dtype")
+            reference = run.work / "reference.npz"
+            if reference.is_file():
+                run.results["squeezer_http_accuracy"] = embed_accuracy(base + "/embed", reference)
+        run.load(label, base + "/embed")
 
 
 def handwritten_http(run: Run) -> None:
@@ -208,6 +222,7 @@ SECTIONS: dict[str, Callable[[Run], None]] = {
     "accuracy": accuracy,
     "http-ceiling": http_ceiling,
     "squeezer": squeezer_http,
+    "squeezer-workers": squeezer_api_workers,
     "handwritten": handwritten_http,
 }
 
@@ -279,6 +294,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--noop-workers", type=int, default=1, help="HTTP processes of the ceiling's server"
     )
+    p.add_argument("--api-workers", type=int, help="squeezer-workers section: N (4; 2 quick)")
     p.add_argument("--budget", type=float, default=540.0, help="skip sections after this many s")
     a = p.parse_args(argv)
     gpu = a.device.startswith("cuda")
@@ -294,12 +310,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "forward_sentences": 8192,
         "st_runs": "float16:256,float32:32" if gpu else "float32:256,float32:32",
         "texts": 256,
+        "api_workers": 4,
     }
     quick = {
         **full,
         **{"concurrency": "8,32", "batch_concurrency": 4, "duration": 3.0, "warmup": 1.0},
         **{"wrk_threads": 1, "workers": 2, "seconds": 2.0, "batches": "16,64"},
         **{"forward_sentences": 256, "st_runs": "float32:32", "st_sentences": 128, "texts": 32},
+        **{"api_workers": 2},
     }
     for key, value in (quick if a.quick else full).items():
         if getattr(a, key, None) is None:

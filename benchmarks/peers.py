@@ -79,6 +79,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float, where: str) -> None:
+    """Until ``url`` answers 200; a server that exits or stays unready raises, naming
+    ``where`` its output is (a log path, or the log's tail)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before ready {where}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+            if r.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {timeout_s:.0f} s {where}")
+        time.sleep(0.3)
+
+
 @contextlib.contextmanager
 def started(
     recipe: Recipe,
@@ -113,19 +128,7 @@ def started(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"exited with {proc.returncode} before ready (log {log})")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(base + recipe.ready_path, timeout=2) as r,
-            ):
-                if r.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {timeout_s:.0f} s (log {log})")
-            time.sleep(0.3)
+        wait_ready(proc, base + recipe.ready_path, timeout_s, f"(log {log})")
         yield base
     finally:
         if proc.poll() is None:

@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from squeezer.bench.noop import Receive, Scope, Send, read_body
+
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -42,12 +41,7 @@ def make_app(dim: int) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         n = 0
         if scope["method"] == "POST":
             inputs = orjson.loads(body).get("inputs") if body else None

@@ -15,11 +15,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+
+from peers import wait_ready
 
 #: Every child still running, stopped at exit whatever happens.
 _LIVE: set[subprocess.Popen[bytes]] = set()
@@ -98,19 +98,7 @@ def server(
     """Start a server, wait until ``ready_url`` answers 200, stop it on the way out."""
     proc = spawn(cmd, log, env)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"exited with {proc.returncode} before ready:\n{tail(log)}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(ready_url, timeout=2) as r,
-            ):
-                if r.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {timeout_s:.0f} s:\n{tail(log)}")
-            time.sleep(0.3)
+        wait_ready(proc, ready_url, timeout_s, f"(log {log}):\n{tail(log)}")
         yield proc
     finally:
         stop(proc)

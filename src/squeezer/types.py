@@ -8,6 +8,7 @@ a task and a task never imports the engine.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -121,16 +122,7 @@ class PrecisionReport:
     reference: str = "float32"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "dtype": self.dtype,
-            "reference": self.reference,
-            "task": self.task,
-            "texts": self.texts,
-            "min_cosine": self.min_cosine,
-            "mean_cosine": self.mean_cosine,
-            "agreement": self.agreement,
-            "max_prob_diff": self.max_prob_diff,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,15 +25,20 @@ _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream")]
 
 
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] != "http":
-        return
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body, however many messages it came in."""
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    body = await read_body(receive)
     path = scope["path"]
     if not path.endswith(("/chat/completions", "/completions", "/generate_stream")):
         await send({"type": "http.response.start", "status": 200, "headers": _JSON})

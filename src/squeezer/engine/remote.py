@@ -22,12 +22,12 @@ import itertools
 import logging
 import pickle
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from squeezer.engine.engine import Engine
-from squeezer.engine.generation import Finished, GenerationRequest, GenerationStream
+from squeezer.engine.generation import Event, GenerationRequest, GenerationStream
 from squeezer.errors import SqueezerError, UnavailableError
 from squeezer.types import EngineRequest
 
@@ -190,32 +190,22 @@ def _forget(running: dict[int, Any], ident: int, _: object) -> None:
     running.pop(ident, None)
 
 
-class RemoteStream:
-    """A generation running in the engine process, read as a ``TokenStream``."""
+class RemoteStream(GenerationStream):
+    """A generation running in the engine process, read as the engine's own stream:
+    the socket's reader pushes its events (tokens, then ``Finished`` or an error)."""
 
     def __init__(self, ident: int, client: RemoteEngine) -> None:
+        # Not the scheduler's stream: nothing here is pushed from a compute thread.
         self.id = ident
         self._client = client
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.finished: Finished | None = None
+        self._queue = asyncio.Queue()
+        self.finished = None
 
     def cancel(self) -> None:
         self._client._cancel(self.id)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        try:
-            while True:
-                kind, payload = await self.queue.get()
-                if kind == ERROR:
-                    raise payload
-                if kind == END:
-                    self.finished = payload
-                    return
-                yield payload
-        finally:
-            if self.finished is None:  # the consumer stopped early (disconnect, stop text)
-                self.cancel()
-            self._client._streams.pop(self.id, None)
+    def push(self, event: Event) -> None:
+        self._queue.put_nowait(event)
 
 
 class RemoteEngine:
@@ -306,8 +296,13 @@ class RemoteEngine:
             while True:
                 kind, ident, payload = await _read(reader)
                 if kind in (EVENT, END) or (kind == ERROR and ident not in self._calls):
-                    if (stream := self._streams.get(ident)) is not None:
-                        stream.queue.put_nowait((kind, payload))
+                    stream = (
+                        self._streams.get(ident)
+                        if kind == EVENT
+                        else self._streams.pop(ident, None)
+                    )
+                    if stream is not None:
+                        stream.push(payload)
                     continue
                 # Taken out at once: a stream's ERROR may follow its acceptance in
                 # the same read, and must go to the stream, not to the answered call.
@@ -327,4 +322,5 @@ class RemoteEngine:
                 if not future.done():
                     future.set_exception(gone)
             for stream in self._streams.values():
-                stream.queue.put_nowait((ERROR, gone))
+                stream.push(gone)
+            self._streams.clear()

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from squeezer.server.schemas.common import Precision
+from squeezer.types import PrecisionReport
 
 
 class EmbeddingsRequest(BaseModel):
@@ -48,7 +48,7 @@ class ModelCard(BaseModel):
     device: str
     dtype: str
     content_hash: str
-    precision: Precision | None = None
+    precision: PrecisionReport | None = None
 
 
 class ModelList(BaseModel):

@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from squeezer.server.schemas.common import Precision
-from squeezer.types import TruncationDirection
+from squeezer.types import PrecisionReport, TruncationDirection
 
 #: A string, token ids, or a list of either (TEI's ``Input``).
 TeiInput = str | list[str] | list[int] | list[list[int]]
@@ -128,7 +127,7 @@ class ServedModelInfo(BaseModel):
     content_hash: str
     path: str
     max_input_length: int
-    precision: Precision | None = None
+    precision: PrecisionReport | None = None
 
 
 class Info(BaseModel):

@@ -207,7 +207,7 @@ def serve(
     log_level: Annotated[str | None, _opt("Log level. [default: info]", "LOG_LEVEL")] = None,
 ) -> None:
     """Serve models over HTTP (TEI, OpenAI and HF Inference API dialects)."""
-    from squeezer.backends.device import configure_threads, resolve_device
+    from squeezer.backends.device import configure_threads
     from squeezer.config import load_settings
     from squeezer.errors import SqueezerError
     from squeezer.server.serve import run_server
@@ -252,11 +252,8 @@ def serve(
         settings = load_settings(config, overrides, model)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    try:  # a device that is not there is the user's to fix, not a traceback
-        for device in {settings.device, *(m.device for m in settings.models if m.device)}:
-            resolve_device(device)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--device") from e
+    for device in {settings.device, *(m.device for m in settings.models if m.device)}:
+        _device(device)  # a device that is not there: a usage error, before any load
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -277,6 +274,16 @@ def _task(value: str) -> Any:
         raise typer.BadParameter(
             f"--task {value!r}: expected one of {', '.join(t.value for t in Task)}"
         ) from None
+
+
+def _device(value: str) -> str:
+    """A resolved device; one that is not there is a usage error, not a traceback."""
+    from squeezer.backends.device import resolve_device
+
+    try:
+        return resolve_device(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from e
 
 
 def _objective(value: str) -> Any:
@@ -498,6 +505,10 @@ def optimize(
     keep_candidates: Annotated[
         bool, typer.Option(help="Keep every candidate's files under OUT/.candidates.")
     ] = False,
+    device: Annotated[
+        str,
+        typer.Option(help="Where to search: auto, cpu, cuda or cuda:N (a GPU adds fp16/bf16)."),
+    ] = "auto",
 ) -> None:
     """Find the fastest runtime and precision within an accuracy budget; write an artifact.
 
@@ -527,6 +538,7 @@ def optimize(
         only=tuple(only or ()),
         speed_budget_s=speed_budget,
         keep_candidates=keep_candidates,
+        device=_device(device),
     )
     try:
         with SearchProgress(console) as progress:

@@ -152,7 +152,9 @@ def test_serve_optimize_searches_once_then_uses_the_cache(
 
     monkeypatch.setattr(Search, "run", counted)
     monkeypatch.setattr(
-        search_module, "all_candidates", lambda only=(): ([search_module.REFERENCE_CANDIDATE], {})
+        search_module,
+        "all_candidates",
+        lambda only=(), device="cpu": ([search_module.REFERENCE_CANDIDATE], {}),
     )
     settings = Settings(
         models=[ModelSettings(name="m", path=str(tiny_bert))],
@@ -211,3 +213,38 @@ def test_classifier_gate_is_top1_agreement_and_embed_only_runtimes_are_skipped(
         assert by_name[name].status is Status.SKIPPED
         assert "does not serve classify" in by_name[name].reason
     assert result.manifest.task == "classify"
+
+
+def test_a_half_precision_artifact_is_served_at_its_dtype(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a GPU search adds (torch in fp16/bf16), run here in bf16 on CPU: measured
+    under the gate, recorded with its dtype, and served at it with its precision shown."""
+    picked = search_module.choose
+
+    def choose_half(results, *args, **kwargs):  # type: ignore[no-untyped-def]
+        choice = picked(results, *args, **kwargs)  # verdicts as usual, then the bf16 one
+        half = next(r for r in results if r.name == "torch-bfloat16")
+        return type(choice)(half, True, choice.verdicts)
+
+    monkeypatch.setattr(search_module, "choose", choose_half)
+    out = tmp_path / "bf16"
+    settings = OptimizeSettings(
+        model=str(tiny_bert), out=out, per_split=16, only=("torch-bfloat16",), speed_budget_s=0.1
+    )
+    result = Search(settings).run()
+    by_name = {r.name: r for r in result.results}
+    assert set(by_name) == {REFERENCE, "torch-bfloat16", "torch-bfloat16-compile"}
+    half = by_name["torch-bfloat16"]
+    assert half.status is Status.MEASURED and half.selection is not None
+    assert 0.95 < half.selection.min_cosine < 1.0  # lossy, and measured so
+    assert result.manifest.runtime_options == {"dtype": "bfloat16"}
+    assert result.manifest.hardware.gpu is None  # a CPU search
+
+    half_model = [ModelSettings(name="half", path=str(out))]
+    with TestClient(create_app(Settings(models=half_model, warmup=False))) as c:
+        info = c.get("/info").json()["models"][0]
+        assert c.post("/embed", json={"inputs": "x"}).status_code == 200
+    assert (info["backend"], info["dtype"]) == ("torch", "bfloat16")
+    assert info["precision"]["dtype"] == "bfloat16"
+    assert info["precision"]["min_cosine"] < 1.0

@@ -101,6 +101,8 @@ def test_a_cuda_device_without_cuda_is_a_clear_start_up_error(device: str, tmp_p
     assert r.exit_code == 2  # a usage error: nothing was loaded, no traceback
     assert "Invalid value for --device" in r.output and "sees no CUDA device" in r.output
     assert "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["optimize", "x", "--device", device])  # the search too
+    assert r.exit_code == 2 and "sees no CUDA device" in r.output
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "cuda0:1", "mps"])

@@ -139,3 +139,41 @@ def test_hardware_differences_name_what_changed() -> None:
     assert a.differences(a) == []
     assert a.differences(b) == ["CPU flags missing here: avx512_vnni", "cores 2 -> 4"]
     assert a.fingerprint != b.fingerprint
+
+
+def test_a_gpu_search_adds_half_precision_torch_and_drops_cpu_runtimes() -> None:
+    from squeezer.optimize.search import all_candidates
+
+    names = lambda cs: {c.name for c in cs}  # noqa: E731
+    found, missing = all_candidates(device="cuda:0")
+    assert names(found) == {
+        "torch-float32",
+        "torch-float32-compile",
+        "torch-float16",
+        "torch-float16-compile",
+        "torch-bfloat16",
+        "torch-bfloat16-compile",
+    }
+    assert {r: "runs on CPU only" in why for r, why in missing.items()} == {
+        "onnxruntime": True,
+        "openvino": True,
+        "ctranslate2": True,
+    }
+    on_cpu, _ = all_candidates()
+    assert not any("16" in c.name for c in on_cpu)  # no native half kernels on AVX2
+    named, _ = all_candidates(only=("torch-bfloat16",))
+    assert {"torch-bfloat16", "torch-bfloat16-compile"} <= names(named)
+    half = next(c for c in found if c.name == "torch-float16")
+    assert half.options == {"dtype": "float16"}  # the manifest records the precision
+
+
+def test_an_artifact_from_another_gpu_differs() -> None:
+    from squeezer.models.manifest import current_hardware
+
+    cpu = current_hardware(2)
+    h100 = current_hardware(2, gpu="NVIDIA H100 80GB HBM3")
+    assert cpu.gpu is None and h100.fingerprint != cpu.fingerprint
+    assert h100.differences(current_hardware(2, gpu="NVIDIA H200")) == [
+        "GPU NVIDIA H100 80GB HBM3 -> NVIDIA H200"
+    ]
+    assert cpu.differences(h100) == ["GPU none -> NVIDIA H100 80GB HBM3"]

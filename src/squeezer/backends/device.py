@@ -94,6 +94,12 @@ def cuda_index(device: str) -> int | None:
     return int(device.partition(":")[2] or 0)
 
 
+def gpu_name(device: str) -> str | None:
+    """The CUDA device's name (what an optimizer artifact was tuned on); None off CUDA."""
+    index = cuda_index(device)
+    return None if index is None else str(torch.cuda.get_device_name(index))
+
+
 def cap_gpu_memory(device: str, fraction: float) -> None:
     """Let this process allocate at most ``fraction`` of a CUDA device's memory.
 

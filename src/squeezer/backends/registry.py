@@ -61,14 +61,17 @@ def load_backend(
     """Load ``path`` with the named runtime; device and dtype are already resolved.
 
     ``options`` are the runtime's own keyword arguments (an artifact's manifest records
-    them, e.g. ``compile`` for torch)."""
+    them, e.g. ``compile`` for torch); a ``dtype`` there is the precision the artifact
+    was measured at, and wins over ``dtype``."""
     reason = missing_reason(name)
     if reason is not None:
         raise ModelLoadError(reason)
     module, cls, _, _ = _RUNTIMES[name]
     loader: Callable[..., Backend] = getattr(importlib.import_module(module), cls)
     takes = inspect.signature(loader).parameters
-    unknown = sorted(set(options or {}) - set(takes) - {"path", "device", "dtype"})
+    kwargs = dict(options or {})
+    dtype = str(kwargs.pop("dtype", dtype))
+    unknown = sorted(set(kwargs) - set(takes) - {"path", "device"})
     if unknown:
         raise ModelLoadError(f"backend {name!r} does not take options {unknown}")
-    return loader(path, device=device, dtype=dtype, **(options or {}))
+    return loader(path, device=device, dtype=dtype, **kwargs)

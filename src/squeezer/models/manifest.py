@@ -46,10 +46,14 @@ class Hardware(BaseModel):
     cpu: str
     flags: tuple[str, ...]
     cores: int
+    #: The GPU it was tuned on (torch's device name); None for a CPU search.
+    gpu: str | None = None
 
     @property
     def fingerprint(self) -> str:
         key = f"{self.machine}|{self.cpu}|{','.join(self.flags)}|{self.cores}"
+        if self.gpu:
+            key += f"|{self.gpu}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def differences(self, other: Hardware) -> list[str]:
@@ -65,10 +69,12 @@ class Hardware(BaseModel):
             out.append(f"CPU flags new here: {', '.join(added)}")
         if self.cores != other.cores:
             out.append(f"cores {self.cores} -> {other.cores}")
+        if self.gpu != other.gpu:
+            out.append(f"GPU {self.gpu or 'none'} -> {other.gpu or 'none'}")
         return out
 
 
-def current_hardware(cores: int) -> Hardware:
+def current_hardware(cores: int, gpu: str | None = None) -> Hardware:
     cpu, flags = "", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -85,6 +91,7 @@ def current_hardware(cores: int) -> Hardware:
         cpu=cpu or platform.processor() or "unknown",
         flags=tuple(f for f in _RELEVANT_FLAGS if f in flags),
         cores=cores,
+        gpu=gpu,
     )
 
 

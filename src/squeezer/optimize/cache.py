@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from squeezer.backends.device import compute_threads
+from squeezer.backends.device import compute_threads, gpu_name
 from squeezer.models import read_folder
 from squeezer.models.manifest import MANIFEST_FILE, current_hardware
 from squeezer.optimize import report
@@ -27,16 +27,18 @@ def default_cache() -> Path:
     return Path(root) / "squeezer" / "optimized"
 
 
-def cache_key(path: Path, max_loss: float) -> str:
+def cache_key(path: Path, max_loss: float, device: str = "cpu") -> str:
     folder = read_folder(path)
-    hardware = current_hardware(compute_threads())
+    hardware = current_hardware(compute_threads(), gpu_name(device))
     return f"{folder.content_hash()[:16]}-{hardware.fingerprint}-loss{max_loss:g}"
 
 
-def optimized_artifact(path: Path, max_loss: float, cache: Path | None = None) -> Path:
-    """The artifact for ``path`` on this machine: from the cache, or searched now."""
+def optimized_artifact(
+    path: Path, max_loss: float, cache: Path | None = None, device: str = "cpu"
+) -> Path:
+    """The artifact for ``path`` on this machine and device: cached, or searched now."""
     root = cache or default_cache()
-    target = root / cache_key(path, max_loss)
+    target = root / cache_key(path, max_loss, device)
     if (target / MANIFEST_FILE).is_file():
         log.info("optimized artifact for %s found in the cache: %s", path, target)
         return target
@@ -50,7 +52,9 @@ def optimized_artifact(path: Path, max_loss: float, cache: Path | None = None) -
         log.info("optimize %s: %s", name, step)
 
     result = Search(
-        OptimizeSettings(model=str(path), out=scratch, max_loss=max_loss, speed_budget_s=2.0),
+        OptimizeSettings(
+            model=str(path), out=scratch, max_loss=max_loss, speed_budget_s=2.0, device=device
+        ),
         progress,
     ).run()
     report.write(result)

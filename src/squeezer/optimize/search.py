@@ -22,7 +22,7 @@ from typing import Any
 
 from squeezer import __version__
 from squeezer.backends import Backend, load_backend
-from squeezer.backends.device import compute_threads
+from squeezer.backends.device import compute_threads, gpu_name
 from squeezer.backends.registry import missing_reason
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder, locate, read_folder
@@ -86,12 +86,39 @@ COMPILED_CANDIDATE = Candidate(
 )
 
 
-def all_candidates(only: tuple[str, ...] = ()) -> tuple[list[Candidate], dict[str, str]]:
-    """Every candidate whose runtime is installed (and whose name starts with one of
-    ``only``, when given), and why the other runtimes are not available."""
+def _half(precision: str, compile: bool = False) -> Candidate:
+    """torch in fp16 or bf16: same weights, cast at load (the manifest records the
+    dtype); with ``compile``, inductor over the encoder too (embeddings only)."""
+    if not compile:
+        return Candidate("torch", precision, build=_build_reference, options={"dtype": precision})
+    return Candidate(
+        "torch",
+        precision,
+        "compile",
+        build=_build_reference,
+        tasks=frozenset({Task.EMBED}),
+        options={"dtype": precision, "compile": True},
+    )
+
+
+#: What a GPU search adds: half precision is what tensor cores are for. On CPU (no
+#: native half kernels on AVX2) only when ``--only`` names them.
+HALF_CANDIDATES = [_half(p, c) for p in ("float16", "bfloat16") for c in (False, True)]
+
+
+def all_candidates(
+    only: tuple[str, ...] = (), device: str = "cpu"
+) -> tuple[list[Candidate], dict[str, str]]:
+    """Every candidate whose runtime is installed and runs on ``device`` (and whose
+    name starts with one of ``only``, when given), and why the others are not there."""
     found, missing = [REFERENCE_CANDIDATE, COMPILED_CANDIDATE], {}
+    gpu = device != "cpu"
+    found += [c for c in HALF_CANDIDATES if gpu or any(c.name.startswith(p) for p in only)]
     for runtime, module in _BUILD_MODULES.items():
         if only and not any(p.startswith(runtime) or runtime.startswith(p) for p in only):
+            continue
+        if gpu:  # as installed here, these run on CPU cores only
+            missing[runtime] = f"runs on CPU only; this search is for {device}"
             continue
         reason = missing_reason(runtime)
         if reason is not None:
@@ -118,6 +145,9 @@ class OptimizeSettings:
     #: Seconds of timing per candidate and shape.
     speed_budget_s: float = 4.0
     keep_candidates: bool = False
+    #: Where candidates run (resolved: ``cpu`` or ``cuda:N``); fp32 torch on it is the
+    #: reference.
+    device: str = "cpu"
 
 
 @dataclass(slots=True)
@@ -168,8 +198,10 @@ def _task_for(folder: ModelFolder, asked: Task | None) -> Task:
 
 
 @contextmanager
-def _loaded(runtime: str, path: Path, options: dict[str, Any] | None = None) -> Iterator[Backend]:
-    backend = load_backend(runtime, path, device="cpu", dtype="float32", options=options)
+def _loaded(
+    runtime: str, path: Path, device: str, options: dict[str, Any] | None = None
+) -> Iterator[Backend]:
+    backend = load_backend(runtime, path, device=device, dtype="float32", options=options)
     try:
         yield backend
     finally:
@@ -195,13 +227,13 @@ class Search:
         self.reference: dict[str, FloatArray] = {}
 
     def _reference_outputs(self) -> None:
-        with _loaded("torch", self.folder.path) as backend:
+        with _loaded("torch", self.folder.path, self.s.device) as backend:
             for name, probe in self.probes.items():
                 self.reference[name] = probe.run(backend)
 
     def _calibration_loss(self, c: Candidate) -> Callable[[Path], float]:
         def loss(path: Path) -> float:
-            with _loaded(c.runtime, path, c.options) as backend:
+            with _loaded(c.runtime, path, self.s.device, c.options) as backend:
                 out = self.probes["calibration"].run(backend)
             return compare(self.task, self.reference["calibration"], out).loss
 
@@ -236,7 +268,7 @@ class Search:
             info = c.build(ctx)
             build_s = time.perf_counter() - t0
             result = CandidateResult(c, Status.MEASURED, build=info, build_s=build_s, folder=out)
-            with _loaded(c.runtime, out, c.options) as backend:
+            with _loaded(c.runtime, out, self.s.device, c.options) as backend:
                 self.progress(c.name, "accuracy")
                 for split in ("selection", "report"):
                     acc = compare(self.task, self.reference[split], self.probes[split].run(backend))
@@ -254,7 +286,7 @@ class Search:
             return CandidateResult(c, Status.FAILED, f"{type(e).__name__}: {e}")
 
     def candidates(self) -> tuple[list[Candidate], dict[str, str]]:
-        found, missing = all_candidates(self.s.only)
+        found, missing = all_candidates(self.s.only, self.s.device)
         if self.s.only:
             found = [c for c in found if c.name == REFERENCE or c.name.startswith(self.s.only)]
         return found, missing
@@ -316,7 +348,7 @@ class Search:
             max_loss=self.s.max_loss,
             objective=self.s.objective.value,
             within_budget=choice.within_budget,
-            hardware=current_hardware(compute_threads()),
+            hardware=current_hardware(compute_threads(), gpu_name(self.s.device)),
             build=dict(winner.build.details) if winner.build else {},
         )
         manifest.write(self.s.out)

@@ -26,6 +26,7 @@ from squeezer.backends.base import GenerationBackend
 from squeezer.backends.device import (
     cap_gpu_memory,
     compute_threads,
+    gpu_name,
     physical_cores,
     resolve_device,
     resolve_dtype,
@@ -74,9 +75,9 @@ from squeezer.types import EngineRequest, ModelInfo, PrecisionReport, Task, Trun
 log = logging.getLogger("squeezer")
 
 
-def _check_hardware(name: str, manifest: Manifest) -> None:
+def _check_hardware(name: str, manifest: Manifest, device: str) -> None:
     """An artifact tuned on other hardware still runs, but may not be the best choice."""
-    here = current_hardware(compute_threads())
+    here = current_hardware(compute_threads(), gpu_name(device))
     differences = manifest.hardware.differences(here)
     if differences:
         log.warning(
@@ -284,12 +285,13 @@ class Runtime:
     def _load(self, spec: ModelSettings) -> tuple[ModelInfo, Backend | _Generator]:
         s = self.settings
         path = locate(spec.path)
+        device = resolve_device(spec.device or s.device)
         manifest = read_manifest(path)
         if manifest is None and s.optimize:
-            path = optimized_artifact(path, s.optimize_max_loss, s.optimize_cache)
+            path = optimized_artifact(path, s.optimize_max_loss, s.optimize_cache, device)
             manifest = read_manifest(path)
         if manifest is not None:
-            _check_hardware(spec.name, manifest)
+            _check_hardware(spec.name, manifest, device)
         folder = read_folder(path, pooling=spec.pooling, max_input_length=spec.max_input_length)
         detected = folder.detect_tasks()
         tasks = tuple(Task(t) for t in spec.tasks) if spec.tasks else detected
@@ -298,7 +300,6 @@ class Runtime:
                 f"model {spec.name!r} ({folder.model_type}, {list(folder.architectures)}): "
                 "no task detected; name its tasks in the model's settings"
             )
-        device = resolve_device(spec.device or s.device)
         dtype = resolve_dtype(spec.dtype or s.dtype, device)
         cap_gpu_memory(device, s.gpu_memory_fraction)
         if Task.GENERATE in tasks:
@@ -306,6 +307,7 @@ class Runtime:
         # An artifact names its runtime; only a per-model setting overrides it.
         backend_name = spec.backend or (manifest.runtime if manifest else s.backend)
         options = manifest.runtime_options if manifest and manifest.runtime == backend_name else {}
+        dtype = str(options.get("dtype", dtype))  # an artifact measured at its precision
         backend = load_backend(backend_name, path, device=device, dtype=dtype, options=options)
         precision = None
         if backend_name == "torch" and dtype != "float32" and s.precision_check:

@@ -191,6 +191,17 @@ def serve(
             "MAX_BATCH_PREFILL_TOKENS",
         ),
     ] = None,
+    kv_cache: Annotated[
+        str | None,
+        _opt(
+            "Generation (torch): slots (a full-length buffer per sequence), paged (a "
+            "pool of blocks, FlexAttention) or auto. [default: auto = paged on CUDA]",
+            "KV_CACHE",
+        ),
+    ] = None,
+    kv_block_size: Annotated[
+        int | None, _opt("Generation: positions per paged KV block. [default: 16]", "KV_BLOCK_SIZE")
+    ] = None,
     max_stop_sequences: Annotated[
         int | None,
         _opt("Generation: stop sequences per request. [default: 4]", "MAX_STOP_SEQUENCES"),
@@ -242,6 +253,8 @@ def serve(
         "max_batch_total_tokens": max_batch_total_tokens,
         "max_num_seqs": max_num_seqs,
         "max_batch_prefill_tokens": max_batch_prefill_tokens,
+        "kv_cache": kv_cache,
+        "kv_block_size": kv_block_size,
         "max_stop_sequences": max_stop_sequences,
         "quantize": quantize,
         "log_level": log_level,

@@ -113,6 +113,11 @@ class Settings(BaseModel):
     # Generation (TGI's flag names; vLLM's ``--max-num-seqs`` for the slot count).
     #: Prompt + new tokens of one request; also each KV-cache slot's length.
     max_total_tokens: int = Field(default=2048, gt=1)
+    #: The torch generation backend's KV cache: ``slots`` (a max_total_tokens buffer per
+    #: sequence), ``paged`` (a pool of blocks taken as sequences grow, FlexAttention over
+    #: it), ``auto`` (paged on CUDA, slots on CPU).
+    kv_cache: Literal["auto", "slots", "paged"] = "auto"
+    kv_block_size: int = Field(default=16, gt=0)
     #: Prompt tokens of one request; None = max_total_tokens - 1.
     max_input_tokens: int | None = Field(default=None, gt=0)
     #: Prompt + max_new_tokens summed over the sequences decoding together;

@@ -378,3 +378,20 @@ async def test_a_failed_step_ends_streams_with_an_error_event_and_the_server_ser
     monkeypatch.setattr(TorchGenerationBackend, "step", step)
     r = await client.post("/generate", json=body)
     assert r.status_code == 200  # the failed steps failed only their own requests
+
+
+async def test_the_paged_cache_serves_the_same_tokens_and_reports_its_blocks(
+    make_async_client: Any, tiny_bert: Path, tiny_llama: Path
+) -> None:
+    # On CPU the pool holds what the slots would (8 x 256 positions, 256 blocks of 8).
+    settings = _settings(tiny_bert, tiny_llama, kv_cache="paged", kv_block_size=8)
+    paged: httpx.AsyncClient = await make_async_client(settings)
+    lengths = [40, 7, 25, 60, 13]
+    results = await asyncio.gather(
+        *(_tokens(paged, p, max_new_tokens=n) for p, n in zip(PROMPTS, lengths, strict=True))
+    )
+    for prompt, n, result in zip(PROMPTS, lengths, results, strict=True):
+        assert [t["id"] for t in result["details"]["tokens"]] == _reference(tiny_llama, prompt, n)
+    metrics = (await paged.get("/metrics")).text
+    assert 'squeezer_kv_cache_blocks{model="llama"} 256.0' in metrics  # 8 x 256 / 8
+    assert 'squeezer_kv_cache_blocks_in_use{model="llama"} 0.0' in metrics  # all given back

@@ -119,15 +119,36 @@ class GenerationBackend(Protocol):
         """(prompt tokens admitted, of them found in the cache) since start."""
         ...
 
+    @property
+    def token_budget(self) -> int:
+        """Prompt + new tokens, summed over running sequences, that always fit the
+        cache: the scheduler admits no more."""
+        ...
+
+    @property
+    def kv_blocks(self) -> tuple[int, int] | None:
+        """A paged cache's (blocks, blocks in use); None for other caches."""
+        ...
+
 
 class StepShortcuts:
     """``prefill`` and ``decode`` as a step of one kind, for callers (tests,
     benchmarks) that do not mix them; ``prefix_cache`` from the backend's table."""
 
     table: SequenceTable
+    max_slots: int
+    max_len: int
 
     def step(self, chunks: Sequence[PromptChunk], tokens: Mapping[Any, int]) -> list[TokenOut]:
         raise NotImplementedError
+
+    @property
+    def token_budget(self) -> int:
+        return self.max_slots * self.max_len  # a slot per sequence holds its whole length
+
+    @property
+    def kv_blocks(self) -> tuple[int, int] | None:
+        return None
 
     def prefix_cache(self) -> tuple[int, int]:
         return self.table.prompt_tokens, self.table.cached_tokens

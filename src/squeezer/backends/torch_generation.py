@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from squeezer.backends.base import NewSequence, PromptChunk, SeqId, StepShortcuts, TokenOut
 from squeezer.backends.cpu_linear import use_decode_linears
 from squeezer.backends.device import torch_dtype
-from squeezer.backends.generation_state import SequenceTable
+from squeezer.backends.generation_state import Feed, SequenceTable
+from squeezer.backends.paged_kv import BlockPool, PagedCache, PagedPlan, register_paged_attention
 from squeezer.backends.quantize import QuantizeReport, quantize_fp16, quantize_int8
 from squeezer.errors import InputTooLongError, ModelLoadError
 
@@ -255,6 +256,10 @@ class TorchGenerationBackend(StepShortcuts):
     """A causal LM with ``max_slots`` concurrent sequences of up to ``max_len`` tokens."""
 
     name = "torch"
+    #: The attention function the model is loaded with, and whether active sequences
+    #: are kept in slots 0..n-1 (the slot cache steps over a prefix of its buffers).
+    attention = "squeezer_slots"
+    compact = True
 
     def __init__(
         self,
@@ -274,7 +279,7 @@ class TorchGenerationBackend(StepShortcuts):
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
                 path,
                 dtype=torch_dtype(dtype),
-                attn_implementation="squeezer_slots",
+                attn_implementation=self.attention,
                 local_files_only=True,
             )
         except (OSError, ValueError) as e:
@@ -301,18 +306,13 @@ class TorchGenerationBackend(StepShortcuts):
         )
         self.max_len = min(max_len, positions) if positions else max_len
         self.vocab_size = int(config.vocab_size)
-        self.cache = SlotCache(
-            int(config.num_hidden_layers),
-            max_slots,
-            kv_heads,
-            self.max_len,
-            head_dim,
-            torch_dtype(dtype),
-            device,
-        )
         self.max_slots = max_slots
-        # Compact: active sequences hold slots 0..n-1, so decode steps read views.
-        self.table = SequenceTable(max_slots, self.vocab_size, device, compact=True)
+        self.cache = self._new_cache(int(config.num_hidden_layers), kv_heads, head_dim)
+        self.table = SequenceTable(max_slots, self.vocab_size, device, compact=self.compact)
+
+    def _new_cache(self, layers: int, kv_heads: int, head_dim: int) -> Any:
+        shape = (self.max_slots, kv_heads, self.max_len, head_dim)
+        return SlotCache(layers, *shape, torch_dtype(self.dtype), self.device)
 
     @property
     def active(self) -> int:
@@ -358,26 +358,25 @@ class TorchGenerationBackend(StepShortcuts):
         feeds = self.table.feeds(chunks)
         if not (decoding or feeds):
             return []
-        placed = [(f.slot, f.start, f.chunk.end) for f in feeds]
-        plan = StepPlan.build(
-            rows, start, placed, self.table.active, self.cache.keys[0].dtype, self.device
-        )
         ids = [tokens[s] for s in decoding]
         for feed in feeds:
             ids.extend(feed.tokens)
+        positions, attend = self._plan(rows, start, feeds)
         hidden = self._decoder(
             input_ids=torch.tensor([ids], device=self.device),
-            position_ids=plan.positions.unsqueeze(0),
+            position_ids=positions.unsqueeze(0),
             past_key_values=self.cache,
             use_cache=True,
-            slot_plan=self._begin(plan),
+            **attend,
         ).last_hidden_state[0]
         # Only the tokens that pick a next token go through the vocabulary projection:
         # every decoding token, and the last token of each prompt that ends here.
         picks, sampled = list(range(len(decoding))), list(decoding)
-        for feed, info in zip(feeds, plan.chunks, strict=True):
+        offset = len(decoding)
+        for feed in feeds:
+            offset += feed.chunk.end - feed.start
             if feed.chunk.last:
-                picks.append(info.offset + info.size - 1)
+                picks.append(offset - 1)
                 sampled.append(feed.chunk.seq.id)
         self.table.wrote(feeds, tokens, rows, start)
         self.table.advance(rows)
@@ -386,12 +385,126 @@ class TorchGenerationBackend(StepShortcuts):
         picked = hidden[torch.tensor(picks, dtype=torch.long, device=self.device)]
         return self.table.sample(sampled, self._head(picked))
 
-    def _begin(self, plan: StepPlan) -> StepPlan:
+    def _plan(
+        self, rows: torch.Tensor, start: torch.Tensor, feeds: Sequence[Feed]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The step's token positions, and what its attention function reads: one
+        token per decoding row (at ``start``), then each feed's tokens."""
+        placed = [(f.slot, f.start, f.chunk.end) for f in feeds]
+        dtype = self.cache.keys[0].dtype
+        plan = StepPlan.build(rows, start, placed, self.table.active, dtype, self.device)
         self.cache.begin(plan)
-        return plan
+        return plan.positions, {"slot_plan": plan}
 
     def free(self, seq: SeqId) -> None:
         """Release a sequence's slot; the last active sequence moves into it."""
         move = self.table.release(seq)
         if move is not None:
             self.cache.move(move.source, move.target, move.length)
+
+
+class PagedTorchGenerationBackend(TorchGenerationBackend):
+    """The same model and step over a paged KV cache (``paged_kv.py``): a pool of
+    ``num_blocks`` blocks of ``block_size`` positions, taken as sequences grow.
+
+    ``num_blocks`` None: on CUDA, what fits in ``memory_fraction`` of the card after
+    the weights and the measured activation peak of a ``prefill_tokens`` step; on CPU,
+    as many positions as the slot cache would hold. The scheduler is told
+    ``token_budget``, what always fits, so a request waits in its queue while the pool
+    cannot hold it, and a step never runs out of blocks."""
+
+    name = "torch"
+    attention = "squeezer_paged"
+    compact = False  # blocks, not slot prefixes: nothing has to move
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_slots: int = 32,
+        max_len: int = 2048,
+        quantize: str | None = None,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        memory_fraction: float = 0.9,
+        prefill_tokens: int = 4096,
+    ) -> None:
+        register_paged_attention()
+        self.block_size, self._num_blocks = block_size, num_blocks
+        self._memory_fraction, self._prefill_tokens = memory_fraction, prefill_tokens
+        super().__init__(
+            path, device=device, dtype=dtype, max_slots=max_slots, max_len=max_len,
+            quantize=quantize,
+        )  # fmt: skip
+
+    def _new_cache(self, layers: int, kv_heads: int, head_dim: int) -> Any:
+        blocks = self._num_blocks
+        if blocks is None and torch.device(self.device).type == "cuda":
+            element = torch.empty((), dtype=torch_dtype(self.dtype)).element_size()
+            per_block = 2 * layers * kv_heads * self.block_size * head_dim * element
+            blocks = self._blocks_that_fit(per_block)
+        elif blocks is None:
+            blocks = -(-self.max_slots * self.max_len // self.block_size)
+        self.pool = BlockPool(blocks, self.block_size, self.max_slots, self.device)
+        return PagedCache(
+            layers, self.pool, kv_heads, head_dim, torch_dtype(self.dtype), self.device
+        )
+
+    def _blocks_that_fit(self, per_block: int) -> int:
+        """Blocks of the card's ``memory_fraction`` left after the weights and the
+        activation peak of one ``prefill_tokens`` forward, measured (with SDPA: the
+        pool does not exist yet)."""
+        index = torch.device(self.device).index or 0
+        torch.cuda.reset_peak_memory_stats(index)
+        weights = torch.cuda.memory_allocated(index)
+        self.model.set_attn_implementation("sdpa")
+        try:
+            with torch.inference_mode():
+                ids = torch.zeros((1, self._prefill_tokens), dtype=torch.long, device=self.device)
+                self._head(self._decoder(input_ids=ids, use_cache=False).last_hidden_state[0, -1:])
+        finally:
+            self.model.set_attn_implementation(self.attention)
+        peak = torch.cuda.max_memory_allocated(index) - weights
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(index).total_memory
+        room = total * self._memory_fraction - weights - peak
+        if room < per_block:
+            raise ModelLoadError(
+                f"no room for a KV cache: {total * self._memory_fraction / 2**30:.1f} GiB "
+                f"allowed, {weights / 2**30:.1f} GiB of weights, {peak / 2**30:.1f} GiB of "
+                f"activations for a {self._prefill_tokens}-token step"
+            )
+        return int(room // per_block)
+
+    @property
+    def token_budget(self) -> int:
+        return self.pool.token_budget(self.max_slots)
+
+    @property
+    def kv_blocks(self) -> tuple[int, int]:
+        """(blocks in the pool, blocks held by sequences)."""
+        return self.pool.num_blocks, self.pool.in_use
+
+    def _reuse_prefix(self, seq: NewSequence) -> None:
+        self.table.reuse(seq.id, 0)  # shared prompt blocks: not yet (the stretch goal)
+
+    def _plan(
+        self, rows: torch.Tensor, start: torch.Tensor, feeds: Sequence[Feed]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        slots, positions = rows.tolist(), start.tolist()
+        for feed in feeds:
+            slots += [feed.slot] * (feed.chunk.end - feed.start)
+            positions += range(feed.start, feed.chunk.end)
+        for slot, last in zip(rows.tolist(), start.tolist(), strict=True):
+            self.pool.cover(slot, last + 1)
+        for feed in feeds:
+            self.pool.cover(feed.slot, feed.chunk.end)
+        plan = PagedPlan.build(self.pool, slots, positions)
+        self.cache.begin(plan)
+        return plan.positions, {"paged_plan": plan}
+
+    def free(self, seq: SeqId) -> None:
+        self.pool.free(self.table.slot(seq))
+        self.table.release(seq)

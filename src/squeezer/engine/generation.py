@@ -187,6 +187,11 @@ class GenerationScheduler:
         """(prompt tokens admitted, of them found in the backend's cache) since start."""
         return self.backend.prefix_cache()
 
+    @property
+    def kv_blocks(self) -> tuple[int, int] | None:
+        """A paged cache's (blocks, blocks in use), read at scrape time."""
+        return self.backend.kv_blocks
+
     # -- compute thread side ------------------------------------------------------
 
     def poll(self, now: float) -> Work | None:

@@ -108,6 +108,15 @@ class Metrics:
             registry=r,
         )
         self._prompt_counts: dict[str, tuple[int, int]] = {}
+        self.kv_blocks = Gauge(
+            "squeezer_kv_cache_blocks", "Blocks of a paged KV cache's pool", ["model"], registry=r
+        )
+        self.kv_blocks_used = Gauge(
+            "squeezer_kv_cache_blocks_in_use",
+            "Blocks of a paged KV cache held by running sequences",
+            ["model"],
+            registry=r,
+        )
         self.gpu_allocated = Gauge(
             "squeezer_gpu_memory_allocated_bytes",
             "GPU memory held by live tensors",
@@ -172,6 +181,10 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(max(prompt - seen_prompt, 0))
         self.prompt_tokens_cached.labels(model).inc(max(cached - seen_cached, 0))
         self._prompt_counts[model] = (prompt, cached)
+
+    def set_kv_blocks(self, model: str, total: int, used: int) -> None:
+        self.kv_blocks.labels(model).set(total)
+        self.kv_blocks_used.labels(model).set(used)
 
     def set_gpu_memory(self, memory: Iterable[DeviceMemory]) -> None:
         """Read at scrape time from torch's allocator."""

@@ -33,7 +33,10 @@ from squeezer.backends.device import (
 )
 from squeezer.backends.llamacpp_generation import LlamaCppGenerationBackend
 from squeezer.backends.sampling import SamplingParams
-from squeezer.backends.torch_generation import TorchGenerationBackend
+from squeezer.backends.torch_generation import (
+    PagedTorchGenerationBackend,
+    TorchGenerationBackend,
+)
 from squeezer.config import ModelSettings, Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
 from squeezer.engine.generation import GenerationRequest
@@ -157,6 +160,18 @@ def default_tokenizer_workers(settings: Settings) -> int:
     return max(1, physical_cores() - 2) if on_gpu else 1
 
 
+def _kv_cache(settings: Settings, device: str) -> str:
+    if settings.kv_cache != "auto":
+        return settings.kv_cache
+    return "paged" if device.startswith("cuda") else "slots"
+
+
+def _prefill_tokens(settings: Settings, device: str) -> int:
+    """Prompt tokens per step beside decoding: small on CPU, where a step's cost grows
+    with its tokens and decoding streams would stall; a GPU takes thousands at once."""
+    return settings.max_batch_prefill_tokens or (256 if device == "cpu" else 4096)
+
+
 @dataclass(frozen=True, slots=True)
 class _Generator:
     """A causal LM's backend: it goes to the generation scheduler, not a batch queue."""
@@ -225,11 +240,12 @@ class Runtime:
                     served.name,
                     generator,
                     device=served.info.device,
-                    max_batch_total_tokens=self.settings.max_batch_total_tokens
-                    or generator.max_slots * generator.max_len,
+                    max_batch_total_tokens=min(
+                        self.settings.max_batch_total_tokens or generator.token_budget,
+                        generator.token_budget,
+                    ),
                     max_concurrent_requests=self.settings.max_concurrent_requests,
-                    max_prefill_tokens=self.settings.max_batch_prefill_tokens
-                    or (256 if served.info.device == "cpu" else 4096),
+                    max_prefill_tokens=_prefill_tokens(self.settings, served.info.device),
                 )
                 self._log_loaded(served)
                 continue
@@ -402,6 +418,18 @@ class Runtime:
                 gguf, max_slots=s.max_num_seqs, max_len=s.max_total_tokens
             )
             dtype = gguf_precision(gguf)
+        elif _kv_cache(s, device) == "paged":
+            backend = PagedTorchGenerationBackend(
+                folder.path,
+                device=device,
+                dtype=dtype,
+                max_slots=s.max_num_seqs,
+                max_len=s.max_total_tokens,
+                quantize=quantize,
+                block_size=s.kv_block_size,
+                memory_fraction=s.gpu_memory_fraction,
+                prefill_tokens=_prefill_tokens(s, device),
+            )
         else:
             backend = TorchGenerationBackend(
                 folder.path,

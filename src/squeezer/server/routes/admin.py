@@ -55,6 +55,8 @@ def render_metrics(runtime: Runtime, metrics: Metrics) -> bytes:
         generator = runtime.engine.generator(name)
         metrics.set_generation_load(name, *generator.load)
         metrics.set_prefix_cache(name, *generator.prefix_cache)
+        if (blocks := generator.kv_blocks) is not None:
+            metrics.set_kv_blocks(name, *blocks)
     devices = {m.device for m in runtime.model_infos()}
     metrics.set_gpu_memory(gpu_memory(devices, runtime.settings.gpu_memory_fraction))
     return metrics.render()

@@ -1,0 +1,214 @@
+"""A paged KV cache: fixed-size blocks from one pool, a block table per sequence.
+
+The slot cache (``torch_generation.SlotCache``) gives every sequence ``max_len``
+positions up front: simple, and right on a CPU, where memory is plentiful and slots
+are few. On a GPU the cache is what bounds the batch: 256 sequences of 2,048 tokens
+would reserve 512 K positions while most sequences are short. Here the cache is one
+pool of ``num_blocks`` blocks of ``block_size`` positions, allocated once; a sequence
+takes blocks as it grows and gives them back when it leaves (vLLM's PagedAttention).
+
+Attention reads the pool in place, with no gather of a sequence's blocks into a
+contiguous copy: the pool is one long key/value sequence, and FlexAttention's mask says
+which positions a query may see (those its own sequence wrote, up to its position).
+Its block mask skips pool blocks no query of a step owns; compiled (on CUDA) it is
+one fused kernel. Eager (CPU, tests) it computes the same thing over the whole pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from squeezer.errors import OverloadedError
+
+
+class BlockPool:
+    """Which pool block holds which positions of which slot's sequence.
+
+    ``owner`` and ``logical`` map every pool position to its slot (-1: free) and its
+    position in that sequence: the attention mask reads them, so they are tensors on
+    the cache's device, updated when blocks change hands (not per step)."""
+
+    def __init__(
+        self, num_blocks: int, block_size: int, max_slots: int, device: torch.device | str
+    ) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(f"a pool needs blocks: {num_blocks} x {block_size}")
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out the lowest
+        self.tables: list[list[int]] = [[] for _ in range(max_slots)]
+        positions = num_blocks * block_size
+        self.owner = torch.full((positions,), -1, dtype=torch.long, device=device)
+        self.logical = torch.zeros(positions, dtype=torch.long, device=device)
+
+    @property
+    def in_use(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    def token_budget(self, max_slots: int) -> int:
+        """Tokens that always fit, however they are split among ``max_slots``
+        sequences (each may leave up to ``block_size - 1`` positions of its last block
+        unused): what the scheduler may promise (prompt + max new tokens, summed)."""
+        return max(0, self.num_blocks * self.block_size - max_slots * (self.block_size - 1))
+
+    def cover(self, slot: int, tokens: int) -> None:
+        """Give ``slot`` blocks for its positions ``0..tokens-1``."""
+        table = self.tables[slot]
+        needed = -(-tokens // self.block_size) - len(table)
+        if needed > len(self._free):
+            raise OverloadedError(
+                f"the KV cache pool is full ({self.num_blocks} blocks of {self.block_size})"
+            )
+        for _ in range(needed):
+            block = self._free.pop()
+            start = block * self.block_size
+            first = len(table) * self.block_size
+            self.owner[start : start + self.block_size] = slot
+            self.logical[start : start + self.block_size] = torch.arange(
+                first, first + self.block_size, device=self.logical.device
+            )
+            table.append(block)
+
+    def free(self, slot: int) -> None:
+        for block in self.tables[slot]:
+            start = block * self.block_size
+            self.owner[start : start + self.block_size] = -1
+            self._free.append(block)
+        self.tables[slot] = []
+        self._free.sort(reverse=True)
+
+    def physical(self, slots: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
+        """Pool position of each (slot, position)."""
+        bs = self.block_size
+        index = [
+            self.tables[s][p // bs] * bs + p % bs for s, p in zip(slots, positions, strict=True)
+        ]
+        return torch.tensor(index, dtype=torch.long, device=self.owner.device)
+
+
+@dataclass(frozen=True, slots=True)
+class PagedPlan:
+    """Where a step's flat tokens go in the pool, and who may see what."""
+
+    physical: torch.Tensor  # (T,) pool position each token's key and value is written to
+    positions: torch.Tensor  # (T,) each token's position in its sequence
+    #: FlexAttention's mask over (T queries) x (pool positions).
+    block_mask: Any
+
+    @classmethod
+    def build(cls, pool: BlockPool, slots: Sequence[int], positions: Sequence[int]) -> PagedPlan:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        device = pool.owner.device
+        q_slot = torch.tensor(slots, dtype=torch.long, device=device)
+        q_pos = torch.tensor(positions, dtype=torch.long, device=device)
+        owner, logical = pool.owner, pool.logical
+
+        def mask_mod(b: Any, h: Any, q: Any, k: Any) -> Any:
+            return (owner[k] == q_slot[q]) & (logical[k] <= q_pos[q])
+
+        block_mask = create_block_mask(
+            mask_mod,
+            None,
+            None,
+            len(slots),
+            owner.numel(),
+            device=str(device),
+            BLOCK_SIZE=(128, pool.block_size) if pool.block_size % 16 == 0 else 128,
+        )
+        return cls(pool.physical(slots, positions), q_pos, block_mask)
+
+
+class PagedCache:
+    """Keys and values of every layer in one pool each: (1, kv_heads, blocks x block
+    size, head_dim), written at each token's pool position."""
+
+    def __init__(
+        self,
+        layers: int,
+        pool: BlockPool,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        shape = (1, kv_heads, pool.num_blocks * pool.block_size, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.pool = pool
+        self._plan: PagedPlan | None = None
+
+    def begin(self, plan: PagedPlan) -> None:
+        self._plan = plan
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        cache_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._plan is not None, "begin() names where the step's tokens go"
+        physical = self._plan.physical
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[0, :, physical] = key_states[0].to(keys.dtype)
+        values[0, :, physical] = value_states[0].to(values.dtype)
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self._plan is None else int(self._plan.positions.max()) + 1
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+
+_FLEX: Callable[..., torch.Tensor] | None = None
+
+
+def _flex(device_type: str) -> Callable[..., torch.Tensor]:
+    """flex_attention, compiled once on CUDA (a fused kernel that skips masked
+    blocks); eager elsewhere (the same result, over the whole pool)."""
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention) if device_type == "cuda" else flex_attention
+    return _FLEX
+
+
+def paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    *,
+    paged_plan: PagedPlan,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """A step's flat tokens over the layer's whole pool, as a ``transformers``
+    attention function (registered as ``squeezer_paged``): (1, heads, T, head_dim)
+    queries, (1, kv_heads, pool, head_dim) keys and values, grouped heads matched
+    inside FlexAttention."""
+    flex = _flex(query.device.type)
+    out = flex(
+        query,
+        key,
+        value,
+        block_mask=paged_plan.block_mask,
+        scale=scaling,
+        enable_gqa=True,
+    )
+    return out.transpose(1, 2), None
+
+
+def register_paged_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("squeezer_paged", paged_attention)

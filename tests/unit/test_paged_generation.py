@@ -123,11 +123,14 @@ async def test_a_full_pool_makes_requests_wait_and_all_finish(
     assert torch.equal(backend.pool.owner, torch.full_like(backend.pool.owner, -1))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 async def test_a_cancelled_stream_gives_its_blocks_back_at_the_next_step(
-    tiny_llama: Path,
+    tiny_llama: Path, device: str
 ) -> None:
-    backend = PagedTorchGenerationBackend(tiny_llama, max_slots=2, max_len=64, block_size=4)
-    executor = DeviceExecutor("cpu")
+    backend = PagedTorchGenerationBackend(
+        tiny_llama, device=device, max_slots=2, max_len=64, block_size=4
+    )
+    executor = DeviceExecutor(device)
     scheduler = GenerationScheduler(
         backend, wake=executor.wake, max_batch_total_tokens=128, max_concurrent_requests=4
     )

@@ -16,6 +16,7 @@ one fused kernel. Eager (CPU, tests) it computes the same thing over the whole p
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -176,7 +177,15 @@ def _flex(device_type: str) -> Callable[..., torch.Tensor]:
     if _FLEX is None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _FLEX = torch.compile(flex_attention) if device_type == "cuda" else flex_attention
+        if device_type == "cuda":
+            _FLEX = torch.compile(flex_attention)
+        else:  # known and documented (the slot cache is the CPU default): not a warning
+            warnings.filterwarnings(
+                "ignore",
+                message="flex_attention called without torch.compile",
+                category=UserWarning,
+            )
+            _FLEX = flex_attention
     return _FLEX
 
 

@@ -119,8 +119,7 @@ async def test_a_full_pool_makes_requests_wait_and_all_finish(
         executor.join(10)
     # 11-15 tokens each: only one or two fit at a time; the others waited.
     assert got == [_alone(tiny_llama, p, new) for p in PROMPTS]
-    assert 0 < peak <= 8 and backend.kv_blocks == (8, 0)
-    assert torch.equal(backend.pool.owner, torch.full_like(backend.pool.owner, -1))
+    assert 0 < peak <= 8 and backend.kv_blocks == (8, 0)  # what stays is parked, reclaimable
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -152,3 +151,45 @@ async def test_a_cancelled_stream_gives_its_blocks_back_at_the_next_step(
         executor.join(10)
     assert held >= 3 and backend.kv_blocks[1] == 0
     assert scheduler.steps - at_cancel <= 2  # the step under way may finish, then it goes
+
+
+def test_a_prompt_seen_before_starts_from_its_cached_blocks(tiny_llama: Path) -> None:
+    """Prefix caching in the pool: a freed slot's blocks are parked, not cleared; a new
+    prompt with the same start reuses them in place, or copies them into its own slot
+    from a sequence still running. Tokens equal ``generate`` either way."""
+    new = 5
+    base = [7, 8, 9, 10, 11, 12, 13, 14, 15, 16]  # 10 tokens: two full blocks of 4 and more
+    second = [*base, 40, 41]
+    backend = PagedTorchGenerationBackend(tiny_llama, max_slots=2, max_len=64, block_size=4)
+    got = drive_chunked(backend, {"a": base}, new, chunk=64)
+    assert backend.table.cached_tokens == 0
+    # "b" extends "a"'s prompt: "a"'s parked slot holds 9 of its tokens (its prompt but
+    # the last, whose logits chose a token): reused in place.
+    got |= drive_chunked(backend, {"b": second}, new, chunk=64)
+    assert backend.table.cached_tokens == len(base)
+    # "c" and "d" run together; "d" starts like "c" and is admitted while "c" decodes:
+    # copied from "c"'s slot into its own.
+    prompts = {"c": [50, 51, 52, 53, 54, 55, 56, 57, 58], "d": [50, 51, 52, 53, 54, 55, 60]}
+    before = backend.table.cached_tokens
+    got |= drive_chunked(backend, prompts, new, chunk=64)
+    assert backend.table.cached_tokens - before == 6
+    want = {k: _alone(tiny_llama, p, new) for k, p in {"a": base, "b": second, **prompts}.items()}
+    assert got == want
+    assert backend.kv_blocks[1] == 0  # all parked
+
+
+def test_parked_blocks_are_taken_back_when_a_running_sequence_needs_them(
+    tiny_llama: Path,
+) -> None:
+    backend = PagedTorchGenerationBackend(
+        tiny_llama, max_slots=2, max_len=32, block_size=4, num_blocks=5
+    )
+    first = drive_chunked(backend, {"a": PROMPTS[2]}, 6, chunk=64)  # 15 tokens: 4 blocks
+    assert backend.pool.in_use == 0 and len(backend.pool.tables[0]) == 4  # parked
+    other = [90, 91, 92]  # shares nothing: takes the other slot, needs 3 blocks
+    got = drive_chunked(backend, {"b": other}, 6, chunk=64)
+    assert got == {"b": _alone(tiny_llama, other, 6)} and first["a"] == _alone(
+        tiny_llama, PROMPTS[2], 6
+    )
+    # Slot 0's cache was reclaimed for "b": it no longer claims to hold "a"'s prompt.
+    assert backend.table.common_prefix(0, PROMPTS[2]) == 0

@@ -157,6 +157,23 @@ class SequenceTable:
     def free_slots(self) -> list[int]:
         return sorted(self._free)
 
+    def pick_slots(self, new: Sequence[NewSequence]) -> list[int] | None:
+        """A free slot for each new sequence: the one whose cache holds the longest
+        prefix of its prompt (prefix caching), else the lowest. None when too few are
+        free (``admit`` refuses)."""
+        free, picked = self.free_slots(), []
+        if len(new) > len(free):
+            return None
+        for seq in new:
+            best = max(free, key=lambda slot: (self.common_prefix(slot, seq.prompt), -slot))
+            free.remove(best)
+            picked.append(best)
+        return picked
+
+    def forget(self, slot: int) -> None:
+        """``slot``'s cache no longer holds what it did (a backend reclaimed it)."""
+        self._held[slot] = []
+
     def reuse(self, seq: SeqId, tokens: int) -> None:
         """``seq``'s first ``tokens`` prompt tokens are in its slot's cache already."""
         slot = self._slots[seq]

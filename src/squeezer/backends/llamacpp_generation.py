@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from squeezer.backends.base import NewSequence, PromptChunk, SeqId, StepShortcuts, TokenOut
+from squeezer.backends.base import PromptChunk, SeqId, StepShortcuts, TokenOut
 from squeezer.backends.device import compute_threads
 from squeezer.backends.generation_state import Feed, SequenceTable
 from squeezer.errors import BackendError, InputTooLongError, ModelLoadError
@@ -208,7 +208,7 @@ class LlamaCppGenerationBackend(StepShortcuts):
         if not self._finalizer.alive:
             raise BackendError("the llamacpp backend was closed")
         new = [c.seq for c in chunks if c.first]
-        self.table.admit(new, self.max_len, self._pick_slots(new))
+        self.table.admit(new, self.max_len, self.table.pick_slots(new))
         for seq in new:  # keep what the slot holds of the prompt, drop the rest
             slot = self.table.slot(seq.id)
             length = self.table.common_prefix(slot, seq.prompt)
@@ -237,19 +237,6 @@ class LlamaCppGenerationBackend(StepShortcuts):
         self.table.wrote(feeds, tokens, rows, start)
         self.table.advance(rows)
         return self.table.sample(sampled, logits) if sampled else []
-
-    def _pick_slots(self, new: Sequence[NewSequence]) -> list[int] | None:
-        """A free slot for each new sequence: the one whose cache holds the longest
-        prefix of its prompt (prefix caching), else the lowest. None when too few are
-        free (``admit`` refuses)."""
-        free, picked = self.table.free_slots(), []
-        if len(new) > len(free):
-            return None
-        for seq in new:
-            best = max(free, key=lambda slot: (self.table.common_prefix(slot, seq.prompt), -slot))
-            free.remove(best)
-            picked.append(best)
-        return picked
 
     def _run_step(
         self,

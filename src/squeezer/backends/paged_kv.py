@@ -34,20 +34,46 @@ class BlockPool:
     the cache's device, updated when blocks change hands (not per step)."""
 
     def __init__(
-        self, num_blocks: int, block_size: int, max_slots: int, device: torch.device | str
+        self,
+        num_blocks: int,
+        block_size: int,
+        max_slots: int,
+        device: torch.device | str,
+        on_evict: Callable[[int], None] = lambda slot: None,
     ) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"a pool needs blocks: {num_blocks} x {block_size}")
         self.num_blocks, self.block_size = num_blocks, block_size
         self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out the lowest
         self.tables: list[list[int]] = [[] for _ in range(max_slots)]
+        #: Slots whose sequence left, their blocks kept for a later prompt with the same
+        #: prefix (prefix caching), oldest first: reclaimed when blocks run short.
+        self._parked: dict[int, None] = {}
+        self._on_evict = on_evict
         positions = num_blocks * block_size
         self.owner = torch.full((positions,), -1, dtype=torch.long, device=device)
         self.logical = torch.zeros(positions, dtype=torch.long, device=device)
 
     @property
     def in_use(self) -> int:
-        return self.num_blocks - len(self._free)
+        """Blocks held by running sequences (kept ones of parked slots not counted:
+        they are taken back as soon as someone needs them)."""
+        parked = sum(len(self.tables[s]) for s in self._parked)
+        return self.num_blocks - len(self._free) - parked
+
+    def park(self, slot: int) -> None:
+        """``slot``'s sequence left; its blocks stay until they are needed."""
+        self._parked.pop(slot, None)
+        self._parked[slot] = None
+
+    def claim(self, slot: int, keep: int) -> None:
+        """A new sequence takes ``slot``, keeping blocks for its first ``keep`` positions
+        (a prefix found there), the rest go back."""
+        self._parked.pop(slot, None)
+        table = self.tables[slot]
+        kept = -(-keep // self.block_size)
+        self._release(table[kept:])
+        del table[kept:]
 
     def token_budget(self, max_slots: int) -> int:
         """Tokens that always fit, however they are split among ``max_slots``
@@ -55,10 +81,17 @@ class BlockPool:
         unused): what the scheduler may promise (prompt + max new tokens, summed)."""
         return max(0, self.num_blocks * self.block_size - max_slots * (self.block_size - 1))
 
-    def cover(self, slot: int, tokens: int) -> None:
-        """Give ``slot`` blocks for its positions ``0..tokens-1``."""
+    def cover(self, slot: int, tokens: int, keep: int | None = None) -> None:
+        """Give ``slot`` blocks for its positions ``0..tokens-1``, taking back parked
+        slots' blocks (oldest first, never ``keep``'s) when the free ones run short."""
         table = self.tables[slot]
         needed = -(-tokens // self.block_size) - len(table)
+        for parked in list(self._parked):
+            if needed <= len(self._free):
+                break
+            if parked != keep:
+                self.free(parked)
+                self._on_evict(parked)
         if needed > len(self._free):
             raise OverloadedError(
                 f"the KV cache pool is full ({self.num_blocks} blocks of {self.block_size})"
@@ -74,11 +107,15 @@ class BlockPool:
             table.append(block)
 
     def free(self, slot: int) -> None:
-        for block in self.tables[slot]:
+        self._parked.pop(slot, None)
+        self._release(self.tables[slot])
+        self.tables[slot] = []
+
+    def _release(self, blocks: Sequence[int]) -> None:
+        for block in blocks:
             start = block * self.block_size
             self.owner[start : start + self.block_size] = -1
             self._free.append(block)
-        self.tables[slot] = []
         self._free.sort(reverse=True)
 
     def physical(self, slots: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
@@ -121,6 +158,17 @@ class PagedPlan:
             BLOCK_SIZE=(128, pool.block_size) if pool.block_size % 16 == 0 else 128,
         )
         return cls(pool.physical(slots, positions), q_pos, block_mask)
+
+
+def copy_prefix(cache: PagedCache, source: int, target: int, length: int) -> None:
+    """Positions ``0..length-1`` of ``source``'s keys and values into ``target``'s
+    blocks (covered already), every layer: a prompt that starts as another did."""
+    positions = list(range(length))
+    src = cache.pool.physical([source] * length, positions)
+    dst = cache.pool.physical([target] * length, positions)
+    for buffers in (cache.keys, cache.values):
+        for layer in buffers:
+            layer[0, :, dst] = layer[0, :, src]
 
 
 class PagedCache:

@@ -34,9 +34,15 @@ from squeezer.backends.base import NewSequence, PromptChunk, SeqId, StepShortcut
 from squeezer.backends.cpu_linear import use_decode_linears
 from squeezer.backends.device import torch_dtype
 from squeezer.backends.generation_state import Feed, SequenceTable
-from squeezer.backends.paged_kv import BlockPool, PagedCache, PagedPlan, register_paged_attention
+from squeezer.backends.paged_kv import (
+    BlockPool,
+    PagedCache,
+    PagedPlan,
+    copy_prefix,
+    register_paged_attention,
+)
 from squeezer.backends.quantize import QuantizeReport, quantize_fp16, quantize_int8
-from squeezer.errors import InputTooLongError, ModelLoadError
+from squeezer.errors import InputTooLongError, ModelLoadError, OverloadedError
 
 
 def _quantize(model: torch.nn.Module, method: str) -> QuantizeReport:
@@ -326,7 +332,7 @@ class TorchGenerationBackend(StepShortcuts):
         """Prompt chunks and one token of each decoding sequence in one forward pass;
         sequences first seen here take free slots (contiguous: the table is compact)."""
         new = [c.seq for c in chunks if c.first]
-        self.table.admit(new, self.max_len)
+        self.table.admit(new, self.max_len, self._pick_slots(new))
         try:
             for seq in new:
                 self._reuse_prefix(seq)
@@ -335,6 +341,9 @@ class TorchGenerationBackend(StepShortcuts):
             for seq in reversed(new):  # newest first: nothing has to move
                 self.free(seq.id)
             raise
+
+    def _pick_slots(self, new: Sequence[NewSequence]) -> list[int] | None:
+        return None  # the lowest free ones: compact slots, prefixes are copied anyway
 
     def _reuse_prefix(self, seq: NewSequence) -> None:
         """Copy the longest cached prefix of ``seq``'s prompt, from whichever slot holds
@@ -447,7 +456,9 @@ class PagedTorchGenerationBackend(TorchGenerationBackend):
             blocks = self._blocks_that_fit(per_block)
         elif blocks is None:
             blocks = -(-self.max_slots * self.max_len // self.block_size)
-        self.pool = BlockPool(blocks, self.block_size, self.max_slots, self.device)
+        self.pool = BlockPool(
+            blocks, self.block_size, self.max_slots, self.device, on_evict=self._evicted
+        )
         return PagedCache(
             layers, self.pool, kv_heads, head_dim, torch_dtype(self.dtype), self.device
         )
@@ -487,8 +498,31 @@ class PagedTorchGenerationBackend(TorchGenerationBackend):
         """(blocks in the pool, blocks held by sequences)."""
         return self.pool.num_blocks, self.pool.in_use
 
+    def _evicted(self, slot: int) -> None:
+        self.table.forget(slot)
+
+    def _pick_slots(self, new: Sequence[NewSequence]) -> list[int] | None:
+        return self.table.pick_slots(new)  # the free slot holding the longest prefix
+
     def _reuse_prefix(self, seq: NewSequence) -> None:
-        self.table.reuse(seq.id, 0)  # shared prompt blocks: not yet (the stretch goal)
+        """The longest cached prefix of the prompt: kept in place when the slot itself
+        holds it, else copied from the slot that does (running, or parked after its
+        sequence left) into this slot's blocks. Those positions are not computed."""
+        target = self.table.slot(seq.id)
+        length, _, source = max(
+            (self.table.common_prefix(slot, seq.prompt), slot == target, slot)
+            for slot in range(self.max_slots)
+        )
+        self.pool.claim(target, length if source == target else 0)
+        if length and source != target:
+            try:
+                self.pool.cover(target, length, keep=source)
+            except OverloadedError:  # only the source's own blocks were left: recompute
+                length = 0
+            else:
+                copy_prefix(self.cache, source, target, length)
+                self.table.copied(source, target, length)
+        self.table.reuse(seq.id, length)
 
     def _plan(
         self, rows: torch.Tensor, start: torch.Tensor, feeds: Sequence[Feed]
@@ -506,5 +540,6 @@ class PagedTorchGenerationBackend(TorchGenerationBackend):
         return plan.positions, {"paged_plan": plan}
 
     def free(self, seq: SeqId) -> None:
-        self.pool.free(self.table.slot(seq))
+        """The slot's blocks stay (parked) for a later prompt with the same prefix."""
+        self.pool.park(self.table.slot(seq))
         self.table.release(seq)

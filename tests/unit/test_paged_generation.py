@@ -193,3 +193,36 @@ def test_parked_blocks_are_taken_back_when_a_running_sequence_needs_them(
     )
     # Slot 0's cache was reclaimed for "b": it no longer claims to hold "a"'s prompt.
     assert backend.table.common_prefix(0, PROMPTS[2]) == 0
+
+
+@pytest.mark.parametrize("block_size", [16, 48, 256])
+def test_the_block_mask_lists_every_pool_block_a_query_may_see(block_size: int) -> None:
+    """Eager FlexAttention (CPU) applies only the mask function, the fused kernel
+    (CUDA) only visits listed blocks: so the lists are checked here against the exact
+    block-level mask, which they must cover."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from squeezer.backends.paged_kv import MASK_BLOCK, PagedPlan
+
+    pool = BlockPool(-(-1300 // block_size) + 2, block_size, max_slots=4, device="cpu")
+    lengths = {0: 300, 1: 5, 2: 700}  # slot 3 is empty
+    for slot, n in lengths.items():
+        pool.cover(slot, n)
+    pool.free(1)
+    pool.cover(1, 90)  # blocks freed and taken again: out of order in the pool
+    lengths[1] = 90
+    # 200 decode-like and chunk-like queries, crossing several blocks of 128 queries.
+    slots = [s for s, n in lengths.items() for _ in range(min(n, 70))]
+    slots += [0] * (200 - len(slots))
+    positions = [lengths[s] - 1 - (i % 7) for i, s in enumerate(slots)]
+    plan = PagedPlan.build(pool, slots, positions)
+    q_slot, q_pos = torch.tensor(slots), torch.tensor(positions)
+
+    def exact(b, h, q, k):  # type: ignore[no-untyped-def]
+        return (pool.owner[k] == q_slot[q]) & (pool.logical[k] <= q_pos[q])
+
+    total = pool.num_blocks * block_size
+    want = create_block_mask(exact, None, None, len(slots), total, device="cpu")
+    ours, needed = plan.block_mask.to_dense(), want.to_dense()
+    assert ours.shape == needed.shape == (1, 1, -(-200 // MASK_BLOCK), -(-total // MASK_BLOCK))
+    assert bool((ours >= needed).all())  # nothing a query may see is left out

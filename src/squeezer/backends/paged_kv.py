@@ -25,6 +25,10 @@ import torch
 
 from squeezer.errors import OverloadedError
 
+#: FlexAttention's block size over queries and pool positions: the fused kernel's tiles
+#: must divide it, so it stays at flex's default whatever ``--kv-block-size`` is.
+MASK_BLOCK = 128
+
 
 class BlockPool:
     """Which pool block holds which positions of which slot's sequence.
@@ -118,6 +122,14 @@ class BlockPool:
             self._free.append(block)
         self._free.sort(reverse=True)
 
+    def mask_blocks(self, slot: int) -> set[int]:
+        """The attention mask's blocks (``MASK_BLOCK`` pool positions each) that hold
+        ``slot``'s positions."""
+        bs, out = self.block_size, set[int]()
+        for block in self.tables[slot]:
+            out.update(range(block * bs // MASK_BLOCK, ((block + 1) * bs - 1) // MASK_BLOCK + 1))
+        return out
+
     def physical(self, slots: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         """Pool position of each (slot, position)."""
         bs = self.block_size
@@ -138,7 +150,7 @@ class PagedPlan:
 
     @classmethod
     def build(cls, pool: BlockPool, slots: Sequence[int], positions: Sequence[int]) -> PagedPlan:
-        from torch.nn.attention.flex_attention import create_block_mask
+        from torch.nn.attention.flex_attention import BlockMask
 
         device = pool.owner.device
         q_slot = torch.tensor(slots, dtype=torch.long, device=device)
@@ -148,14 +160,27 @@ class PagedPlan:
         def mask_mod(b: Any, h: Any, q: Any, k: Any) -> Any:
             return (owner[k] == q_slot[q]) & (logical[k] <= q_pos[q])
 
-        block_mask = create_block_mask(
-            mask_mod,
-            None,
-            None,
-            len(slots),
-            owner.numel(),
-            device=str(device),
-            BLOCK_SIZE=(128, pool.block_size) if pool.block_size % 16 == 0 else 128,
+        # Which mask blocks each block of queries may touch, from the block tables on
+        # the host: not create_block_mask, which evaluates mask_mod over every (query,
+        # pool position) pair, every step. Mask blocks are MASK_BLOCK positions wide
+        # whatever the pool's block size (the fused kernel's tiles must divide them).
+        kv_blocks = {slot: pool.mask_blocks(slot) for slot in set(slots)}
+        per_q_block = [
+            sorted(set().union(*(kv_blocks[s] for s in set(slots[i : i + MASK_BLOCK]))))
+            for i in range(0, len(slots), MASK_BLOCK)
+        ]
+        # flex's layout: one row per block of queries, as wide as the pool has blocks.
+        width = -(-owner.numel() // MASK_BLOCK)
+        indices = torch.zeros((1, 1, len(per_q_block), width), dtype=torch.int32)
+        for i, blocks in enumerate(per_q_block):
+            indices[0, 0, i, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+        counts = torch.tensor([[[len(b) for b in per_q_block]]], dtype=torch.int32)
+        block_mask = BlockMask.from_kv_blocks(
+            counts.to(device),
+            indices.to(device),
+            BLOCK_SIZE=MASK_BLOCK,
+            mask_mod=mask_mod,
+            seq_lengths=(len(slots), owner.numel()),
         )
         return cls(pool.physical(slots, positions), q_pos, block_mask)
 

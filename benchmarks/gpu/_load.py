@@ -109,7 +109,7 @@ class Generator:
         cmd += ["--batch-size", str(level.batch), "--lengths", level.lengths]
         cmd += ["--timeout", f"{self.timeout_s:g}", "--no-ceiling", "--out", str(out)]
         budget = self.warmup_s + self.duration_s + self.timeout_s + 120
-        _procs.run(cmd, log, {**env, "COLUMNS": "120"}, budget)
+        _procs.run_for(out.with_suffix(".json"), cmd, log, {**env, "COLUMNS": "120"}, budget)
         lv = json.loads(out.with_suffix(".json").read_text())["levels"][0]
         lat = lv["latency_ms"] or {}
         return {

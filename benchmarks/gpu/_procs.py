@@ -91,6 +91,22 @@ def run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float) ->
         raise RuntimeError(f"exited with {code}; log:\n{tail(log)}")
 
 
+def run_for(
+    product: Path, cmd: Sequence[str], log: Path, env: dict[str, str], timeout_s: float
+) -> str | None:
+    """``run`` a command for the file it writes. If it fails after writing ``product``
+    (``squeezer bench`` draws its chart last, and the GPU machine may have no
+    matplotlib), the product is kept and the failure returned as a note; else None."""
+    product.unlink(missing_ok=True)
+    try:
+        run(cmd, log, env, timeout_s)
+    except RuntimeError as e:
+        if not product.is_file():
+            raise
+        return f"exited with an error after writing {product.name}: {str(e).splitlines()[-1]}"
+    return None
+
+
 @contextlib.contextmanager
 def server(
     cmd: Sequence[str], ready_url: str, log: Path, env: dict[str, str], timeout_s: float

@@ -196,7 +196,24 @@ def copy_prefix(cache: PagedCache, source: int, target: int, length: int) -> Non
             layer[0, :, dst] = layer[0, :, src]
 
 
-class PagedCache:
+class StepCache:
+    """What transformers asks of a cache beyond ``update``, for caches told where a
+    step's tokens go by a plan (``begin``) before the forward pass."""
+
+    _plan: Any = None
+
+    def begin(self, plan: Any) -> None:
+        self._plan = plan
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self._plan is None else int(self._plan.positions.max()) + 1
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+
+class PagedCache(StepCache):
     """Keys and values of every layer in one pool each: (1, kv_heads, blocks x block
     size, head_dim), written at each token's pool position."""
 
@@ -213,10 +230,6 @@ class PagedCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.pool = pool
-        self._plan: PagedPlan | None = None
-
-    def begin(self, plan: PagedPlan) -> None:
-        self._plan = plan
 
     def update(
         self,
@@ -231,13 +244,6 @@ class PagedCache:
         keys[0, :, physical] = key_states[0].to(keys.dtype)
         values[0, :, physical] = value_states[0].to(values.dtype)
         return keys, values
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0 if self._plan is None else int(self._plan.positions.max()) + 1
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
 
 
 _FLEX: Callable[..., torch.Tensor] | None = None

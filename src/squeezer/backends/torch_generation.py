@@ -38,6 +38,7 @@ from squeezer.backends.paged_kv import (
     BlockPool,
     PagedCache,
     PagedPlan,
+    StepCache,
     copy_prefix,
     register_paged_attention,
 )
@@ -141,7 +142,7 @@ class StepPlan:
         )
 
 
-class SlotCache:
+class SlotCache(StepCache):
     """Keys and values of every slot, written at each token's own slot and position.
 
     ``begin`` hands it the step's plan; ``update`` (called by every attention layer)
@@ -163,10 +164,6 @@ class SlotCache:
         self.keys = [_zeros(shape, dtype, device) for _ in range(layers)]
         self.values = [_zeros(shape, dtype, device) for _ in range(layers)]
         self.max_len = max_len
-        self._plan: StepPlan | None = None
-
-    def begin(self, plan: StepPlan) -> None:
-        self._plan = plan
 
     def update(
         self,
@@ -187,14 +184,6 @@ class SlotCache:
         for buffers in (self.keys, self.values):
             for layer in buffers:
                 layer[target, :, :length] = layer[source, :, :length]
-
-    # What transformers may ask a cache beyond ``update``.
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0 if self._plan is None else int(self._plan.positions.max()) + 1
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
 
 
 def slot_attention(

@@ -9,9 +9,10 @@ its lifespan.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -418,20 +419,16 @@ class Runtime:
                 gguf, max_slots=s.max_num_seqs, max_len=s.max_total_tokens
             )
             dtype = gguf_precision(gguf)
-        elif _kv_cache(s, device) == "paged":
-            backend = PagedTorchGenerationBackend(
-                folder.path,
-                device=device,
-                dtype=dtype,
-                max_slots=s.max_num_seqs,
-                max_len=s.max_total_tokens,
-                quantize=quantize,
-                block_size=s.kv_block_size,
-                memory_fraction=s.gpu_memory_fraction,
-                prefill_tokens=_prefill_tokens(s, device),
-            )
         else:
-            backend = TorchGenerationBackend(
+            make: Callable[..., TorchGenerationBackend] = TorchGenerationBackend
+            if _kv_cache(s, device) == "paged":
+                make = functools.partial(
+                    PagedTorchGenerationBackend,
+                    block_size=s.kv_block_size,
+                    memory_fraction=s.gpu_memory_fraction,
+                    prefill_tokens=_prefill_tokens(s, device),
+                )
+            backend = make(
                 folder.path,
                 device=device,
                 dtype=dtype,

@@ -258,8 +258,8 @@ def draw(results: dict[str, Any], path: Path) -> None:
                 label=label,
                 zorder=3,
             )
-    for goal, streams in ((TARGET_ONE_STREAM, 1), (TARGET_256, 256)):
-        left.scatter([streams], [goal], marker="*", s=160, color="tab:red", zorder=4)
+    for goal, at in ((TARGET_ONE_STREAM, 1), (TARGET_256, 256)):
+        left.scatter([at], [goal], marker="*", s=160, color="tab:red", zorder=4)
     left.scatter([], [], marker="*", s=160, color="tab:red", label="issue 14 targets")
     streams = sorted({r["streams"] for r in data} | {1, 256})
     for ax in (left, right):

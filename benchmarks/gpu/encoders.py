@@ -27,56 +27,45 @@ as skipped with its reason and the run goes on. Results are written after each s
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import _carry  # noqa: E402
+import _harness  # noqa: E402
 import _procs  # noqa: E402
 import _report  # noqa: E402
 import numpy as np  # noqa: E402
+from _harness import Harness  # noqa: E402
 from _load import Generator, Level  # noqa: E402
 from peers import free_port  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from squeezer.bench.run import LevelProgress, machine  # noqa: E402
+from squeezer.bench.run import LevelProgress  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 SQUEEZER = "squeezer"
 HANDWRITTEN = "FastAPI + sentence-transformers"
 
 
-@dataclass
-class Run:
+@dataclass(kw_only=True)
+class Run(Harness):
     """What every section reads (settings, environment, load) and writes (results)."""
 
-    args: argparse.Namespace
-    setup: _carry.Setup
-    work: Path
-    out: Path
+    name: ClassVar[str] = "gpu_encoders"
     generator: Generator
     levels: list[Level]
-    progress: LevelProgress
-    results: dict[str, Any] = field(default_factory=dict)
-    t0: float = field(default_factory=time.monotonic)
-
-    def left_s(self) -> float:
-        return self.args.budget - (time.monotonic() - self.t0)
 
     def job(self, name: str, *extra: str, expect_s: float) -> dict[str, Any]:
         """Run one ``_jobs.py`` measurement in a subprocess; its JSON result."""
@@ -88,9 +77,6 @@ class Run:
             _procs.run(cmd, self.work / f"job-{name}.log", self.setup.env, self.timeout_s())
         result: dict[str, Any] = json.loads(out.read_text())
         return result
-
-    def timeout_s(self) -> float:
-        return max(60.0, self.left_s() + 60.0)
 
     def load(self, system: str, url: str) -> None:
         """Every level against ``url``; one failing level is recorded, the others run."""
@@ -111,20 +97,11 @@ class Run:
                 "lengths": level.lengths,
             }
 
-    @contextlib.contextmanager
-    def serve(self, label: str, cmd: list[str], ready_url: str) -> Iterator[None]:
-        """A server for the body of the ``with``; its start-up shown as progress."""
-        log = self.work / f"server-{label.split()[0].lower()}.log"
-        with contextlib.ExitStack() as stack:
-            with self.progress.level(f"{label}: starting", 30):
-                stack.enter_context(_procs.server(cmd, ready_url, log, self.setup.env, 300))
-            yield
+    def summarize(self) -> dict[str, Any]:
+        return {"targets": _report.targets(self.results)}
 
-    def save(self) -> None:
-        self.results["targets"] = _report.targets(self.results)
-        self.results["elapsed_s"] = round(time.monotonic() - self.t0, 1)
-        path = self.out / "gpu_encoders.json"
-        path.write_text(json.dumps(self.results, indent=2, default=str))
+    def draw(self, path: Path) -> None:
+        _report.draw(self.results, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,25 +224,6 @@ def embed_accuracy(url: str, reference: Path, per_request: int = 32) -> dict[str
 # --------------------------------------------------------------------------------------------
 
 
-def describe_machine(device: str) -> dict[str, Any]:
-    """CPU, GPU and library versions, without importing torch in this process."""
-    info: dict[str, Any] = {**machine(), "device": device}
-    info["cpu_cores"] = info.pop("cores", None)
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        query = "--query-gpu=name,memory.total,driver_version"
-        smi = subprocess.run(
-            ["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True
-        )
-        if smi.returncode == 0 and smi.stdout.strip():
-            info["gpu"] = smi.stdout.strip().splitlines()[0]
-    versions = {}
-    for name in ("torch", "transformers", "sentence-transformers", "tokenizers", "fastapi"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[name] = importlib.metadata.version(name)
-    info["versions"] = versions
-    return info
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (the dry run)")
@@ -335,57 +293,14 @@ def levels_of(a: argparse.Namespace) -> list[Level]:
     return levels
 
 
-def write_logs(work: Path, path: Path, keep: int = 100_000) -> None:
-    """Every log of the run in one file (the last ``keep`` characters of each)."""
-    with path.open("w") as out:
-        for log in sorted(work.glob("*.log")):
-            out.write(f"\n===== {log.name}\n{_procs.tail(log, keep)}")
-
-
-def run_section(run: Run, name: str) -> None:
-    """One section; a failure is recorded as skipped, with its reason, and the run goes on."""
-    if run.left_s() <= 0:
-        run.results["skipped"][name] = f"time budget of {run.args.budget:g} s spent"
-        return
-    try:
-        SECTIONS[name](run)
-    except Exception as e:
-        run.results["skipped"][name] = f"{type(e).__name__}: {e}"
-    except BaseException:
-        run.results["skipped"][name] = "interrupted (SIGTERM, SIGHUP or Ctrl-C)"
-        raise
-    finally:
-        finish(run)
-
-
-def finish(run: Run) -> None:
-    """Write the JSON, the chart and the logs as they stand (after every section)."""
-    run.save()
-    try:
-        _report.draw(run.results, run.out / "gpu_encoders.png")
-    except ImportError as e:  # no matplotlib on the GPU machine: the JSON has it all
-        run.results["chart"] = f"not drawn: {e}"
-        run.save()
-    write_logs(run.work, run.out / "gpu_encoders_logs.txt")
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    _procs.exit_on_signals()
     a.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="gpu-encoders-"))
     console.rule(f"GPU encoders harness: device {a.device}, out {a.out}")
-    chosen = a.only.split(",") if a.only else list(SECTIONS)
-    if unknown := sorted(set(chosen) - set(SECTIONS)):
-        console.print(f"[red]unknown sections {unknown}; known: {', '.join(SECTIONS)}[/red]")
+    started = _harness.start(console, a.only, SECTIONS)
+    if started is None:
         return 2
-    try:
-        setup = _carry.prepare()
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-        console.print(f"[red]setup failed: {e}[/red]")
-        return 2
-    for note in setup.notes:
-        console.print(f"setup: {note}")
+    chosen, setup = started
     if not (a.model / "config.json").is_file():
         console.print(f"[red]no model at {a.model}: run benchmarks/gpu/prepare.py[/red]")
         return 2
@@ -396,22 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     generator = Generator(
         kind, a.duration, a.warmup, a.timeout, setup.wrk, a.wrk_threads, a.workers
     )
+    work = Path(tempfile.mkdtemp(prefix="gpu-encoders-"))
     with LevelProgress(console) as progress:
-        run = Run(a, setup, work, a.out, generator, levels_of(a), progress)
-        run.results.update(
-            machine=describe_machine(a.device),
-            command=" ".join(sys.argv),
-            settings={k: str(v) for k, v in vars(a).items()},
-            setup=setup.notes,
-            generator=f"{kind}: {generator}",
-            skipped={},
-        )
-        try:
-            for name in chosen:
-                run_section(run, name)
-        finally:  # also on SIGTERM at the device's time limit: keep what was measured
-            _procs.stop_all()
-            finish(run)
+        run = Run(a, setup, work, a.out, progress, generator=generator, levels=levels_of(a))
+        run.results["generator"] = f"{kind}: {generator}"
+        run.run_sections(chosen, SECTIONS)
     _report.print_table(console, run.results)
     took = run.results["elapsed_s"]
     console.print(f"wrote gpu_encoders.json, .png and _logs.txt to {a.out} ({took} s)")

@@ -38,15 +38,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -54,8 +52,9 @@ sys.path[:0] = [str(HERE), str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import _carry  # noqa: E402
 import _gen_report  # noqa: E402
+import _harness  # noqa: E402
 import _procs  # noqa: E402
-from encoders import describe_machine, write_logs  # noqa: E402
+from _harness import Harness  # noqa: E402
 from peers import free_port  # noqa: E402
 from rich.console import Console  # noqa: E402
 
@@ -75,26 +74,14 @@ METRICS = (
 )
 
 
-@dataclass
-class Run:
+@dataclass(kw_only=True)
+class Run(Harness):
     """What every section reads (settings, environment, the built model) and writes."""
 
-    args: argparse.Namespace
-    setup: _carry.Setup
-    work: Path
-    out: Path
-    progress: LevelProgress
-    results: dict[str, Any] = field(default_factory=dict)
+    name: ClassVar[str] = "gpu_generation"
+    redraw_hint: ClassVar[str] = ": generation.py --redraw gpu_generation.json --out DIR draws it"
     #: The random-weight model's folder, once the ``model`` section has built it.
     model: Path | None = None
-    t0: float = field(default_factory=time.monotonic)
-
-    def left_s(self) -> float:
-        return self.args.budget - (time.monotonic() - self.t0)
-
-    def timeout_s(self) -> float:
-        """A child may run past the budget by a minute (the device's limit is later)."""
-        return max(60.0, self.left_s() + 60.0)
 
     def need_model(self) -> Path:
         if self.model is None:
@@ -116,22 +103,14 @@ class Run:
         result: dict[str, Any] = json.loads(out.read_text())
         return result
 
-    @contextlib.contextmanager
-    def serve(self, label: str, cmd: list[str], ready_url: str) -> Iterator[None]:
-        """A server for the body of the ``with``; its start-up shown as progress."""
-        log = self.work / f"server-{label.split()[0].lower()}.log"
-        with contextlib.ExitStack() as stack:
-            with self.progress.level(f"{label}: starting", 60):
-                wait = min(self.args.ready_timeout, max(self.timeout_s(), 60.0))
-                stack.enter_context(_procs.server(cmd, ready_url, log, self.setup.env, wait))
-            yield
+    def summarize(self) -> dict[str, Any]:
+        return {
+            "rows": _gen_report.rows(self.results),
+            "targets": _gen_report.targets(self.results),
+        }
 
-    def save(self) -> None:
-        self.results["rows"] = _gen_report.rows(self.results)
-        self.results["targets"] = _gen_report.targets(self.results)
-        self.results["elapsed_s"] = round(time.monotonic() - self.t0, 1)
-        path = self.out / "gpu_generation.json"
-        path.write_text(json.dumps(self.results, indent=2, default=str))
+    def draw(self, path: Path) -> None:
+        _gen_report.draw(self.results, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +146,8 @@ def squeezer_http(run: Run) -> None:
     cmd += ["--request-timeout", f"{a.timeout:g}", *a.serve_args.split()]
     section = run.results.setdefault("squeezer", {})
     section["command"] = " ".join(cmd[2:])
-    with run.serve("squeezer", cmd, base + "/ready"):
+    wait = min(a.ready_timeout, max(run.timeout_s(), 60.0))  # start-up compiles on CUDA
+    with run.serve("squeezer", cmd, base + "/ready", expect_s=60, wait_s=wait):
         with contextlib.suppress(OSError, ValueError):
             section["info"] = _get_json(base + "/info")
         levels = section.setdefault("levels", {})
@@ -383,43 +363,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def run_section(run: Run, name: str) -> None:
-    """One section; a failure is recorded as skipped, with its reason, and the run goes on."""
-    if run.left_s() <= 0:
-        run.results["skipped"][name] = f"time budget of {run.args.budget:g} s spent"
-        return
-    t0 = time.monotonic()
-    try:
-        SECTIONS[name](run)
-    except Exception as e:
-        run.results["skipped"][name] = f"{type(e).__name__}: {e}"
-    except BaseException:
-        run.results["skipped"][name] = "interrupted (SIGTERM, SIGHUP or Ctrl-C)"
-        raise
-    finally:
-        run.results["sections_s"][name] = round(time.monotonic() - t0, 1)
-        finish(run)
-
-
-def finish(run: Run) -> None:
-    """Write the JSON, the chart and the logs as they stand (after every section)."""
-    run.save()
-    if note := draw(run.results, run.out / "gpu_generation.png"):
-        run.results["chart"] = note
-        run.save()
-    write_logs(run.work, run.out / "gpu_generation_logs.txt")
-
-
-def draw(results: dict[str, Any], path: Path) -> str | None:
-    """The chart; a note instead when this machine cannot draw it (the GPU machine may
-    have no matplotlib: ``--redraw`` makes it from the JSON afterwards, elsewhere)."""
-    try:
-        _gen_report.draw(results, path)
-    except ImportError as e:
-        return f"not drawn ({e}): generation.py --redraw gpu_generation.json --out DIR draws it"
-    return None
-
-
 def redraw(path: Path, out: Path) -> int:
     """The table, and the chart into ``out``, from a run's JSON (one fetched from the
     device, whose files lie in a read-only folder)."""
@@ -436,42 +379,21 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.redraw:
         return redraw(a.redraw, a.out)
-    _procs.exit_on_signals()
     a.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="gpu-generation-"))
     console.rule(f"GPU generation harness: device {a.device} ({a.dtype}), out {a.out}")
-    chosen = a.only.split(",") if a.only else list(SECTIONS)
-    if unknown := sorted(set(chosen) - set(SECTIONS)):
-        console.print(f"[red]unknown sections {unknown}; known: {', '.join(SECTIONS)}[/red]")
+    started = _harness.start(console, a.only, SECTIONS)
+    if started is None:
         return 2
+    chosen, setup = started
     if "model" not in chosen and a.model is None:
         chosen.insert(0, "model")  # every other section needs it
-    try:
-        setup = _carry.prepare()
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-        console.print(f"[red]setup failed: {e}[/red]")
-        return 2
-    for note in setup.notes:
-        console.print(f"setup: {note}")
     if a.model is None and not (a.config / "config.json").is_file():
         console.print(f"[red]no config at {a.config}: run benchmarks/gpu/prepare.py[/red]")
         return 2
+    work = Path(tempfile.mkdtemp(prefix="gpu-generation-"))
     with LevelProgress(console) as progress:
         run = Run(a, setup, work, a.out, progress)
-        run.results.update(
-            machine=describe_machine(a.device),
-            command=" ".join(sys.argv),
-            settings={k: str(v) for k, v in vars(a).items()},
-            setup=setup.notes,
-            skipped={},
-            sections_s={},
-        )
-        try:
-            for name in chosen:
-                run_section(run, name)
-        finally:  # also on SIGTERM at the device's time limit: keep what was measured
-            _procs.stop_all()
-            finish(run)
+        run.run_sections(chosen, SECTIONS)
     _gen_report.print_table(console, run.results)
     took = run.results["elapsed_s"]
     times = ", ".join(f"{k} {v:g} s" for k, v in run.results["sections_s"].items())

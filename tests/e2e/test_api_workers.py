@@ -100,11 +100,12 @@ def test_two_api_workers_serve_like_one_process(
         missing = httpx.post(f"{server.url}/embed", json={"inputs": ""})
         assert missing.status_code == 400 and missing.json()["error_type"] == "Empty"
 
-        # A client that leaves mid-stream frees its sequence in the engine process.
+        # A client that leaves mid-stream frees its sequence in the engine process,
+        # long before its 240 tokens: the cancel crossed the socket.
+        generated = _counter(server.url, "squeezer_generated_tokens_total", model="llama")
+        body = {"model": "llama", "prompt": "Functions", "max_tokens": 240, "stream": True}
         with httpx.stream(
-            "POST",
-            f"{server.url}/generate_stream",
-            json={"inputs": "Functions", "parameters": {"max_new_tokens": 200}},
+            "POST", f"{server.url}/v1/completions", json={**body, "ignore_eos": True}
         ) as r:
             next(r.iter_lines())
         for _ in range(100):
@@ -112,6 +113,8 @@ def test_two_api_workers_serve_like_one_process(
                 break
             time.sleep(0.05)
         assert _counter(server.url, "squeezer_generation_running", model="llama") == 0
+        left = _counter(server.url, "squeezer_generated_tokens_total", model="llama")
+        assert left - generated < 240
 
         # One registry for all: both processes' requests are counted.
         assert _counter(server.url, "squeezer_requests_total", route="/embed") == 17

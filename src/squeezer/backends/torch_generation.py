@@ -342,10 +342,17 @@ class TorchGenerationBackend(StepShortcuts):
             (self.table.common_prefix(slot, seq.prompt), slot == target, slot)
             for slot in range(self.max_slots)
         )
+        length = self._take_prefix(source, target, length)
         if length and source != target:
-            self.cache.move(source, target, length)
             self.table.copied(source, target, length)
         self.table.reuse(seq.id, length)
+
+    def _take_prefix(self, source: int, target: int, length: int) -> int:
+        """Make ``target``'s cache hold the first ``length`` positions ``source`` holds;
+        returns how many it holds now."""
+        if length and source != target:
+            self.cache.move(source, target, length)
+        return length
 
     def _step(self, chunks: Sequence[PromptChunk], tokens: Mapping[SeqId, int]) -> list[TokenOut]:
         decoding = list(tokens)
@@ -411,7 +418,6 @@ class PagedTorchGenerationBackend(TorchGenerationBackend):
     ``token_budget``, what always fits, so a request waits in its queue while the pool
     cannot hold it, and a step never runs out of blocks."""
 
-    name = "torch"
     attention = "squeezer_paged"
     compact = False  # blocks, not slot prefixes: nothing has to move
 
@@ -419,23 +425,18 @@ class PagedTorchGenerationBackend(TorchGenerationBackend):
         self,
         path: Path,
         *,
-        device: str = "cpu",
-        dtype: str = "float32",
-        max_slots: int = 32,
-        max_len: int = 2048,
-        quantize: str | None = None,
         block_size: int = 16,
         num_blocks: int | None = None,
         memory_fraction: float = 0.9,
         prefill_tokens: int = 4096,
+        **model: Any,
     ) -> None:
+        """``model``: ``TorchGenerationBackend``'s own arguments (device, dtype, slots,
+        length, quantize)."""
         register_paged_attention()
         self.block_size, self._num_blocks = block_size, num_blocks
         self._memory_fraction, self._prefill_tokens = memory_fraction, prefill_tokens
-        super().__init__(
-            path, device=device, dtype=dtype, max_slots=max_slots, max_len=max_len,
-            quantize=quantize,
-        )  # fmt: skip
+        super().__init__(path, **model)
 
     def _new_cache(self, layers: int, kv_heads: int, head_dim: int) -> Any:
         blocks = self._num_blocks
@@ -493,25 +494,17 @@ class PagedTorchGenerationBackend(TorchGenerationBackend):
     def _pick_slots(self, new: Sequence[NewSequence]) -> list[int] | None:
         return self.table.pick_slots(new)  # the free slot holding the longest prefix
 
-    def _reuse_prefix(self, seq: NewSequence) -> None:
-        """The longest cached prefix of the prompt: kept in place when the slot itself
-        holds it, else copied from the slot that does (running, or parked after its
-        sequence left) into this slot's blocks. Those positions are not computed."""
-        target = self.table.slot(seq.id)
-        length, _, source = max(
-            (self.table.common_prefix(slot, seq.prompt), slot == target, slot)
-            for slot in range(self.max_slots)
-        )
+    def _take_prefix(self, source: int, target: int, length: int) -> int:
+        """Kept in place when ``target`` holds the prefix itself, else copied from the
+        slot that does (running, or parked after its sequence left) into its blocks."""
         self.pool.claim(target, length if source == target else 0)
         if length and source != target:
             try:
                 self.pool.cover(target, length, keep=source)
             except OverloadedError:  # only the source's own blocks were left: recompute
-                length = 0
-            else:
-                copy_prefix(self.cache, source, target, length)
-                self.table.copied(source, target, length)
-        self.table.reuse(seq.id, length)
+                return 0
+            copy_prefix(self.cache, source, target, length)
+        return length
 
     def _plan(
         self, rows: torch.Tensor, start: torch.Tensor, feeds: Sequence[Feed]

@@ -972,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
     sentences = _corpus.sentences(s.n_sentences)
     res: dict[str, Any] = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": s.quick,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
         "model": str(model_dir),

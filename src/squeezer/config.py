@@ -9,10 +9,10 @@ environment (typer does both) and hands the explicit values here as overrides.
 from __future__ import annotations
 
 import importlib.util
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Device = str  # "auto", "cpu", "cuda", "cuda:N"

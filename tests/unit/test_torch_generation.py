@@ -23,6 +23,17 @@ def _build(path: Path, kind: str) -> Path:
     torch.manual_seed(0)
     if kind == "llama":
         model = transformers.LlamaForCausalLM(tiny_llama_config(VOCAB))
+    elif kind == "qwen2":
+        config = transformers.Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
+        model = transformers.Qwen2ForCausalLM(config)
     else:
         config = transformers.GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128
@@ -32,7 +43,7 @@ def _build(path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
 def tiny_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp(request.param), request.param)
 

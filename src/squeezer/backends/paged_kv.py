@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from squeezer.backends.transformers_hooks import StepCache, register_attention
 from squeezer.errors import OverloadedError
 
 #: FlexAttention's block size over queries and pool positions: the fused kernel's tiles
@@ -196,23 +197,6 @@ def copy_prefix(cache: PagedCache, source: int, target: int, length: int) -> Non
             layer[0, :, dst] = layer[0, :, src]
 
 
-class StepCache:
-    """What transformers asks of a cache beyond ``update``, for caches told where a
-    step's tokens go by a plan (``begin``) before the forward pass."""
-
-    _plan: Any = None
-
-    def begin(self, plan: Any) -> None:
-        self._plan = plan
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0 if self._plan is None else int(self._plan.positions.max()) + 1
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
-
-
 class PagedCache(StepCache):
     """Keys and values of every layer in one pool each: (1, kv_heads, blocks x block
     size, head_dim), written at each token's pool position."""
@@ -231,12 +215,8 @@ class PagedCache(StepCache):
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.pool = pool
 
-    def update(
-        self,
-        key_states: torch.Tensor,
-        value_states: torch.Tensor,
-        layer_idx: int,
-        cache_kwargs: dict[str, Any] | None = None,
+    def store(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._plan is not None, "begin() names where the step's tokens go"
         physical = self._plan.physical
@@ -297,6 +277,4 @@ def paged_attention(
 
 
 def register_paged_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register("squeezer_paged", paged_attention)
+    register_attention("squeezer_paged", paged_attention)

@@ -1,0 +1,22 @@
+"""The ``squeezer`` command: each verb a thin function over the library, one module
+per verb family (``serve``, ``measure``, ``optimize``, ``env``)."""
+
+from __future__ import annotations
+
+import typer
+
+from squeezer import __version__
+from squeezer.cli import env, measure, optimize, serve
+from squeezer.cli.app import app
+
+__all__ = ["app", "env", "main", "measure", "optimize", "serve"]
+
+
+@app.command()
+def version() -> None:
+    """Print squeezer's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

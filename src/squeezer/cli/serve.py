@@ -1,0 +1,271 @@
+"""``squeezer serve``: every serving setting as a flag, env var or TOML key."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from squeezer.cli.app import app, option, parse_device, task_pair
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        list[str] | None,
+        option(
+            "Model to serve as NAME=PATH (repeatable). PATH: a local HF folder, a hub id "
+            "already in the local HF cache, a GGUF file, or package:MODULE. Default: the "
+            "packaged all-MiniLM-L6-v2, and SmolLM2-135M-Instruct when installed.",
+            "MODEL",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        option("TOML file: [server] settings and [models.NAME] tables.", "CONFIG", exists=True),
+    ] = None,
+    default_model: Annotated[
+        list[str] | None,
+        option(
+            "TASK=NAME: the model that model-less routes of TASK use (repeatable).", "DEFAULT_MODEL"
+        ),
+    ] = None,
+    host: Annotated[str | None, option("Address to bind. [default: 127.0.0.1]", "HOST")] = None,
+    port: Annotated[int | None, option("Port to bind. [default: 8080]", "PORT")] = None,
+    backend: Annotated[
+        str | None, option("Runtime for models. [default: torch]", "BACKEND")
+    ] = None,
+    device: Annotated[
+        str | None, option("auto, cpu, cuda or cuda:N. [default: auto]", "DEVICE")
+    ] = None,
+    dtype: Annotated[
+        str | None, option("auto, float32, float16 or bfloat16. [default: auto]", "DTYPE")
+    ] = None,
+    precision_check: Annotated[
+        bool | None,
+        option(
+            "Measure fp16/bf16 models against fp32 at load (min cosine on held-out text, "
+            "in the log and /info). [default: precision-check]",
+            "PRECISION_CHECK",
+        ),
+    ] = None,
+    gpu_memory_fraction: Annotated[
+        float | None,
+        option(
+            "Share of each GPU's memory squeezer may take (batches that would not fit "
+            "are split). [default: 0.9]",
+            "GPU_MEMORY_FRACTION",
+        ),
+    ] = None,
+    api_workers: Annotated[
+        int | None,
+        option(
+            "API-server processes in front of the engine process, sharing the port "
+            "(HTTP, tokenization and JSON off the engine's GIL). [default: 0 = one "
+            "process]",
+            "API_WORKERS",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, option("Compute threads; 0 = one per core. [default: 0]", "THREADS")
+    ] = None,
+    tokenizer_workers: Annotated[
+        int | None,
+        option(
+            "Threads tokenizing beside compute. [default: 1 on CPU, cores - 2 with a GPU]",
+            "TOKENIZER_WORKERS",
+        ),
+    ] = None,
+    max_batch_tokens: Annotated[
+        int | None,
+        option("Padded tokens per forward pass. [default: 8192]", "MAX_BATCH_TOKENS"),
+    ] = None,
+    max_batch_requests: Annotated[
+        int | None, option("Inputs per forward pass. [default: 64]", "MAX_BATCH_REQUESTS")
+    ] = None,
+    batch_overhead_tokens: Annotated[
+        float | None,
+        option(
+            "Fixed cost of a forward pass in padded tokens; batches split into length "
+            "groups by it. [default: 32 on CPU, no split on CUDA]",
+            "BATCH_OVERHEAD_TOKENS",
+        ),
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None,
+        option("Wait up to this long for a fuller batch (opt-in). [default: 0]", "MAX_WAIT_MS"),
+    ] = None,
+    max_concurrent_requests: Annotated[
+        int | None,
+        option("Requests admitted at once; beyond: 429. [default: 512]", "MAX_CONCURRENT_REQUESTS"),
+    ] = None,
+    max_client_batch_size: Annotated[
+        int | None,
+        option("Inputs per request. [default: 256]", "MAX_CLIENT_BATCH_SIZE"),
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None,
+        option("Largest request body; beyond: 413. [default: 2000000]", "MAX_BODY_BYTES"),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        option("Seconds a request may wait; 0 = no deadline. [default: 30]", "REQUEST_TIMEOUT"),
+    ] = None,
+    shutdown_timeout: Annotated[
+        float | None,
+        option(
+            "Seconds to finish accepted requests after SIGTERM. [default: 30]", "SHUTDOWN_TIMEOUT"
+        ),
+    ] = None,
+    drain_delay: Annotated[
+        float | None,
+        option(
+            "Seconds to keep serving with /ready at 503 after SIGTERM, before the drain "
+            "completes (lets load balancers notice). [default: 0]",
+            "DRAIN_DELAY",
+        ),
+    ] = None,
+    warmup: Annotated[
+        bool | None, option("Run warm-up batches before /ready. [default: warmup]", "WARMUP")
+    ] = None,
+    optimize: Annotated[
+        bool | None,
+        option(
+            "Run `squeezer optimize` on each model at start-up (cached by model hash and "
+            "hardware) and serve the winner. [default: no-optimize]",
+            "OPTIMIZE",
+        ),
+    ] = None,
+    optimize_max_loss: Annotated[
+        float | None,
+        option("Accuracy budget for --optimize. [default: 0.01]", "OPTIMIZE_MAX_LOSS"),
+    ] = None,
+    optimize_cache: Annotated[
+        Path | None,
+        option(
+            "Folder of --optimize artifacts. [default: ~/.cache/squeezer/optimized]",
+            "OPTIMIZE_CACHE",
+        ),
+    ] = None,
+    max_total_tokens: Annotated[
+        int | None,
+        option(
+            "Generation: prompt + new tokens per request (and per KV slot). [default: 2048]",
+            "MAX_TOTAL_TOKENS",
+        ),
+    ] = None,
+    max_input_tokens: Annotated[
+        int | None,
+        option(
+            "Generation: prompt tokens per request. [default: max-total-tokens - 1]",
+            "MAX_INPUT_TOKENS",
+        ),
+    ] = None,
+    max_batch_total_tokens: Annotated[
+        int | None,
+        option(
+            "Generation: prompt + max_new_tokens summed over the sequences decoding "
+            "together. [default: max-num-seqs x max-total-tokens]",
+            "MAX_BATCH_TOTAL_TOKENS",
+        ),
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None,
+        option("Generation: sequences decoding together per model. [default: 32]", "MAX_NUM_SEQS"),
+    ] = None,
+    max_batch_prefill_tokens: Annotated[
+        int | None,
+        option(
+            "Generation: prompt tokens prefilled per step beside decoding (chunked "
+            "prefill). [default: 256 on CPU, 4096 on GPU]",
+            "MAX_BATCH_PREFILL_TOKENS",
+        ),
+    ] = None,
+    kv_cache: Annotated[
+        str | None,
+        option(
+            "Generation (torch): slots (a full-length buffer per sequence), paged (a "
+            "pool of blocks, FlexAttention) or auto. [default: auto = paged on CUDA]",
+            "KV_CACHE",
+        ),
+    ] = None,
+    kv_block_size: Annotated[
+        int | None,
+        option("Generation: positions per paged KV block. [default: 16]", "KV_BLOCK_SIZE"),
+    ] = None,
+    max_stop_sequences: Annotated[
+        int | None,
+        option("Generation: stop sequences per request. [default: 4]", "MAX_STOP_SEQUENCES"),
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        option(
+            "Generation, lossy and faster: fp16 or int8 (weight-only linear layers in "
+            "torch), or gguf (llama.cpp on the GGUF file the model came from; needs "
+            "squeezer[llamacpp]). Unset keeps the lossless fp32 path.",
+            "QUANTIZE",
+        ),
+    ] = None,
+    log_level: Annotated[str | None, option("Log level. [default: info]", "LOG_LEVEL")] = None,
+) -> None:
+    """Serve models over HTTP (TEI, OpenAI and HF Inference API dialects)."""
+    from squeezer.backends.device import configure_threads
+    from squeezer.config import load_settings
+    from squeezer.errors import SqueezerError
+    from squeezer.server.serve import run_server
+
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "backend": backend,
+        "device": device,
+        "dtype": dtype,
+        "precision_check": precision_check,
+        "gpu_memory_fraction": gpu_memory_fraction,
+        "api_workers": api_workers,
+        "threads": threads,
+        "tokenizer_workers": tokenizer_workers,
+        "max_batch_tokens": max_batch_tokens,
+        "max_batch_requests": max_batch_requests,
+        "max_wait_ms": max_wait_ms,
+        "batch_overhead_tokens": batch_overhead_tokens,
+        "max_concurrent_requests": max_concurrent_requests,
+        "max_client_batch_size": max_client_batch_size,
+        "max_body_bytes": max_body_bytes,
+        "request_timeout": request_timeout,
+        "shutdown_timeout": shutdown_timeout,
+        "drain_delay": drain_delay,
+        "warmup": warmup,
+        "optimize": optimize,
+        "optimize_max_loss": optimize_max_loss,
+        "optimize_cache": optimize_cache,
+        "max_total_tokens": max_total_tokens,
+        "max_input_tokens": max_input_tokens,
+        "max_batch_total_tokens": max_batch_total_tokens,
+        "max_num_seqs": max_num_seqs,
+        "max_batch_prefill_tokens": max_batch_prefill_tokens,
+        "kv_cache": kv_cache,
+        "kv_block_size": kv_block_size,
+        "max_stop_sequences": max_stop_sequences,
+        "quantize": quantize,
+        "log_level": log_level,
+    }
+    if default_model:
+        overrides["default_models"] = dict(task_pair(arg) for arg in default_model)
+    try:
+        settings = load_settings(config, overrides, model)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    for device in {settings.device, *(m.device for m in settings.models if m.device)}:
+        parse_device(device)  # a device that is not there: a usage error, before any load
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    configure_threads(settings.threads)
+    try:
+        run_server(settings)
+    except SqueezerError as e:
+        typer.echo(f"squeezer: {e.message}", err=True)
+        raise typer.Exit(2) from None

@@ -17,6 +17,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from squeezer.versions import LibraryVersions, library_versions
+
 #: Arrays by name (``input_ids``, ``attention_mask``, ``last_hidden_state``, ...):
 #: the only thing that crosses the engine/backend boundary.
 NamedArrays = Mapping[str, npt.NDArray[Any]]
@@ -149,3 +151,6 @@ class ModelInfo:
     #: fp16/bf16 models: how far their outputs are from fp32 (None: fp32, or a
     #: runtime whose precision its optimizer artifact already measured).
     precision: PrecisionReport | None = None
+    #: The library versions that shape this model's outputs, as the process that runs
+    #: it sees them (``versions`` wherever a model is described).
+    versions: LibraryVersions = field(default_factory=library_versions)

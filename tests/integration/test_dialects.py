@@ -75,6 +75,27 @@ def test_openai_model_list(client: TestClient) -> None:
     assert client.get("/models/tiny-cls/v1/models").status_code == 200
 
 
+def test_versions_that_shape_outputs_are_shown_for_every_model(client: TestClient) -> None:
+    """One ``versions`` object, the same in /info and /v1/models: what an operator
+    compares when outputs move after an upgrade."""
+    import platform
+
+    import tokenizers
+    import torch
+    import transformers
+
+    want = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+    info = client.get("/info").json()
+    assert info["versions"] == want
+    assert [m["versions"] for m in info["models"]] == [want, want]
+    assert [m["versions"] for m in client.get("/v1/models").json()["data"]] == [want, want]
+
+
 def test_models_path_names_the_model(client: TestClient, tiny_bert_cls: Path) -> None:
     want = reference_embeddings(tiny_bert_cls, TEXTS, pooling="cls")
     r = client.post("/models/tiny-cls/v1/embeddings", json={"model": "dummy", "input": TEXTS})

@@ -9,45 +9,27 @@ its lifespan.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from squeezer.backends import Backend, load_backend
-from squeezer.backends.base import GenerationBackend
 from squeezer.backends.device import (
-    cap_gpu_memory,
-    compute_threads,
-    gpu_name,
     physical_cores,
     resolve_device,
-    resolve_dtype,
 )
-from squeezer.backends.llamacpp_generation import LlamaCppGenerationBackend
 from squeezer.backends.sampling import SamplingParams
-from squeezer.backends.torch_generation import (
-    PagedTorchGenerationBackend,
-    TorchGenerationBackend,
-)
-from squeezer.config import ModelSettings, Settings
+from squeezer.config import Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
 from squeezer.engine.generation import GenerationRequest
 from squeezer.engine.remote import EngineCalls, RemoteEngine
-from squeezer.errors import ModelLoadError, TooManyInputsError, UnavailableError
-from squeezer.models import ModelFolder, locate, read_folder
-from squeezer.models.gguf import gguf_precision, source_gguf
-from squeezer.models.manifest import Manifest, current_hardware, read_manifest
-from squeezer.optimize.cache import optimized_artifact
-from squeezer.optimize.precision import WARN_BELOW, check_precision, probe_task
+from squeezer.errors import TooManyInputsError, UnavailableError
+from squeezer.server.loading import LoadedGenerator, ModelLoader, describe, prefill_tokens
 from squeezer.server.registry import ModelRegistry, ServedModel
 from squeezer.tasks import (
     ClassifyRequest,
@@ -63,82 +45,32 @@ from squeezer.tasks import (
     QARequest,
     RerankRequest,
     RerankResult,
-    TextTokenizer,
     TokenClassifyRequest,
     TokenEntity,
     TokenInfo,
     TokenVectorsHead,
     ZeroShotRequest,
     ZeroShotResult,
-    build_tasks,
 )
-from squeezer.tasks.classify import label_names
-from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, GenerationLimits
-from squeezer.types import EngineRequest, ModelInfo, PrecisionReport, Task, TruncationDirection
+from squeezer.tasks.generate import GenerateRequest, Generation
+from squeezer.types import EngineRequest, ModelInfo, Task, TruncationDirection
+from squeezer.versions import library_versions, untested
 
 log = logging.getLogger("squeezer")
 
 
-def _check_hardware(name: str, manifest: Manifest, device: str) -> None:
-    """An artifact tuned on other hardware still runs, but may not be the best choice."""
-    here = current_hardware(compute_threads(), gpu_name(device))
-    differences = manifest.hardware.differences(here)
-    if differences:
+def log_versions() -> None:
+    """One line with the versions that shape outputs, and a warning for each watched
+    library outside the range squeezer is tested with (docs/compatibility.md)."""
+    log.info("versions: %s", library_versions().line())
+    for lib in untested():
         log.warning(
-            "model %s: artifact %s was tuned on %s; this machine differs (%s): "
-            "run `squeezer optimize` here for the best choice",
-            name,
-            manifest.candidate,
-            manifest.hardware.cpu,
-            "; ".join(differences),
+            "%s %s is outside the tested range %s: outputs and start-up may differ from "
+            "what the suite checks; the locked set is requirements/lock.txt",
+            lib.name,
+            lib.version,
+            lib.tested,
         )
-
-
-def _model_info(
-    name: str,
-    folder: ModelFolder,
-    tasks: tuple[Task, ...],
-    backend: str,
-    device: str,
-    dtype: str,
-    max_input_length: int,
-    **extra: Any,
-) -> ModelInfo:
-    return ModelInfo(
-        name=name,
-        path=str(folder.path),
-        tasks=tasks,
-        backend=backend,
-        device=device,
-        dtype=dtype,
-        content_hash=folder.content_hash(),
-        max_input_length=max_input_length,
-        hidden_size=folder.hidden_size,
-        model_type=folder.model_type,
-        architectures=folder.architectures,
-        **extra,
-    )
-
-
-def describe(info: ModelInfo, settings: Settings) -> ServedModel:
-    """What serves a loaded model's requests besides its weights: folder, tokenizer and
-    task objects, rebuilt from its ``ModelInfo``. API processes (``--api-workers``)
-    build these from the infos the engine process sends, without loading weights."""
-    tasks = info.tasks
-    if Task.GENERATE in tasks:
-        folder = read_folder(Path(info.path))
-        limits = GenerationLimits(
-            max_input_tokens=info.max_input_length,
-            max_total_tokens=info.max_total_tokens or settings.max_total_tokens,
-            max_stop_sequences=settings.max_stop_sequences,
-        )
-        tokenizer = TextTokenizer(folder.tokenizer_file, limits.max_input_tokens)
-        return ServedModel(info, folder, tokenizer, {}, GenerateTask(folder, limits))
-    folder = read_folder(
-        Path(info.path), pooling=info.pooling, max_input_length=info.max_input_length
-    )
-    tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
-    return ServedModel(info, folder, tokenizer, build_tasks(info.name, tasks, folder, tokenizer))
 
 
 #: Requests smaller than this (characters) are tokenized inline: a thread hop costs
@@ -159,25 +91,6 @@ def default_tokenizer_workers(settings: Settings) -> int:
     except ValueError:  # reported when the model loads
         on_gpu = False
     return max(1, physical_cores() - 2) if on_gpu else 1
-
-
-def _kv_cache(settings: Settings, device: str) -> str:
-    if settings.kv_cache != "auto":
-        return settings.kv_cache
-    return "paged" if device.startswith("cuda") else "slots"
-
-
-def _prefill_tokens(settings: Settings, device: str) -> int:
-    """Prompt tokens per step beside decoding: small on CPU, where a step's cost grows
-    with its tokens and decoding streams would stall; a GPU takes thousands at once."""
-    return settings.max_batch_prefill_tokens or (256 if device == "cpu" else 4096)
-
-
-@dataclass(frozen=True, slots=True)
-class _Generator:
-    """A causal LM's backend: it goes to the generation scheduler, not a batch queue."""
-
-    backend: GenerationBackend
 
 
 class Phase(str, Enum):
@@ -202,6 +115,7 @@ class Runtime:
         here, and sends the engine's calls there."""
         self.settings = settings
         self.registry = ModelRegistry(settings.default_models)
+        self._loader = ModelLoader(settings)
         self.engine = Engine(
             EngineLimits(
                 max_batch_tokens=settings.max_batch_tokens,
@@ -228,14 +142,15 @@ class Runtime:
 
     async def start(self) -> None:
         t0 = time.perf_counter()
+        log_versions()
         if self.remote is not None:
             await self._start_remote(t0)
             return
         for spec in self.settings.models:
-            info, backend = await asyncio.to_thread(self._load, spec)
+            info, backend = await asyncio.to_thread(self._loader.load, spec)
             served = describe(info, self.settings)
             self.registry.add(served)
-            if isinstance(backend, _Generator):  # a causal LM: the generation scheduler
+            if isinstance(backend, LoadedGenerator):  # a causal LM: the generation scheduler
                 generator = backend.backend
                 self.engine.add_generator(
                     served.name,
@@ -246,7 +161,7 @@ class Runtime:
                         generator.token_budget,
                     ),
                     max_concurrent_requests=self.settings.max_concurrent_requests,
-                    max_prefill_tokens=_prefill_tokens(self.settings, served.info.device),
+                    max_prefill_tokens=prefill_tokens(self.settings, served.info.device),
                 )
                 self._log_loaded(served)
                 continue
@@ -298,169 +213,6 @@ class Runtime:
         if self.settings.batch_overhead_tokens is not None:
             return self.settings.batch_overhead_tokens
         return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
-
-    def _load(self, spec: ModelSettings) -> tuple[ModelInfo, Backend | _Generator]:
-        s = self.settings
-        path = locate(spec.path)
-        device = resolve_device(spec.device or s.device)
-        manifest = read_manifest(path)
-        if manifest is None and s.optimize:
-            path = optimized_artifact(path, s.optimize_max_loss, s.optimize_cache, device)
-            manifest = read_manifest(path)
-        if manifest is not None:
-            _check_hardware(spec.name, manifest, device)
-        folder = read_folder(path, pooling=spec.pooling, max_input_length=spec.max_input_length)
-        detected = folder.detect_tasks()
-        tasks = tuple(Task(t) for t in spec.tasks) if spec.tasks else detected
-        if not tasks:
-            raise ModelLoadError(
-                f"model {spec.name!r} ({folder.model_type}, {list(folder.architectures)}): "
-                "no task detected; name its tasks in the model's settings"
-            )
-        dtype = resolve_dtype(spec.dtype or s.dtype, device)
-        cap_gpu_memory(device, s.gpu_memory_fraction)
-        if Task.GENERATE in tasks:
-            return self._load_generator(spec, folder, tasks, device, dtype)
-        # An artifact names its runtime; only a per-model setting overrides it.
-        backend_name = spec.backend or (manifest.runtime if manifest else s.backend)
-        options = manifest.runtime_options if manifest and manifest.runtime == backend_name else {}
-        dtype = str(options.get("dtype", dtype))  # an artifact measured at its precision
-        backend = load_backend(backend_name, path, device=device, dtype=dtype, options=options)
-        precision = None
-        if backend_name == "torch" and dtype != "float32" and s.precision_check:
-            precision = self._check_precision(
-                spec.name, folder, tasks, backend, path, device, dtype
-            )
-        info = _model_info(
-            spec.name,
-            folder,
-            tasks,
-            backend_name,
-            device,
-            dtype,
-            folder.max_input_length,
-            pooling=folder.pooling,
-            labels=tuple(label_names(folder.config)) if folder.config.get("id2label") else (),
-            precision=precision,
-        )
-        return info, backend
-
-    @staticmethod
-    def _check_precision(
-        name: str,
-        folder: ModelFolder,
-        tasks: tuple[Task, ...],
-        backend: Backend,
-        path: Path,
-        device: str,
-        dtype: str,
-    ) -> PrecisionReport | None:
-        """fp16/bf16 against the same weights in fp32, logged; never silent."""
-        task = probe_task(tasks)
-        if task is None:
-            log.warning(
-                "model %s in %s: no precision measure for its tasks (%s); its accuracy "
-                "against fp32 is not measured",
-                name,
-                dtype,
-                "/".join(t.value for t in tasks),
-            )
-            return None
-        report = check_precision(
-            folder,
-            task,
-            dtype,
-            backend,
-            lambda: load_backend("torch", path, device=device, dtype="float32"),
-        )
-        level = logging.INFO if report.min_cosine >= WARN_BELOW else logging.WARNING
-        log.log(
-            level,
-            "model %s in %s vs float32 on %d held-out texts (%s): min cosine %.5f, mean "
-            "%.5f, agreement %.3f (%.1f s)",
-            name,
-            report.dtype,
-            report.texts,
-            report.task,
-            report.min_cosine,
-            report.mean_cosine,
-            report.agreement,
-            report.seconds,
-        )
-        return report
-
-    def _load_generator(
-        self,
-        spec: ModelSettings,
-        folder: ModelFolder,
-        tasks: tuple[Task, ...],
-        device: str,
-        dtype: str,
-    ) -> tuple[ModelInfo, _Generator]:
-        s = self.settings
-        if tasks != (Task.GENERATE,):
-            raise ModelLoadError(
-                f"model {spec.name!r}: a causal LM serves only 'generate', not "
-                f"{[t.value for t in tasks if t is not Task.GENERATE]}"
-            )
-        quantize = spec.quantize or s.quantize
-        backend: GenerationBackend
-        if quantize == "gguf":
-            gguf = source_gguf(folder.path)
-            if gguf is None:
-                raise ModelLoadError(
-                    f"model {spec.name!r}: --quantize gguf runs llama.cpp on the GGUF file a "
-                    f"model was converted from, and {folder.path} was not (serve a .gguf "
-                    "file or a package that carries one, or use --quantize int8)"
-                )
-            if device != "cpu":
-                raise ModelLoadError(f"model {spec.name!r}: --quantize gguf runs on cpu only")
-            backend = LlamaCppGenerationBackend(
-                gguf, max_slots=s.max_num_seqs, max_len=s.max_total_tokens
-            )
-            dtype = gguf_precision(gguf)
-        else:
-            make: Callable[..., TorchGenerationBackend] = TorchGenerationBackend
-            if _kv_cache(s, device) == "paged":
-                make = functools.partial(
-                    PagedTorchGenerationBackend,
-                    block_size=s.kv_block_size,
-                    memory_fraction=s.gpu_memory_fraction,
-                    prefill_tokens=_prefill_tokens(s, device),
-                )
-            backend = make(
-                folder.path,
-                device=device,
-                dtype=dtype,
-                max_slots=s.max_num_seqs,
-                max_len=s.max_total_tokens,
-                quantize=quantize,
-            )
-            if quantize is not None:
-                dtype = f"{dtype}+{quantize} weights"
-        if quantize is not None:
-            log.warning(
-                "model %s: quantized generation (%s) is lossy; its measured accuracy cost "
-                "is in docs/benchmarks.md",
-                spec.name,
-                quantize,
-            )
-        limits = GenerationLimits(
-            max_input_tokens=min(s.input_token_limit, backend.max_len - 1),
-            max_total_tokens=backend.max_len,
-            max_stop_sequences=s.max_stop_sequences,
-        )
-        info = _model_info(
-            spec.name,
-            folder,
-            tasks,
-            backend.name,
-            device,
-            dtype,
-            limits.max_input_tokens,
-            max_total_tokens=limits.max_total_tokens,
-        )
-        return info, _Generator(backend)
 
     async def _warm_up(self) -> None:
         """One short and one full-length batch per model, so first requests are not slow.

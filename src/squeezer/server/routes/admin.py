@@ -128,6 +128,7 @@ async def info(request: Request) -> Response:
             "docker_label": None,
             "device": default.device,
             "backend": default.backend,
+            "versions": default.versions.as_dict(),
             **tgi_fields,
             "models": [
                 {
@@ -141,6 +142,7 @@ async def info(request: Request) -> Response:
                     "max_input_length": m.max_input_length,
                     "max_total_tokens": m.max_total_tokens,
                     "precision": m.precision.as_dict() if m.precision else None,
+                    "versions": m.versions.as_dict(),
                 }
                 for m in runtime.model_infos()
             ],

@@ -67,6 +67,7 @@ def _model_list(runtime: Runtime) -> Response:
             "dtype": info.dtype,
             "content_hash": info.content_hash,
             "precision": info.precision.as_dict() if info.precision else None,
+            "versions": info.versions.as_dict(),
         }
         for info in runtime.model_infos()
     ]

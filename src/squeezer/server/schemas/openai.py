@@ -49,6 +49,8 @@ class ModelCard(BaseModel):
     dtype: str
     content_hash: str
     precision: PrecisionReport | None = None
+    #: python, torch, transformers, tokenizers, and the serving runtime when not torch.
+    versions: dict[str, str | None]
 
 
 class ModelList(BaseModel):

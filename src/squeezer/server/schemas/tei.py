@@ -128,6 +128,7 @@ class ServedModelInfo(BaseModel):
     path: str
     max_input_length: int
     precision: PrecisionReport | None = None
+    versions: dict[str, str | None]
 
 
 class Info(BaseModel):
@@ -148,4 +149,7 @@ class Info(BaseModel):
     version: str
     sha: str | None = None
     docker_label: str | None = None
+    #: The default model's library versions (python, torch, transformers, tokenizers,
+    #: and its runtime when not torch); each model in ``models`` has its own.
+    versions: dict[str, str | None]
     models: list[ServedModelInfo]

@@ -177,3 +177,31 @@ def tiny_llama_config(vocab_size: int, **overrides: object) -> transformers.Llam
         **overrides,
     }
     return transformers.LlamaConfig(**settings)
+
+
+#: The causal-LM families squeezer's generation backends serve (README).
+CAUSAL_LM_KINDS = ("llama", "qwen2", "gpt2")
+
+
+def tiny_causal_lm(kind: str, vocab_size: int) -> transformers.PreTrainedModel:
+    """Two layers of ``kind`` (grouped-query attention for llama and qwen2), random
+    weights, 128 positions."""
+    if kind == "llama":
+        return transformers.LlamaForCausalLM(tiny_llama_config(vocab_size))
+    if kind == "qwen2":
+        config = transformers.Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
+        return transformers.Qwen2ForCausalLM(config)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128
+        )
+        return transformers.GPT2LMHeadModel(config)
+    raise ValueError(f"unknown causal LM kind {kind!r}")

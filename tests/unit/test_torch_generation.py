@@ -12,7 +12,7 @@ from squeezer.backends.base import NewSequence
 from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.errors import InputTooLongError, OverloadedError
-from tests.tiny_models import tiny_llama_config
+from tests.tiny_models import CAUSAL_LM_KINDS, tiny_causal_lm
 from tests.unit.chunked_driver import drive_chunked
 
 VOCAB = 97
@@ -21,29 +21,11 @@ PROMPTS = [[5, 17, 3, 44, 9], [60, 2], [11, 12, 13, 14, 15, 16, 17, 18, 19], [70
 
 def _build(path: Path, kind: str) -> Path:
     torch.manual_seed(0)
-    if kind == "llama":
-        model = transformers.LlamaForCausalLM(tiny_llama_config(VOCAB))
-    elif kind == "qwen2":
-        config = transformers.Qwen2Config(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        )
-        model = transformers.Qwen2ForCausalLM(config)
-    else:
-        config = transformers.GPT2Config(
-            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128
-        )
-        model = transformers.GPT2LMHeadModel(config)
-    model.eval().save_pretrained(path)
+    tiny_causal_lm(kind, VOCAB).eval().save_pretrained(path)
     return path
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
+@pytest.fixture(scope="module", params=CAUSAL_LM_KINDS)
 def tiny_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp(request.param), request.param)
 

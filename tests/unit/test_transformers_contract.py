@@ -21,34 +21,16 @@ from squeezer.backends.slot_kv import SlotCache, StepPlan
 from squeezer.backends.torch_generation import PagedTorchGenerationBackend, TorchGenerationBackend
 from squeezer.backends.transformers_hooks import StepCache, cache_keyword
 from squeezer.errors import ModelLoadError
-from tests.tiny_models import tiny_llama_config
+from tests.tiny_models import CAUSAL_LM_KINDS, tiny_causal_lm
 
 VERSION = transformers.__version__
-ARCHITECTURES = {
-    "llama": lambda: transformers.LlamaForCausalLM(tiny_llama_config(64)),
-    "qwen2": lambda: transformers.Qwen2ForCausalLM(
-        transformers.Qwen2Config(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    ),
-    "gpt2": lambda: transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=128)
-    ),
-}
 
 
-@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
-def tiny_causal_lm(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+@pytest.fixture(scope="module", params=CAUSAL_LM_KINDS)
+def causal_lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp(request.param)
     torch.manual_seed(0)
-    ARCHITECTURES[request.param]().eval().save_pretrained(path)
+    tiny_causal_lm(request.param, 64).eval().save_pretrained(path)
     return path
 
 
@@ -68,19 +50,19 @@ def test_the_public_interfaces_squeezer_uses_exist() -> None:
 
 
 def test_every_supported_architecture_takes_our_cache_and_writes_each_layer(
-    tiny_causal_lm: Path,
+    causal_lm: Path,
 ) -> None:
     """The load-time probe passes: one token wrote every layer through our cache, under
     the keyword this release's forward takes."""
-    backend = TorchGenerationBackend(tiny_causal_lm, max_slots=2, max_len=32)
+    backend = TorchGenerationBackend(causal_lm, max_slots=2, max_len=32)
     keyword = cache_keyword(backend._decoder)
     assert keyword in ("cache", "past_key_values"), f"transformers {VERSION}"
     assert backend.cache.written is None  # recording is off while serving
     assert backend.active == 0 and backend.prefix_cache() == (0, 0)  # the probe left nothing
 
 
-def test_the_paged_backend_passes_the_same_probe(tiny_causal_lm: Path) -> None:
-    backend = PagedTorchGenerationBackend(tiny_causal_lm, max_slots=2, max_len=32, num_blocks=8)
+def test_the_paged_backend_passes_the_same_probe(causal_lm: Path) -> None:
+    backend = PagedTorchGenerationBackend(causal_lm, max_slots=2, max_len=32, num_blocks=8)
     assert backend.active == 0 and backend.kv_blocks == (8, 0)
 
 
@@ -111,7 +93,7 @@ def test_update_accepts_every_calling_convention(args: tuple, kwargs: dict) -> N
 
 
 def test_a_renamed_cache_argument_fails_the_load_naming_the_version(
-    tiny_causal_lm: Path, monkeypatch: pytest.MonkeyPatch
+    causal_lm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a future release that renames the argument again looks like: the model
     ignores our cache and builds its own. The load fails, and says why."""
@@ -119,7 +101,7 @@ def test_a_renamed_cache_argument_fails_the_load_naming_the_version(
         "squeezer.backends.torch_generation.cache_keyword", lambda decoder: "kv_cache_v2"
     )
     with pytest.raises(ModelLoadError, match=rf"transformers {VERSION}: .*Tested: transformers"):
-        TorchGenerationBackend(tiny_causal_lm, max_slots=2, max_len=32)
+        TorchGenerationBackend(causal_lm, max_slots=2, max_len=32)
 
 
 def test_a_cache_update_that_skips_layers_fails_the_probe() -> None:

@@ -137,9 +137,6 @@ class ModelLoader:
         self.settings = settings
 
     def load(self, spec: ModelSettings) -> tuple[ModelInfo, Backend | LoadedGenerator]:
-        return self._load(spec)
-
-    def _load(self, spec: ModelSettings) -> tuple[ModelInfo, Backend | LoadedGenerator]:
         s = self.settings
         path = locate(spec.path)
         device = resolve_device(spec.device or s.device)

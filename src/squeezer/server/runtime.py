@@ -142,10 +142,10 @@ class Runtime:
 
     async def start(self) -> None:
         t0 = time.perf_counter()
-        log_versions()
         if self.remote is not None:
             await self._start_remote(t0)
             return
+        log_versions()  # the process that runs the models (API processes hold none)
         for spec in self.settings.models:
             info, backend = await asyncio.to_thread(self._loader.load, spec)
             served = describe(info, self.settings)

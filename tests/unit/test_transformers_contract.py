@@ -42,6 +42,10 @@ def test_the_public_interfaces_squeezer_uses_exist() -> None:
     assert callable(getattr(transformers.AttentionInterface, "register", None)), (
         f"transformers {VERSION}: AttentionInterface.register is gone"
     )
+    assert isinstance(getattr(transformers, "Conv1D", None), type), (
+        f"transformers {VERSION}: transformers.Conv1D is gone; int8/fp16 weight "
+        "quantization finds GPT-2's linear layers by it (backends/quantize.py)"
+    )
     update = inspect.signature(transformers.Cache.update).parameters
     assert list(update)[1:4] == ["key_states", "value_states", "layer_idx"], (
         f"transformers {VERSION}: Cache.update takes {list(update)[1:]}; squeezer's "

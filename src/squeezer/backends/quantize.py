@@ -255,7 +255,7 @@ def _scratch(dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tens
 
 def _conv1d_type() -> type[nn.Module] | None:
     try:
-        from transformers.pytorch_utils import Conv1D
+        from transformers import Conv1D  # public (GPT-2's layer), not pytorch_utils
     except ImportError:  # not a transformers install: there is no Conv1D to meet
         return None
     return Conv1D  # type: ignore[no-any-return]

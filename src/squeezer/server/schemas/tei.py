@@ -134,6 +134,9 @@ class ServedModelInfo(BaseModel):
 class Info(BaseModel):
     """TEI's ``Info`` (every required field) plus squeezer's ``models`` list."""
 
+    # TEI's field names start with ``model_``, pydantic < 2.10's protected namespace.
+    model_config = ConfigDict(protected_namespaces=())
+
     model_id: str
     model_sha: str | None
     model_dtype: str

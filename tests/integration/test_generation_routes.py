@@ -370,7 +370,12 @@ async def test_a_failed_step_ends_streams_with_an_error_event_and_the_server_ser
     body = {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 5}}
     events = _events((await client.post("/generate_stream", json=body)).content)
     assert events[-1]["error_type"] == "generation" and "decode exploded" in events[-1]["error"]
-    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
+    chat = {  # ignore_eos: a first token that happens to be EOS would skip the decode step
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        "stream": True,
+        "ignore_eos": True,
+    }
     chunks = _events((await client.post("/v1/chat/completions", json=chat)).content)
     assert chunks[-1] == "[DONE]" and chunks[-2]["error"]["type"] == "server_error"
     r = await client.post("/generate", json=body)

@@ -400,3 +400,32 @@ async def test_the_paged_cache_serves_the_same_tokens_and_reports_its_blocks(
     metrics = (await paged.get("/metrics")).text
     assert 'squeezer_kv_cache_blocks{model="llama"} 256.0' in metrics  # 8 x 256 / 8
     assert 'squeezer_kv_cache_blocks_in_use{model="llama"} 0.0' in metrics  # all given back
+
+
+async def test_a_u64_seed_beside_six_streams_ends_none_of_them(client: httpx.AsyncClient) -> None:
+    """Seen as a user: six chat streams were decoding when a TGI /generate arrived with
+    seed 2**64 - 1, which TGI's contract allows; the step overflowed and all six ended
+    with an error event. Now every stream completes, and the seed is honoured."""
+    chat = {
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 12,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    poison = {
+        "inputs": PROMPTS[0],
+        "parameters": {"max_new_tokens": 4, "do_sample": True, "seed": 2**64 - 1},
+    }
+    streams = [client.post("/v1/chat/completions", json=chat) for _ in range(6)]
+    *answers, tgi = await asyncio.gather(*streams, client.post("/generate", json=poison))
+    assert tgi.status_code == 200, tgi.text
+    for answer in answers:
+        events = _events(answer.content)
+        assert events[-1] == "[DONE]" and all("error" not in e for e in events[:-1])
+        finish = [c["finish_reason"] for e in events[:-1] for c in e["choices"]]
+        assert finish[-1] == "length"  # all 12 tokens, not an error
+    again = await client.post("/generate", json=poison)
+    assert again.json() == tgi.json()  # the same u64 seed, the same text
+    too_big = {**poison, "parameters": {**poison["parameters"], "seed": 2**64}}
+    r = await client.post("/generate", json=too_big)
+    assert r.status_code == 422 and r.json()["error_type"] == "validation"

@@ -104,6 +104,8 @@ class GenerationBackend(Protocol):
     name: str
     max_slots: int
     max_len: int
+    #: Rows of the model's token embedding: a prompt id at or past it cannot run.
+    vocab_size: int
 
     def step(self, chunks: Sequence[PromptChunk], tokens: Mapping[Any, int]) -> list[TokenOut]:
         """One forward pass over prompt chunks and one new token of each decoding

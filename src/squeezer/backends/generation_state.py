@@ -224,6 +224,34 @@ class SequenceTable:
         """One more token in the cache of each row."""
         self._lengths[rows] += 1
 
+    def finish_step(
+        self,
+        feeds: Sequence[Feed],
+        tokens: Mapping[SeqId, int],
+        rows: torch.Tensor,
+        start: torch.Tensor,
+        sampled: Sequence[SeqId],
+        logits: torch.Tensor | None,
+    ) -> list[TokenOut]:
+        """After a forward pass wrote its feeds and decode ``tokens``: record them, then
+        sample ``sampled``'s next tokens. A sampler that raises (one request's settings
+        gave a NaN, say) takes the decoding rows back to their lengths before the step,
+        as ``GenerationBackend.step`` promises, so the scheduler can rerun the step
+        without the sequence that caused it."""
+        self.wrote(feeds, tokens, rows, start)
+        self.advance(rows)
+        if not sampled or logits is None:
+            return []
+        try:
+            return self.sample(sampled, logits)
+        except BaseException:
+            self._lengths[rows] -= 1
+            for slot, position in zip(rows.tolist(), start.tolist(), strict=True):
+                del self._held[slot][position:]  # a backend may drop what it wrote
+            for feed in feeds:
+                del self._held[feed.slot][feed.start :]
+            raise
+
     def release(self, seq: SeqId) -> Move | None:
         """Forget ``seq``; with ``compact``, the highest occupied slot moves into its
         slot, and the backend must move that sequence's cache as the ``Move`` says."""

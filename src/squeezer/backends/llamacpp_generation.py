@@ -224,6 +224,7 @@ class LlamaCppGenerationBackend(StepShortcuts):
             if decoding and int(start.max()) >= self.max_len:
                 raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
             logits, sampled = self._run_step(feeds, tokens, rows, start)
+            return self.table.finish_step(feeds, tokens, rows, start, sampled, logits)
         except BaseException:
             # llama.cpp rolls back only its last ubatch: drop what this step wrote, so
             # that a retry finds each cache as it was.
@@ -234,9 +235,6 @@ class LlamaCppGenerationBackend(StepShortcuts):
             for seq in new:
                 self.free(seq.id)
             raise
-        self.table.wrote(feeds, tokens, rows, start)
-        self.table.advance(rows)
-        return self.table.sample(sampled, logits) if sampled else []
 
     def _run_step(
         self,

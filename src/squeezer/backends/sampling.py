@@ -33,6 +33,17 @@ _MIX2 = 0x94D049BB133111EB - (1 << 64)
 _NEG_INF = float("-inf")
 #: Most likely tokens searched for a top-p nucleus before falling back to a full sort.
 _TOP_P_CANDIDATES = 512
+#: Temperatures below this sample as greedy (as vLLM does): dividing logits by 1e-30
+#: overflows to inf, and the distribution is the argmax anyway.
+MIN_TEMPERATURE = 1e-5
+
+
+def seed_bits(seed: int) -> int:
+    """A seed of any size as the signed int64 with the same low 64 bits: TGI's contract
+    allows u64 seeds (2**64 - 1 included), and the seed tensor is int64. The draw is
+    the same function of those bits either way."""
+    bits = seed & 0xFFFFFFFFFFFFFFFF
+    return bits - (1 << 64) if bits >= 1 << 63 else bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +69,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0.0
+        return not self.do_sample or self.temperature < MIN_TEMPERATURE
 
     def validate(self) -> None:
         if self.temperature < 0:
@@ -115,7 +126,9 @@ class SamplingBatch:
             top_p=col([1.0 if p.greedy else p.top_p for p in params]),
             typical_p=col([1.0 if p.greedy else p.typical_p for p in params]),
             penalty=col([p.repetition_penalty for p in params]),
-            seeds=torch.tensor([p.seed for p in params], dtype=torch.int64, device=device),
+            seeds=torch.tensor(
+                [seed_bits(p.seed) for p in params], dtype=torch.int64, device=device
+            ),
             top_logprobs=max((p.top_logprobs or 0 for p in params), default=0),
             all_greedy=all(p.greedy for p in params),
             top_k_max=max(
@@ -162,7 +175,7 @@ def process(
     if seen is not None and bool((batch.penalty != 1).any()):
         penalized = torch.where(scores < 0, scores * batch.penalty, scores / batch.penalty)
         scores = torch.where(seen, penalized, scores)
-    if batch.any_temperature:
+    if batch.any_temperature:  # >= MIN_TEMPERATURE: finite for any finite logits
         scores = scores / batch.temperature
     vocab = scores.shape[-1]
     if batch.top_k_max:  # top-k: below the k-th largest score goes

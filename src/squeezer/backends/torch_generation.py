@@ -203,12 +203,10 @@ class TorchGenerationBackend(StepShortcuts):
             if feed.chunk.last:
                 picks.append(offset - 1)
                 sampled.append(feed.chunk.seq.id)
-        self.table.wrote(feeds, tokens, rows, start)
-        self.table.advance(rows)
-        if not picks:  # only prompt chunks with more to come
-            return []
-        picked = hidden[torch.tensor(picks, dtype=torch.long, device=self.device)]
-        return self.table.sample(sampled, self._head(picked))
+        logits = None
+        if picks:  # else only prompt chunks with more to come
+            logits = self._head(hidden[torch.tensor(picks, dtype=torch.long, device=self.device)])
+        return self.table.finish_step(feeds, tokens, rows, start, sampled, logits)
 
     def _plan(
         self, rows: torch.Tensor, start: torch.Tensor, feeds: Sequence[Feed]

@@ -32,7 +32,13 @@ from squeezer.backends.base import GenerationBackend, NewSequence, PromptChunk, 
 from squeezer.backends.sampling import SamplingParams
 from squeezer.engine.executor import Work
 from squeezer.engine.observer import EngineObserver, NullObserver
-from squeezer.errors import BackendError, InputTooLongError, OverloadedError, UnavailableError
+from squeezer.errors import (
+    BackendError,
+    InputTooLongError,
+    InvalidRequestError,
+    OverloadedError,
+    UnavailableError,
+)
 
 
 class FinishReason(str, Enum):
@@ -159,6 +165,14 @@ class GenerationScheduler:
                 f"prompt + max_new_tokens = {total} exceeds max_batch_total_tokens "
                 f"({self.max_batch_total_tokens})"
             )
+        vocab = self.backend.vocab_size
+        if min(request.prompt) < 0 or max(request.prompt) >= vocab:
+            # A tokenizer may know ids the model has no embedding for (added tokens),
+            # and token-id prompts come from clients: refused here, not in a step.
+            bad = next(t for t in request.prompt if not 0 <= t < vocab)
+            raise InvalidRequestError(
+                f"token id {bad} is outside this model's vocabulary (ids 0 to {vocab - 1})"
+            )
         with self._lock:
             if self._closed:
                 raise UnavailableError("generation has stopped")
@@ -262,23 +276,50 @@ class GenerationScheduler:
         if not (chunks or decoding):
             return
         try:
-            outs = self.backend.step(chunks, decoding)
-        except Exception as e:  # a failed step fails only the sequences it held
-            self._fail(BackendError(f"generation step failed: {e}"))
-            return
-        for chunk in chunks:
-            if (seq := self._running.get(cast(int, chunk.seq.id))) is not None:
-                seq.prefilled = chunk.end
+            outs = self._run(chunks, decoding)
+        except Exception as e:  # one request's fault must not end the others
+            outs = self._isolate(chunks, decoding, e)
         self._deliver(outs)
         self._observer.on_generation_step(self.name, len(outs), self._clock() - t0)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _run(self, chunks: Sequence[PromptChunk], decoding: dict[int, int]) -> list[TokenOut]:
+        outs = self.backend.step(chunks, decoding)
+        for chunk in chunks:
+            if (seq := self._running.get(cast(int, chunk.seq.id))) is not None:
+                seq.prefilled = chunk.end
+        return outs
+
+    def _isolate(
+        self, chunks: Sequence[PromptChunk], decoding: dict[int, int], error: Exception
+    ) -> list[TokenOut]:
+        """A step that raised, rerun in halves until the sequences that make it fail
+        are alone: they fail with the error, every other sequence gets the token the
+        whole step would have given it (a failed backend step leaves the caches as they
+        were; draws depend on seed and position only). log2(n) extra passes, paid only
+        when a step fails."""
+        members = list(dict.fromkeys([*decoding, *(cast(int, c.seq.id) for c in chunks)]))
+        if len(members) == 1:
+            self._fail_one(members[0], BackendError(f"generation step failed: {error}"))
+            return []
+        outs: list[TokenOut] = []
+        half = len(members) // 2
+        for group in (set(members[:half]), set(members[half:])):
+            part = [c for c in chunks if c.seq.id in group]
+            tokens = {i: t for i, t in decoding.items() if i in group}
+            try:
+                outs += self._run(part, tokens)
+            except Exception as e:
+                outs += self._isolate(part, tokens, e)
+        return outs
+
+    def _fail_one(self, seq_id: int, exc: BaseException) -> None:
         with self._lock:
-            failed, self._running = list(self._running.values()), {}
-        for seq in failed:
-            with contextlib.suppress(KeyError):  # never reached the backend
-                self.backend.free(seq.stream.id)
-            seq.stream._push(exc)
+            seq = self._running.pop(seq_id, None)
+        if seq is None:
+            return
+        with contextlib.suppress(KeyError):  # never reached the backend
+            self.backend.free(seq_id)
+        seq.stream._push(exc)
 
     def fail_all(self, exc: BaseException) -> None:
         """Shutdown (on the event loop): every waiting and running request ends with

@@ -29,7 +29,7 @@ class GenerateParameters(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0)
     frequency_penalty: float | None = None
     stop: list[str] = Field(default_factory=list)
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**64 - 1)  # TGI: a u64
     do_sample: bool = False
     details: bool = False
     decoder_input_details: bool = False

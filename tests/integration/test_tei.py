@@ -77,6 +77,9 @@ def test_over_long_input_is_refused_unless_truncation_is_asked(client: TestClien
         ({"text": "x"}, 422, "Validation"),
         ({"inputs": ["x"] * 9}, 422, "Validation"),
         ({"inputs": [10**9]}, 422, "Tokenizer"),
+        # Found by fuzzing TEI's published contract: past int64 it was a 500.
+        ({"inputs": [32939, 548, 10000000000000000001]}, 422, "Tokenizer"),
+        ({"inputs": [[5, -(2**70)]]}, 422, "Validation"),  # past what JSON parsing takes
         ({"inputs": "x", "prompt_name": "nope"}, 422, "Validation"),
     ],
 )
@@ -157,6 +160,7 @@ def test_info_has_tei_fields_and_every_model(client: TestClient) -> None:
     info = client.get("/info").json()
     for field in (
         "model_id",
+        "served_model_name",  # required by TEI 1.9's published Info schema
         "model_dtype",
         "model_type",
         "max_concurrent_requests",
@@ -168,7 +172,7 @@ def test_info_has_tei_fields_and_every_model(client: TestClient) -> None:
         "version",
     ):
         assert field in info
-    assert info["model_id"] == "tiny"
+    assert info["model_id"] == "tiny" and info["served_model_name"] == "tiny"
     assert info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert info["max_input_length"] == 64
     names = {m["name"]: m for m in info["models"]}

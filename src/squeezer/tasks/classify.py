@@ -81,6 +81,7 @@ def parse_activation(value: str | None, default: Activation) -> Activation:
         ) from None
 
 
+@dataclass(frozen=True, slots=True)
 class LogitsHead:
     """One row of sequence logits per item (the classifier reads the first token)."""
 

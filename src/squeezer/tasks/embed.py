@@ -46,15 +46,16 @@ class EmbedResult:
     prompt_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
 class PooledHead:
     """One vector per input, pooled over the batch at once (mean, CLS or last token)."""
 
+    pooling: str
     outputs = ("last_hidden_state",)
 
-    def __init__(self, pooling: str) -> None:
-        if pooling not in ("mean", "cls", "last"):
-            raise ValueError(f"pooling {pooling!r}: expected mean, cls or last")
-        self.pooling = pooling
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "cls", "last"):
+            raise ValueError(f"pooling {self.pooling!r}: expected mean, cls or last")
 
     def take(self, outputs: NamedArrays, batch: Sequence[Row]) -> list[FloatArray]:
         hidden = np.asarray(outputs["last_hidden_state"], dtype=np.float32)
@@ -72,6 +73,7 @@ class PooledHead:
         return list(pooled)
 
 
+@dataclass(frozen=True, slots=True)
 class TokenVectorsHead:
     """Every token's vector, unpooled (TEI ``/embed_all``)."""
 

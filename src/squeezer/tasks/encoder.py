@@ -26,7 +26,8 @@ class Head(Protocol):
     """How one kind of item reads its result from a batch's outputs.
 
     ``take`` runs on the compute thread for all of a batch's items that share the
-    head, so vectorized post-processing (pooling) costs one call per batch.
+    head, so vectorized post-processing (pooling) costs one call per batch. Heads
+    compare by value (frozen dataclasses): "share" means equal, not the same object.
     """
 
     @property
@@ -94,11 +95,14 @@ class EncoderRunner:
         return arrays
 
     def split(self, outputs: NamedArrays, items: Sequence[EncoderItem]) -> list[Any]:
-        groups: dict[int, list[Row]] = {}
+        """Each head's rows in one ``take``. Heads are grouped by value (they are frozen
+        dataclasses): items that crossed a process boundary (``--api-workers``) carry
+        equal copies, and grouping by identity pooled once per request, not per batch."""
+        groups: dict[Head, list[Row]] = {}
         start = 0
         for row, it in enumerate(items):
             stop = start + len(it.positions)
-            groups.setdefault(id(it.head), []).append(
+            groups.setdefault(it.head, []).append(
                 Row(it, row, it.tokens.num_tokens, slice(start, stop))
             )
             start = stop

@@ -42,6 +42,7 @@ class MaskFill:
     sequence: str
 
 
+@dataclass(frozen=True, slots=True)
 class MaskLogitsHead:
     """Vocabulary logits at an item's mask positions only."""
 

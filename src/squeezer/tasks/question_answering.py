@@ -100,6 +100,7 @@ class QAWindow(EncoderItem):
     chars: IntArray
 
 
+@dataclass(frozen=True, slots=True)
 class SpanLogitsHead:
     """Each window's start and end logits, cut to its length (no work on the compute
     thread beyond a copy: scoring needs per-request parameters)."""

@@ -84,6 +84,7 @@ class EntityGroup:
 Entity = TokenEntity | EntityGroup
 
 
+@dataclass(frozen=True, slots=True)
 class TokenLogitsHead:
     """Every token's label logits."""
 

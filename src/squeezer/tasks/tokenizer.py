@@ -162,13 +162,14 @@ class TextTokenizer:
         for i, ids in enumerate(ids_lists):
             if len(ids) == 0:
                 raise EmptyInputError(f"input {i} is an empty list of token ids", param="inputs")
-            arr = np.asarray(ids, dtype=np.int64)
-            if arr.min() < 0 or arr.max() >= self.vocab_size:
+            # Range-checked as Python ints first: 10**19 would overflow int64 in numpy.
+            if min(ids) < 0 or max(ids) >= self.vocab_size:
                 raise TokenizerError(
                     f"input {i} holds token ids outside this model's vocabulary "
                     f"[0, {self.vocab_size})",
                     param="inputs",
                 )
+            arr = np.asarray(ids, dtype=np.int64)
             truncated = False
             if arr.shape[0] > self.max_length:
                 if not truncate:

@@ -113,6 +113,7 @@ async def info(request: Request) -> Response:
     return json_response(
         {
             "model_id": default.name,
+            "served_model_name": default.name,
             "model_sha": default.content_hash,
             "model_dtype": default.dtype,
             "model_type": _model_type(default),

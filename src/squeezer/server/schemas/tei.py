@@ -138,6 +138,8 @@ class Info(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     model_id: str
+    #: The name requests use for it (TEI's ``--served-model-name``).
+    served_model_name: str
     model_sha: str | None
     model_dtype: str
     #: ``{"embedding": ...}``, ``{"classifier": ...}`` or ``{"reranker": ...}``.

@@ -134,6 +134,9 @@ class Runtime:
             self.tokenizer_workers, thread_name_prefix="squeezer-tokenize"
         )
         self.phase = Phase.STARTING
+        #: The event loop's time by which a drain must be over (set when one starts):
+        #: ``stop`` gives the engine what is left of it.
+        self.drain_deadline: float | None = None
         self.cold_start_s: float | None = None
         #: Wall-clock start time (``created`` in OpenAI's model list).
         self.started_at = time.time()
@@ -242,7 +245,10 @@ class Runtime:
         if self.remote is not None:
             await self.remote.close()
         else:
-            await self.engine.stop(self.settings.shutdown_timeout)
+            timeout = self.settings.shutdown_timeout
+            if self.drain_deadline is not None:
+                timeout = min(timeout, self.drain_deadline - asyncio.get_running_loop().time())
+            await self.engine.stop(max(0.0, timeout))
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self.phase = Phase.STOPPED
 

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -67,11 +68,24 @@ class DrainingServer(uvicorn.Server):
             log.info("draining: /ready is 503; still serving for %.1f s", self._drain_delay)
             await asyncio.sleep(self._drain_delay)
         log.info("draining: finishing %d request(s) in flight", state.in_flight.count)
+        # One deadline for the whole drain: the requests in flight, then uvicorn's wait
+        # for its tasks, then the engine's stop each get what is left of it, not a
+        # fresh --shutdown-timeout each (which made 3x the documented bound).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._drain_timeout
+        state.runtime.drain_deadline = deadline
         try:
             await asyncio.wait_for(state.in_flight.wait_idle(), self._drain_timeout)
         except TimeoutError:
-            log.warning("drain timed out after %.0f s; exiting", self._drain_timeout)
+            log.warning("drain timed out after %g s; exiting", self._drain_timeout)
+        self.config.timeout_graceful_shutdown = graceful_timeout(deadline - loop.time())
         self.should_exit = True
+
+
+def graceful_timeout(seconds: float) -> Any:
+    """uvicorn's wait for open connections at shutdown, as a float: its annotation says
+    int, and ``int(0.5) or None`` turned a half-second timeout into no limit at all."""
+    return max(0.0, seconds)
 
 
 def run_server(settings: Settings) -> None:
@@ -88,7 +102,7 @@ def run_server(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        timeout_graceful_shutdown=graceful_timeout(settings.shutdown_timeout),
         access_log=False,
         lifespan="on",
     )

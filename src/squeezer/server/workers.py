@@ -37,7 +37,7 @@ from squeezer.server.app import create_app
 from squeezer.server.metrics import Metrics, RemoteMetrics
 from squeezer.server.routes.admin import render_metrics
 from squeezer.server.runtime import Runtime, default_tokenizer_workers
-from squeezer.server.serve import DrainingServer
+from squeezer.server.serve import DrainingServer, graceful_timeout
 
 log = logging.getLogger("squeezer")
 
@@ -188,7 +188,7 @@ def api_worker(path: str, fd: int) -> None:
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        timeout_graceful_shutdown=graceful_timeout(settings.shutdown_timeout),
         access_log=False,
         lifespan="on",
     )

@@ -14,7 +14,7 @@ import torch
 from squeezer.backends import generation_state
 from squeezer.backends.sampling import SamplingBatch, SamplingParams, sample, seed_bits
 from squeezer.engine.generation import GenerationRequest
-from squeezer.errors import BackendError, InvalidRequestError
+from squeezer.errors import BackendError, DeadlineExceededError, InvalidRequestError
 from tests.unit.test_generation_scheduler import Running, _collect
 from tests.unit.test_torch_generation import PROMPTS, VOCAB, _alone, _build
 
@@ -115,3 +115,36 @@ async def test_a_sampler_failure_rolls_back_the_step_for_the_others(
     assert isinstance(results[2], BackendError) and "NaN in the CDF" in str(results[2])
     for i in (0, 1, 3):
         assert results[i] == _alone(tiny_llama, PROMPTS[i], NEW)
+
+
+async def test_a_request_waiting_past_its_deadline_fails_and_never_takes_a_slot(
+    tiny_llama: Path,
+) -> None:
+    """--request-timeout covers generation requests waiting for admission, as it does
+    encoder ones: with both slots busy, a third request whose deadline passes while it
+    waits fails with the deadline error (504), and is never prefilled."""
+    clock = [100.0]
+    r = Running(tiny_llama, slots=2)
+    r.scheduler._now = lambda: clock[0]
+    try:
+        busy = [r.scheduler.submit(GenerationRequest(p, 30)) for p in PROMPTS[:2]]
+        late = r.scheduler.submit(GenerationRequest(PROMPTS[2], 4, deadline=101.0))
+        patient = r.scheduler.submit(GenerationRequest(PROMPTS[3], 4, deadline=500.0))
+        prefilled: list[object] = []
+        step = r.backend.step
+
+        def recording(chunks: Any, tokens: Any) -> Any:
+            prefilled.extend(c.seq.id for c in chunks if c.first)
+            return step(chunks, tokens)
+
+        r.backend.step = recording  # type: ignore[method-assign]
+        first = busy[0].__aiter__()
+        await first.__anext__()  # both slots are decoding now
+        clock[0] = 102.0  # past the late request's deadline, before a slot frees
+        with pytest.raises(DeadlineExceededError, match="--request-timeout"):
+            await _collect(late)
+        assert late.id not in prefilled
+        assert len(await _collect(patient)) == 4
+        assert len(await _collect(busy[1])) == 30
+    finally:
+        r.close()

@@ -34,6 +34,7 @@ from squeezer.engine.executor import Work
 from squeezer.engine.observer import EngineObserver, NullObserver
 from squeezer.errors import (
     BackendError,
+    DeadlineExceededError,
     InputTooLongError,
     InvalidRequestError,
     OverloadedError,
@@ -55,6 +56,10 @@ class GenerationRequest:
     eos_ids: frozenset[int] = frozenset()
     #: Benchmark clients (vLLM's ``ignore_eos``) ask for exactly max_new_tokens.
     ignore_eos: bool = False
+    #: ``time.monotonic()`` by which the request must have been admitted
+    #: (``--request-timeout``); one still waiting then fails with a deadline error and
+    #: never takes a slot. None: it waits as long as it takes.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +138,15 @@ class GenerationScheduler:
         name: str = "generate",
         observer: EngineObserver | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` times steps (metrics); ``now`` is the clock requests' deadlines
+        are in (tests pass a fake one)."""
         self.backend = backend
         self.name = name
         self._observer = observer or NullObserver()
         self._clock = clock
+        self._now = now
         self._wake = wake
         self.max_batch_total_tokens = max_batch_total_tokens
         self.max_concurrent = max_concurrent_requests
@@ -222,12 +231,23 @@ class GenerationScheduler:
         of prompts under way first, then waiting requests while slots, the token budget
         and the step's prefill budget allow (the last one taken may get a part of its
         prompt, the rest follows next step)."""
+        now = self._now()
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
-            self._waiting = deque(s for s in self._waiting if s.stream.id not in cancelled)
+            late = [s for s in self._waiting if (s.request.deadline or now + 1) <= now]
+            self._waiting = deque(
+                s for s in self._waiting if s.stream.id not in cancelled and s not in late
+            )
             gone = [self._running[i] for i in cancelled if i in self._running]
         for seq in gone:
             self._retire(seq, FinishReason.CANCELLED)
+        for seq in late:
+            seq.stream._push(
+                DeadlineExceededError(
+                    "the generation request waited for a free sequence slot past its "
+                    "deadline (--request-timeout) and was not started"
+                )
+            )
         budget = self.max_prefill_tokens
         chunks = []
         for seq in self._running.values():

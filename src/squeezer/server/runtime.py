@@ -371,6 +371,7 @@ class Runtime:
                 plan.params,
                 task.eos_ids,
                 ignore_eos=request.ignore_eos,
+                deadline=self._deadline(),
             ),
         )
         return Generation(plan.prompt, plan.params, task.text(stream, request, plan.prompt))

@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.engine import DeviceExecutor
 from squeezer.engine.generation import GenerationRequest, GenerationScheduler
@@ -54,6 +55,19 @@ def test_a_model_without_a_chat_template_refuses_messages(tmp_path: Path) -> Non
         task.prompt_ids(GenerateRequest(messages=[{"role": "user", "content": "hi"}]))
     with pytest.raises(InvalidRequestError, match="required"):
         task.prompt_ids(GenerateRequest())
+
+
+def test_stop_sequences_are_bounded_in_number_and_length(chat_llama: Path) -> None:
+    """The stream scans the longest stop sequence at every token: a megabyte of stop
+    string would cost that per token, so its length is a limit with a 422."""
+    task = GenerateTask(read_folder(chat_llama))
+    params = SamplingParams()
+    ok = "x" * task.limits.max_stop_length
+    assert task.plan(GenerateRequest(prompt="hi", stop=[ok]), params).prompt
+    with pytest.raises(InvalidRequestError, match="at most 256 characters, got one of 257"):
+        task.plan(GenerateRequest(prompt="hi", stop=["ab", ok + "y"]), params)
+    with pytest.raises(InvalidRequestError, match="at most 4 stop sequences"):
+        task.plan(GenerateRequest(prompt="hi", stop=["a"] * 5), params)
 
 
 async def _run(

@@ -95,6 +95,9 @@ class GenerationLimits:
     max_input_tokens: int = 2047
     max_total_tokens: int = 2048
     max_stop_sequences: int = 4
+    #: Characters per stop sequence: the text stream holds back up to the longest one
+    #: and scans it at every token, so a megabyte of stop string costs that per token.
+    max_stop_length: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,13 @@ class GenerateTask:
         if len(request.stop) > lim.max_stop_sequences:
             raise InvalidRequestError(
                 f"stop: at most {lim.max_stop_sequences} stop sequences, got {len(request.stop)}",
+                param="stop",
+            )
+        longest = max(request.stop, key=len, default="")
+        if len(longest) > lim.max_stop_length:
+            raise InvalidRequestError(
+                f"stop: each stop sequence holds at most {lim.max_stop_length} characters, "
+                f"got one of {len(longest)}",
                 param="stop",
             )
         if request.max_new_tokens is not None and request.max_new_tokens < 1:

@@ -429,3 +429,49 @@ async def test_a_u64_seed_beside_six_streams_ends_none_of_them(client: httpx.Asy
     too_big = {**poison, "parameters": {**poison["parameters"], "seed": 2**64}}
     r = await client.post("/generate", json=too_big)
     assert r.status_code == 422 and r.json()["error_type"] == "validation"
+
+
+async def test_a_huge_prompt_is_tokenized_off_the_event_loop(
+    make_async_client: Any, tiny_bert: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1.9 MB prompt is planned (tokenized, checked) on the tokenizer pool: while its
+    plan is held, another stream keeps getting tokens. Counted in tokens, not timed: on
+    the event loop, the held plan would block every stream until it gave up."""
+    import threading
+
+    from squeezer.backends.sampling import SamplingParams
+    from squeezer.tasks.generate import GenerateRequest, GenerateTask, TextDelta
+    from squeezer.types import Task
+
+    client = await make_async_client(_settings(tiny_bert, tiny_llama))
+    runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
+    model = runtime.registry.get("llama", Task.GENERATE)
+    entered, release = threading.Event(), threading.Event()
+    released_by_stream: list[bool] = []
+    plan = GenerateTask.plan
+
+    def held_plan(self: GenerateTask, request: GenerateRequest, params: SamplingParams) -> Any:
+        if request.text_size > 10**6:
+            entered.set()
+            # On the event loop nothing could release it: the wait would time out.
+            released_by_stream.append(release.wait(5))
+        return plan(self, request, params)
+
+    monkeypatch.setattr(GenerateTask, "plan", held_plan)
+    running = await runtime.generate(
+        model, GenerateRequest(prompt="The", max_new_tokens=60, ignore_eos=True), SamplingParams()
+    )
+    huge = GenerateRequest(prompt="word " * 380_000, max_new_tokens=1, truncate=64)
+    big = asyncio.create_task(runtime.generate(model, huge, SamplingParams()))
+    while not entered.is_set():
+        await asyncio.sleep(0.001)
+    while_held = 0
+    async for event in running.events:
+        if isinstance(event, TextDelta) and not release.is_set():
+            while_held += 1
+            if while_held == 5:
+                release.set()
+    assert while_held >= 5
+    answer = await big
+    assert released_by_stream == [True]
+    assert [e async for e in answer.events]

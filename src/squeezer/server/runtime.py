@@ -362,7 +362,11 @@ class Runtime:
         self.registry.check(model, Task.GENERATE)
         task = model.generator
         assert task is not None, "generate models have a generator"
-        plan = task.plan(request, params)
+        if request.text_size > _INLINE_TOKENIZE_CHARS:  # a long prompt or chat: off the loop
+            loop = asyncio.get_running_loop()
+            plan = await loop.run_in_executor(self._tokenize_pool, task.plan, request, params)
+        else:
+            plan = task.plan(request, params)
         stream = await self.calls.open_stream(
             model.name,
             GenerationRequest(

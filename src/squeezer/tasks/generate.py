@@ -49,6 +49,19 @@ class GenerateRequest:
     #: Keep only the prompt's last ``truncate`` tokens (TGI's ``truncate``).
     truncate: int | None = None
 
+    @property
+    def text_size(self) -> int:
+        """Characters to tokenize (prompt and message contents, tokens counted as
+        ids): what decides whether preparing it may hold the event loop."""
+        size = len(self.prompt or "") + len(self.prompt_tokens or ())
+        for message in self.messages or ():
+            content = message.get("content")
+            if isinstance(content, str):
+                size += len(content)
+            elif isinstance(content, list):  # OpenAI content parts
+                size += sum(len(str(part.get("text", ""))) for part in content)
+        return size
+
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:

@@ -89,6 +89,9 @@ class Settings(BaseModel):
     max_wait_ms: float = Field(default=0.0, ge=0)
     max_concurrent_requests: int = Field(default=512, gt=0)
     max_client_batch_size: int = Field(default=256, gt=0)
+    #: Windows one request's long inputs may become (QA contexts, token classification
+    #: with a stride): each is a forward pass of the model's whole length.
+    max_input_windows: int = Field(default=512, gt=0)
     max_body_bytes: int = Field(default=2_000_000, gt=0)
     #: Seconds a request may wait before it is answered without being computed; 0 = none.
     request_timeout: float = Field(default=30.0, ge=0)

@@ -105,6 +105,14 @@ def serve(
         int | None,
         option("Inputs per request. [default: 256]", "MAX_CLIENT_BATCH_SIZE"),
     ] = None,
+    max_input_windows: Annotated[
+        int | None,
+        option(
+            "Windows one request's long inputs may be split into (QA contexts, token "
+            "classification); beyond: 422. [default: 512]",
+            "MAX_INPUT_WINDOWS",
+        ),
+    ] = None,
     max_body_bytes: Annotated[
         int | None,
         option("Largest request body; beyond: 413. [default: 2000000]", "MAX_BODY_BYTES"),
@@ -233,6 +241,7 @@ def serve(
         "batch_overhead_tokens": batch_overhead_tokens,
         "max_concurrent_requests": max_concurrent_requests,
         "max_client_batch_size": max_client_batch_size,
+        "max_input_windows": max_input_windows,
         "max_body_bytes": max_body_bytes,
         "request_timeout": request_timeout,
         "shutdown_timeout": shutdown_timeout,

@@ -192,7 +192,7 @@ class Engine:
             # Answer at the deadline itself, not when the model's next batch forms: a
             # request stuck behind a long forward pass must not wait for it to end.
             timer = loop.call_at(
-                loop.time() + (request.deadline - now), queue.expire_if_unstarted, pending
+                loop.time() + (request.deadline - now), queue.expire_if_waiting, pending
             )
         try:
             queue.enqueue(pending, request.items)

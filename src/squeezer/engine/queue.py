@@ -159,35 +159,37 @@ class ModelQueue:
         return dropped
 
     def _expire(self, now: float) -> bool:
-        """Fail requests whose deadline passed before any of their items ran (lock held).
-
-        A request with an item already computed or computing is let finish: failing it
-        then would waste the work done and tell the client nothing was computed.
-        """
+        """Fail requests whose deadline passed while items of theirs still wait (lock
+        held): their queued items are dropped, so a request of many items (a long
+        context's windows) stops costing compute at its deadline, not at its end. One
+        whose items are all computed or computing is let finish."""
         expired = [
             r
             for r in self._live.values()
-            if r.deadline is not None and r.deadline <= now and r.queued == r.size
+            if r.deadline is not None and r.deadline <= now and r.queued > 0
         ]
         for req in expired:
+            error = self._deadline_error(req, now)  # before _finish drops its queued items
             self._finish(req)
-            settle_threadsafe(req.fut, exc=self._deadline_error(req, now))
+            settle_threadsafe(req.fut, exc=error)
         return bool(expired)
 
     def _deadline_error(self, req: Pending, now: float) -> DeadlineExceededError:
+        left = "" if req.queued == req.size else f" ({req.queued} of its {req.size} items)"
         return DeadlineExceededError(
             f"request to model {self.name!r} waited {now - req.submitted_at:.3f}s in the "
-            "queue and passed its deadline before it could be computed"
+            f"queue and passed its deadline before it could be computed{left}"
         )
 
-    def expire_if_unstarted(self, req: Pending) -> None:
-        """Deadline timer (event loop): answer now if none of the request's items ran."""
+    def expire_if_waiting(self, req: Pending) -> None:
+        """Deadline timer (event loop): answer now if items of the request still wait."""
         with self._lock:
-            if req.done or req.queued != req.size:
+            if req.done or req.queued == 0:
                 return
+            error = self._deadline_error(req, self._clock())
             self._finish(req)
             depth = self._depth
-        req.fut.set_exception(self._deadline_error(req, self._clock()))
+        req.fut.set_exception(error)
         self._observer.on_queue_depth(self.name, depth)
 
     def poll(self, now: float) -> Work | Later | None:

@@ -106,7 +106,9 @@ def describe(info: ModelInfo, settings: Settings) -> ServedModel:
     folder = read_folder(
         Path(info.path), pooling=info.pooling, max_input_length=info.max_input_length
     )
-    tokenizer = TextTokenizer(folder.tokenizer_file, folder.max_input_length)
+    tokenizer = TextTokenizer(
+        folder.tokenizer_file, folder.max_input_length, max_windows=settings.max_input_windows
+    )
     return ServedModel(info, folder, tokenizer, build_tasks(info.name, tasks, folder, tokenizer))
 
 

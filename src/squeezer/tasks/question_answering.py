@@ -143,7 +143,7 @@ class QATask:
             )
         try:
             windows = self.tokenizer.windows(
-                question, request.context, stride=stride, max_length=max_seq_len
+                question, request.context, stride=stride, max_length=max_seq_len, param="context"
             )
         except InvalidRequestError as e:
             if e.param != "stride":

@@ -191,7 +191,7 @@ class TokenClassifyTask:
         items: list[EncoderItem] = []
         for i, text in enumerate(request.inputs):
             shift = 0
-            for window in self.tokenizer.windows(text, stride=stride):
+            for window in self.tokenizer.windows(text, stride=stride, used=len(items)):
                 item = self._window(text, window, i, shift)
                 items.append(item)
                 shift += len(item.content) - stride

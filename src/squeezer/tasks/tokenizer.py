@@ -46,7 +46,9 @@ class TextTokenizer:
     overlap with the forward pass on the compute thread.
     """
 
-    def __init__(self, path: Path, max_length: int) -> None:
+    def __init__(self, path: Path, max_length: int, *, max_windows: int = 512) -> None:
+        """``max_windows``: windows one request may split its long inputs into
+        (``--max-input-windows``): each is a forward pass of ``max_length`` tokens."""
         try:
             base = Tokenizer.from_file(str(path))
         except Exception as e:  # the Rust side raises plain Exception
@@ -61,6 +63,7 @@ class TextTokenizer:
             tok.enable_truncation(max_length, direction=direction.value)
             self._truncating[direction] = tok
         self.max_length = max_length
+        self.max_windows = max_windows
         self.vocab_size = base.get_vocab_size(with_added_tokens=True)
 
     @property
@@ -118,15 +121,27 @@ class TextTokenizer:
         return out
 
     def windows(
-        self, text: str, pair: str | None = None, *, stride: int, max_length: int | None = None
+        self,
+        text: str,
+        pair: str | None = None,
+        *,
+        stride: int,
+        max_length: int | None = None,
+        used: int = 0,
+        param: str = "inputs",
     ) -> list[TokenizedInput]:
         """Overlapping windows covering all of ``text`` (or of ``pair``, the context of
         a question), each at most ``max_length`` tokens, consecutive windows sharing
-        ``stride`` tokens: how long inputs are read whole instead of cut."""
+        ``stride`` tokens: how long inputs are read whole instead of cut.
+
+        The windows are counted before they are made: with the ``used`` ones of the
+        request's earlier inputs, more than ``max_windows`` is a 422 naming the limit
+        (a 2 MB context at a stride of nearly a window would be ~500k forward passes)."""
         self._check_texts([text] if pair is None else [text, pair])
         length = min(max_length or self.max_length, self.max_length)
         first = _encode(self._plain, text if pair is None else (text, pair))
         if len(first.ids) <= length:
+            self._check_windows(used + 1, param)
             return [_to_input(first, False, True)]
         fixed = self._plain.num_special_tokens_to_add(pair is not None)
         if pair is not None:
@@ -137,9 +152,20 @@ class TextTokenizer:
                 f"windows of {length} tokens advance",
                 param="stride",
             )
+        room, content = length - fixed, len(first.ids) - fixed
+        count = 1 + -(-(content - room) // (room - stride))
+        self._check_windows(used + count, param, f" of {length} tokens at stride {stride}")
         windowing = self._windowing(length, stride, pair is not None)
         enc = _encode(windowing, text if pair is None else (text, pair))
         return [_to_input(e, False, True) for e in (enc, *enc.overflowing)]
+
+    def _check_windows(self, count: int, param: str, how: str = "") -> None:
+        if count > self.max_windows:
+            raise InvalidRequestError(
+                f"this request needs {count} windows{how}; at most {self.max_windows} per "
+                "request (--max-input-windows): send less text, or a smaller stride",
+                param=param,
+            )
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 - a few per model, alive as long as it
     def _windowing(self, length: int, stride: int, second_only: bool) -> Tokenizer:

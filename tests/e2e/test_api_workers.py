@@ -124,3 +124,53 @@ def test_two_api_workers_serve_like_one_process(
     for pid in children:  # the API processes went with it
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_dead_api_worker_is_replaced_and_no_one_else_fails(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    """An API process killed under load: the engine process starts another in its
+    place; requests on the other process, and every request after, succeed. Before,
+    the whole server exited."""
+    server = start_server(
+        ["--model", f"tiny={tiny_bert}", "--api-workers", "2"], tmp_path / "respawn.log"
+    )
+    try:
+        for _ in range(200):
+            if "2 API workers" in server.output():
+                break
+            time.sleep(0.05)
+        victim, *_ = _children(server.proc.pid)
+        os.kill(victim, 9)
+        codes = []
+        for _ in range(300):  # until the replacement is up (counted, not timed)
+            try:
+                r = httpx.post(f"{server.url}/embed", json={"inputs": TEXTS[:2]}, timeout=10)
+                codes.append(r.status_code)
+            except httpx.TransportError:  # a connection the dead process had accepted
+                codes.append(0)
+            replaced = len(_children(server.proc.pid)) == 2 and victim not in _children(
+                server.proc.pid
+            )
+            if replaced and _counter(server.url, "squeezer_api_worker_restarts_total") == 1:
+                break
+            time.sleep(0.02)
+        assert server.proc.poll() is None, server.output()
+        assert _counter(server.url, "squeezer_api_worker_restarts_total") == 1
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            after = list(
+                pool.map(
+                    lambda i: (
+                        httpx.post(
+                            f"{server.url}/embed", json={"inputs": TEXTS[:2]}, timeout=10
+                        ).status_code
+                    ),
+                    range(24),
+                )
+            )
+        assert after == [200] * 24
+        assert codes.count(0) <= 1  # at most the connection the killed process held
+        assert "started" in server.output() and "in its place" in server.output()
+    finally:
+        code = server.terminate()
+    assert code == 0, server.output()

@@ -13,12 +13,14 @@ import pytest
 
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.engine import Engine, EngineLimits
-from squeezer.engine.generation import FinishReason, GenerationRequest
+from squeezer.engine import remote as remote_module
+from squeezer.engine.generation import FinishReason, GenerationRequest, GenerationStream
 from squeezer.engine.remote import EngineServer, Hooks, RemoteEngine
 from squeezer.errors import (
     BackendError,
     ModelNotFoundError,
     OverloadedError,
+    PayloadTooLargeError,
     UnavailableError,
 )
 from tests.unit.test_engine import FakeBackend, FakeRunner, Gate, Recorder, req, until
@@ -137,3 +139,45 @@ async def test_a_lost_engine_fails_what_waits_and_what_comes(wired: Wired) -> No
     assert wired.remote.lost.is_set()
     with pytest.raises(UnavailableError, match="not reachable"):
         await wired.remote.submit(req("m", "after"))
+
+
+async def test_a_failing_note_or_a_malformed_frame_ends_no_other_request(
+    wired: Wired,
+) -> None:
+    """A note whose handler raises, an unknown note and a frame whose body cannot be
+    unpickled each fail at most their own request: the connection, and the API
+    process on it, go on serving."""
+    wired.gate.open()
+    wired.remote.note("unknown-note", 1)
+    wired.remote.note("seen")  # the handler is fine; missing arguments are not
+    wired.remote.note("seen", "ok")
+    writer = wired.remote._writer
+    assert writer is not None
+    future = asyncio.get_running_loop().create_future()
+    wired.remote._calls[77] = future
+    writer.write(remote_module._HEADER.pack(5, 77) + b"\x80junk")  # not a pickle
+    with pytest.raises(UnavailableError, match="malformed frame for request 77"):
+        await asyncio.wait_for(future, 5)
+    assert await wired.remote.submit(req("m", "after")) == ["m:after"]
+    await until(lambda: ("ok",) in wired.notes, "later notes arrive")
+    assert not wired.remote.lost.is_set()
+
+
+async def test_a_frame_past_the_bound_fails_only_its_request(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wired.gate.open()
+    monkeypatch.setattr(remote_module, "MAX_FRAME", 4096)
+    with pytest.raises(PayloadTooLargeError, match="engine socket"):
+        await wired.remote.submit(req("m", *(f"item{i}" for i in range(400))))
+    assert await wired.remote.submit(req("m", "small")) == ["m:small"]
+
+
+async def test_a_remote_stream_is_a_whole_generation_stream(wired: Wired) -> None:
+    """RemoteStream initialises as GenerationStream does (it skipped the base's
+    __init__, so attributes the base set were missing)."""
+    stream = await wired.remote.open_stream("llama", GenerationRequest(PROMPTS[1], 3))
+    base = GenerationStream(0, lambda seq: None)
+    assert {"id", "_queue", "_loop", "finished", "_on_cancel"} <= set(vars(stream))
+    assert set(vars(base)) <= set(vars(stream))
+    assert len([t async for t in stream]) == 3 and stream.finished is not None

@@ -74,9 +74,11 @@ Event = TokenOut | Finished | BaseException
 class GenerationStream:
     """Tokens of one request as they are sampled, then a ``Finished``."""
 
-    def __init__(self, seq_id: int, scheduler: GenerationScheduler) -> None:
+    def __init__(self, seq_id: int, on_cancel: Callable[[int], None]) -> None:
+        """``on_cancel(seq_id)`` stops the generation (the scheduler's ``cancel``, or a
+        message over the engine's socket for a remote stream)."""
         self.id = seq_id
-        self._scheduler = scheduler
+        self._on_cancel = on_cancel
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self.finished: Finished | None = None
@@ -87,7 +89,7 @@ class GenerationStream:
 
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the start of the next step."""
-        self._scheduler.cancel(self.id)
+        self._on_cancel(self.id)
 
     async def __aiter__(self) -> AsyncIterator[TokenOut]:
         try:
@@ -189,7 +191,7 @@ class GenerationScheduler:
                 raise OverloadedError(
                     f"{self.max_concurrent} generation requests are in flight; retry later"
                 )
-            stream = GenerationStream(next(self._ids), self)
+            stream = GenerationStream(next(self._ids), self.cancel)
             self._waiting.append(_Sequence(request, stream))
         self._wake()
         return stream

@@ -28,12 +28,19 @@ from typing import Any, Protocol
 
 from squeezer.engine.engine import Engine
 from squeezer.engine.generation import Event, GenerationRequest, GenerationStream
-from squeezer.errors import SqueezerError, UnavailableError
+from squeezer.errors import PayloadTooLargeError, SqueezerError, UnavailableError
 from squeezer.types import EngineRequest
 
 log = logging.getLogger("squeezer")
 
-_HEADER = struct.Struct("!I")
+#: A frame: body size and the request it belongs to, then the pickled (kind, payload).
+#: The id is outside the pickle so that a body that cannot be read still fails only
+#: its own request.
+_HEADER = struct.Struct("!IQ")
+#: The largest frame either end writes or reads: a request or result past it fails
+#: alone (a 413 / an error for that request), and a header claiming more is a broken
+#: peer, not an allocation.
+MAX_FRAME = 256 * 2**20
 #: Message kinds. Client to engine: SUBMIT, OPEN (a generation), CANCEL, CALL (an
 #: operator query by name), NOTE (no answer). Engine to client: RESULT, ERROR, EVENT
 #: (a generation's token), END (its last message).
@@ -41,15 +48,34 @@ SUBMIT, OPEN, CANCEL, CALL, NOTE = "submit", "open", "cancel", "call", "note"
 RESULT, ERROR, EVENT, END = "result", "error", "event", "end"
 
 
+class FrameError(Exception):
+    """A frame whose body could not be read: only request ``ident`` is affected."""
+
+    def __init__(self, ident: int, reason: str) -> None:
+        super().__init__(f"malformed frame for request {ident}: {reason}")
+        self.ident = ident
+
+
 async def _read(reader: asyncio.StreamReader) -> tuple[str, int, Any]:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    kind, ident, payload = pickle.loads(await reader.readexactly(size))
+    size, ident = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if size > MAX_FRAME:
+        raise ConnectionError(f"a frame of {size} bytes (at most {MAX_FRAME}): a broken peer")
+    body = await reader.readexactly(size)
+    try:
+        kind, payload = pickle.loads(body)
+    except Exception as e:  # the frame was read whole: the stream is still in step
+        raise FrameError(ident, f"{type(e).__name__}: {e}") from e
     return kind, ident, payload
 
 
 def _frame(kind: str, ident: int, payload: Any) -> bytes:
-    body = pickle.dumps((kind, ident, payload), protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
+    body = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+    if len(body) > MAX_FRAME:
+        raise PayloadTooLargeError(
+            f"a {kind} of {len(body) / 2**20:.0f} MiB does not fit the engine socket's "
+            f"{MAX_FRAME // 2**20} MiB frames; send fewer or shorter inputs"
+        )
+    return _HEADER.pack(len(body), ident) + body
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -108,13 +134,26 @@ class EngineServer:
         running: dict[int, asyncio.Task[None]] = {}
         self._writers.add(writer)
 
-        def send(kind: str, ident: int, payload: Any) -> None:
+        async def send(kind: str, ident: int, payload: Any) -> None:
+            """One frame, then wait while the API process is behind in reading (its
+            socket buffer full): backpressure, not an unbounded write buffer here."""
+            try:
+                frame = _frame(kind, ident, payload)
+            except PayloadTooLargeError as e:  # this answer cannot cross: say so instead
+                frame = _frame(ERROR, ident, e)
             if not writer.is_closing():
-                writer.write(_frame(kind, ident, payload))
+                writer.write(frame)
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
 
         try:
             while True:
-                kind, ident, payload = await _read(reader)
+                try:
+                    kind, ident, payload = await _read(reader)
+                except FrameError as e:
+                    log.error("engine socket: %s", e)
+                    await send(ERROR, e.ident, UnavailableError(str(e)))
+                    continue
                 if kind == CANCEL:  # the HTTP client left: its stream, or its submit
                     if (stream := streams.get(ident)) is not None:
                         stream.cancel()
@@ -122,8 +161,7 @@ class EngineServer:
                         task.cancel()
                     continue
                 if kind == NOTE:
-                    name, args = payload
-                    self.hooks.notes[name](*args)
+                    self._note(payload)
                     continue
                 if kind == SUBMIT:
                     job = self._submit(ident, payload, send)
@@ -146,17 +184,30 @@ class EngineServer:
             self._writers.discard(writer)
             writer.close()
 
+    def _note(self, payload: Any) -> None:
+        """An API process's observation (metrics): one that fails is logged and
+        dropped, never the connection that carried it."""
+        try:
+            name, args = payload
+            self.hooks.notes[name](*args)
+        except Exception:
+            log.exception("engine socket: a note from an API process failed")
+
     async def _submit(self, ident: int, request: EngineRequest, send: _Send) -> None:
         try:
-            send(RESULT, ident, await self.engine.submit(request))
+            result = await self.engine.submit(request)
         except Exception as e:
-            send(ERROR, ident, _portable(e))
+            await send(ERROR, ident, _portable(e))
+            return
+        await send(RESULT, ident, result)
 
     async def _call(self, ident: int, name: str, send: _Send) -> None:
         try:
-            send(RESULT, ident, self.hooks.calls[name]())
+            result = self.hooks.calls[name]()
         except Exception as e:
-            send(ERROR, ident, _portable(e))
+            await send(ERROR, ident, _portable(e))
+            return
+        await send(RESULT, ident, result)
 
     async def _open(
         self,
@@ -169,21 +220,21 @@ class EngineServer:
         try:
             stream = self.engine.generate(model, request)
         except Exception as e:  # refused before it started: a 4xx, not a broken stream
-            send(ERROR, ident, _portable(e))
+            await send(ERROR, ident, _portable(e))
             return
         streams[ident] = stream
-        send(RESULT, ident, None)
+        await send(RESULT, ident, None)
         try:
             async for event in stream:
-                send(EVENT, ident, event)
-            send(END, ident, stream.finished)
+                await send(EVENT, ident, event)
+            await send(END, ident, stream.finished)
         except Exception as e:
-            send(ERROR, ident, _portable(e))
+            await send(ERROR, ident, _portable(e))
         finally:
             streams.pop(ident, None)
 
 
-_Send = Callable[[str, int, Any], None]
+_Send = Callable[[str, int, Any], Awaitable[None]]
 
 
 def _forget(running: dict[int, Any], ident: int, _: object) -> None:
@@ -195,16 +246,10 @@ class RemoteStream(GenerationStream):
     the socket's reader pushes its events (tokens, then ``Finished`` or an error)."""
 
     def __init__(self, ident: int, client: RemoteEngine) -> None:
-        # Not the scheduler's stream: nothing here is pushed from a compute thread.
-        self.id = ident
-        self._client = client
-        self._queue = asyncio.Queue()
-        self.finished = None
-
-    def cancel(self) -> None:
-        self._client._cancel(self.id)
+        super().__init__(ident, client._cancel)
 
     def push(self, event: Event) -> None:
+        """From the socket's reader, on this loop (not a compute thread's hop)."""
         self._queue.put_nowait(event)
 
 
@@ -243,6 +288,11 @@ class RemoteEngine:
     async def submit(self, request: EngineRequest) -> list[Any]:
         result: list[Any] = await self._ask(SUBMIT, request)
         return result
+
+    async def _drain(self) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
 
     async def open_stream(self, model: str, request: GenerationRequest) -> RemoteStream:
         """Start a generation; refusals (overload, unknown model) raise here."""
@@ -284,6 +334,7 @@ class RemoteEngine:
 
     async def _answer(self, ident: int, future: asyncio.Future[Any]) -> Any:
         try:
+            await self._drain()  # a large request waits for the socket, not in a buffer
             return await future
         except asyncio.CancelledError:  # the HTTP client left: stop the work too
             self._cancel(ident)
@@ -294,7 +345,11 @@ class RemoteEngine:
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                kind, ident, payload = await _read(reader)
+                try:
+                    kind, ident, payload = await _read(reader)
+                except FrameError as e:  # an answer that cannot be read fails alone
+                    log.error("engine socket: %s", e)
+                    kind, ident, payload = ERROR, e.ident, UnavailableError(str(e))
                 if kind in (EVENT, END) or (kind == ERROR and ident not in self._calls):
                     stream = (
                         self._streams.get(ident)

@@ -138,6 +138,11 @@ class Metrics:
         self.in_flight = Gauge(
             "squeezer_http_requests_in_flight", "HTTP requests being served", registry=r
         )
+        self.api_worker_restarts = Counter(
+            "squeezer_api_worker_restarts",
+            "API processes (--api-workers) that died and were replaced",
+            registry=r,
+        )
 
     # EngineObserver -------------------------------------------------------------
 

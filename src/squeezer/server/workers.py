@@ -9,8 +9,11 @@ JSON; only tokenized requests and results cross the socket.
 Signals go to the engine process (API processes run in their own session, so a
 terminal's Ctrl-C reaches them once, from here): it tells every API process to drain,
 waits until they have answered what they accepted (the engine keeps computing for
-them meanwhile), then stops the engine. An API process that dies takes the server
-down with exit status 1: a supervisor restarts a whole server, not half of one.
+them meanwhile), then stops the engine. An API process that dies on its own is
+replaced: the connections it held are lost to their clients, and no other request
+fails (the engine cancels only what that process had started). One that keeps dying
+(more deaths in a minute than twice the workers, or before the server was ever ready)
+stops the server with exit status 1, for a supervisor to see.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import uvicorn
@@ -61,6 +65,8 @@ class _EngineProcess:
         self.ready_count = 0
         self.stop = asyncio.Event()
         self.children: list[subprocess.Popen[bytes]] = []
+        self._socket_path = ""
+        self._listener: socket.socket | None = None
 
     async def run(self) -> int:
         s = self.settings
@@ -73,10 +79,9 @@ class _EngineProcess:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
         try:
-            await server.start(str(folder / "engine.sock"))
-            self.children = [
-                self._spawn(str(folder / "engine.sock"), listener) for _ in range(s.api_workers)
-            ]
+            self._socket_path, self._listener = str(folder / "engine.sock"), listener
+            await server.start(self._socket_path)
+            self.children = [self._spawn() for _ in range(s.api_workers)]
             watch = asyncio.create_task(self._watch_children())
             await asyncio.wait(
                 [asyncio.create_task(self.ready.wait()), watch],
@@ -120,8 +125,9 @@ class _EngineProcess:
         if self.ready_count == len(self.children):
             self.ready.set()
 
-    def _spawn(self, path: str, listener: socket.socket) -> subprocess.Popen[bytes]:
-        s = self.settings
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        s, path, listener = self.settings, self._socket_path, self._listener
+        assert listener is not None
         # Tokenizer threads: the engine process's share, divided among the API processes.
         per_worker = max(1, (s.tokenizer_workers or default_tokenizer_workers(s)) // s.api_workers)
         child = s.model_copy(update={"tokenizer_workers": per_worker, "api_workers": 0})
@@ -139,13 +145,34 @@ class _EngineProcess:
         self.stop.set()
 
     async def _watch_children(self) -> None:
-        """Returns (and stops the server) when an API process exits on its own."""
+        """Replaces an API process that exits on its own; returns (and stops the
+        server) when they keep dying (see the module docstring)."""
+        deaths: deque[float] = deque()
         while not self.stop.is_set():
-            for child in self.children:
-                if child.poll() is not None:
-                    log.error("API worker %d exited with %s; stopping", child.pid, child.returncode)
+            for i, child in enumerate(self.children):
+                if child.poll() is None:
+                    continue
+                now = time.monotonic()
+                deaths.append(now)
+                while now - deaths[0] > 60:
+                    deaths.popleft()
+                if not self.ready.is_set() or len(deaths) > 2 * len(self.children):
+                    log.error(
+                        "API worker %d exited with %s (%d deaths in a minute); stopping",
+                        child.pid,
+                        child.returncode,
+                        len(deaths),
+                    )
                     self.stop.set()
                     return
+                self.children[i] = self._spawn()
+                self.metrics.api_worker_restarts.inc()
+                log.error(
+                    "API worker %d exited with %s; started %d in its place",
+                    child.pid,
+                    child.returncode,
+                    self.children[i].pid,
+                )
             await asyncio.sleep(0.2)
         await asyncio.Event().wait()  # a signal stopped us: not a death
 

@@ -237,9 +237,8 @@ class GenerationScheduler:
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
             late = [s for s in self._waiting if (s.request.deadline or now + 1) <= now]
-            self._waiting = deque(
-                s for s in self._waiting if s.stream.id not in cancelled and s not in late
-            )
+            gone_ids = cancelled | {s.stream.id for s in late}
+            self._waiting = deque(s for s in self._waiting if s.stream.id not in gone_ids)
             gone = [self._running[i] for i in cancelled if i in self._running]
         for seq in gone:
             self._retire(seq, FinishReason.CANCELLED)

@@ -475,3 +475,39 @@ async def test_a_huge_prompt_is_tokenized_off_the_event_loop(
     answer = await big
     assert released_by_stream == [True]
     assert [e async for e in answer.events]
+
+
+async def test_a_stream_that_waits_past_its_deadline_is_a_504_not_a_broken_200(
+    make_async_client: Any, tiny_bert: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--request-timeout covers generation requests waiting for a slot, streamed ones
+    too: the first event is awaited before the response starts, so the refusal is a
+    504 in the dialect's shape (the soak found them as error events in 200 streams)."""
+    import time as clock
+
+    from squeezer.backends.torch_generation import TorchGenerationBackend
+
+    step = TorchGenerationBackend.step
+
+    def slow(self: TorchGenerationBackend, chunks: Any, tokens: Any) -> Any:
+        clock.sleep(0.02)  # one slot held for seconds by the first request
+        return step(self, chunks, tokens)
+
+    monkeypatch.setattr(TorchGenerationBackend, "step", slow)
+    client = await make_async_client(
+        _settings(tiny_bert, tiny_llama, max_num_seqs=1, request_timeout=0.3)
+    )
+    hog = asyncio.create_task(
+        client.post(
+            "/generate",
+            json={"inputs": "The", "parameters": {"max_new_tokens": 200}, "stream": False},
+        )
+    )
+    await asyncio.sleep(0.1)
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    r = await client.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["type"] == "timeout_error"
+    tgi = await client.post("/generate_stream", json={"inputs": "The"})
+    assert tgi.status_code == 504 and tgi.json()["error_type"] == "overloaded"  # TGI's word
+    hog.cancel()

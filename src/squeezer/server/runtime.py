@@ -9,9 +9,10 @@ its lifespan.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any
@@ -52,11 +53,22 @@ from squeezer.tasks import (
     ZeroShotRequest,
     ZeroShotResult,
 )
-from squeezer.tasks.generate import GenerateRequest, Generation
+from squeezer.tasks.generate import GenerateRequest, Generation, TextDelta, TextDone
 from squeezer.types import EngineRequest, ModelInfo, Task, TruncationDirection
 from squeezer.versions import library_versions, untested
 
 log = logging.getLogger("squeezer")
+
+
+async def _resume(
+    first: TextDelta | TextDone, rest: AsyncGenerator[TextDelta | TextDone, None]
+) -> AsyncGenerator[TextDelta | TextDone, None]:
+    """A text stream whose first event was already taken; closing it closes the rest
+    (which cancels the engine's sequence)."""
+    async with contextlib.aclosing(rest):
+        yield first
+        async for event in rest:
+            yield event
 
 
 def log_versions() -> None:
@@ -356,8 +368,10 @@ class Runtime:
         self, model: ServedModel, request: GenerateRequest, params: SamplingParams
     ) -> Generation:
         """Start generating; text events stream from the result as tokens are sampled.
-        Limits and parameters are checked here, so a bad request fails before its
-        response starts (a 4xx, not a broken stream)."""
+        Limits and parameters are checked here, and the request's first event is
+        awaited here too: whatever ends it before its first token (a deadline passed
+        while it waited for a slot, a failed prefill) is a status of its own (504,
+        424), not an error event inside a 200 stream."""
         self._check_accepting()
         self.registry.check(model, Task.GENERATE)
         task = model.generator
@@ -378,7 +392,12 @@ class Runtime:
                 deadline=self._deadline(),
             ),
         )
-        return Generation(plan.prompt, plan.params, task.text(stream, request, plan.prompt))
+        events = task.text(stream, request, plan.prompt)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:  # cannot happen (a TextDone always ends the text)
+            raise UnavailableError("the generation ended before it started") from None
+        return Generation(plan.prompt, plan.params, _resume(first, events))
 
     async def question_answering(self, model: ServedModel, request: QARequest) -> list[QAAnswer]:
         result: list[QAAnswer] = await self._run(

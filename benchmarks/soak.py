@@ -91,7 +91,8 @@ class Run:
     offered_rps: float = 0.0
     outcomes: list[Outcome] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
-    rss: list[tuple[float, float]] = field(default_factory=list)  # (s, MiB)
+    #: (s, engine process MiB, API processes MiB)
+    rss: list[tuple[float, float, float]] = field(default_factory=list)
     kill_at_s: float | None = None
     drain: dict[str, Any] = field(default_factory=dict)
 
@@ -116,20 +117,12 @@ def build_classifier(root: Path) -> Path:
     return out
 
 
-def server_rss_mib(pid: int) -> float:
-    """Resident memory of the server and its API processes."""
-    pids = [pid]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(stat.parent.name))
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
+def rss_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def children(pid: int) -> list[int]:
@@ -396,7 +389,8 @@ async def soak(
             spawn(slow_reader(load, run))
             next_slow = now + 5
         if now >= next_rss:
-            run.rss.append((now - load.t0, server_rss_mib(server.pid)))
+            workers = sum(rss_mib(c) for c in children(server.pid))
+            run.rss.append((now - load.t0, rss_mib(server.pid), workers))
             next_rss = now + 5
         if not killed and now - load.t0 >= seconds / 2:
             workers = children(server.pid)
@@ -452,15 +446,7 @@ def summarize(run: Run) -> dict[str, Any]:
             "p50_ms": 1000 * float(np.percentile(ok, 50)) if ok else None,
             "p99_ms": 1000 * float(np.percentile(ok, 99)) if ok else None,
         }
-    slope = late_slope = None
-    if len(run.rss) >= 3:
-        t, mib = np.array(run.rss).T
-        slope = float(np.polyfit(t / 60, mib, 1)[0])
-        # The second half: caches (KV pages mapped as sequences first reach them,
-        # allocator pools) fill early; a leak keeps climbing after.
-        half = len(t) // 2
-        if len(t) - half >= 3:
-            late_slope = float(np.polyfit(t[half:] / 60, mib[half:], 1)[0])
+    rss = rss_figures(run)
     drain_lost = [o for o in after_term if o.status == 0]
     return {
         "requests": len(run.outcomes),
@@ -477,11 +463,8 @@ def summarize(run: Run) -> dict[str, Any]:
         "other_5xx_examples": [asdict(o) for o in other_5xx[:5]],
         "other_4xx": len(other_4xx),
         "latency": latency,
-        "rss_start_mib": run.rss[0][1] if run.rss else None,
-        "rss_end_mib": run.rss[-1][1] if run.rss else None,
-        "rss_slope_mib_per_min": slope,
-        "rss_slope_second_half_mib_per_min": late_slope,
-        "rss_max_mib": max((m for _, m in run.rss), default=None),
+        **rss,
+        "faults_by_kind": faults_by_kind(run.faults),
         "faults_ok": sum(f.ok for f in run.faults),
         "faults": len(run.faults),
         "faults_failed": [asdict(f) for f in run.faults if not f.ok][:10],
@@ -493,6 +476,50 @@ def summarize(run: Run) -> dict[str, Any]:
     }
 
 
+def faults_by_kind(faults: list[Fault]) -> dict[str, dict[str, Any]]:
+    """Each kind of fault: how often, how often handled, the answers it got."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in faults:
+        what = f.what if "killed" not in f.what else "API worker killed (SIGKILL)"
+        entry = out.setdefault(what, {"n": 0, "ok": 0, "got": {}, "expected": f.expected})
+        entry["n"] += 1
+        entry["ok"] += int(f.ok)
+        entry["got"][f.got] = entry["got"].get(f.got, 0) + 1
+    return out
+
+
+def rss_figures(run: Run) -> dict[str, Any]:
+    """RSS at start and end (all server processes), and the slopes that tell a leak
+    from a cache filling: fitted per process group over the steady state, from the end
+    of warm-up (the first fifth) to the worker kill, and from a minute after it (the
+    replacement warming up) to SIGTERM."""
+    if len(run.rss) < 3:
+        return {}
+    t, engine, workers = np.array(run.rss).T
+    total = engine + workers
+    end = t[-1]
+    kill = run.kill_at_s if run.kill_at_s is not None else end
+    segments = [(end / 5, kill), (kill + 60, end)]
+
+    def slope(values: np.ndarray) -> list[float | None]:
+        out: list[float | None] = []
+        for a, b in segments:
+            keep = (t >= a) & (t <= b)
+            fit = np.polyfit(t[keep] / 60, values[keep], 1)[0] if keep.sum() >= 4 else None
+            out.append(None if fit is None else float(fit))
+        return out
+
+    return {
+        "rss_start_mib": float(total[0]),
+        "rss_end_mib": float(total[-1]),
+        "rss_max_mib": float(total.max()),
+        "rss_engine_start_end_mib": [float(engine[0]), float(engine[-1])],
+        "rss_slope_engine_mib_per_min": slope(engine),
+        "rss_slope_api_workers_mib_per_min": slope(workers),
+        "rss_slope_whole_run_mib_per_min": float(np.polyfit(t / 60, total, 1)[0]),
+    }
+
+
 def draw(run: Run, path: Path) -> None:
     import matplotlib
 
@@ -501,9 +528,12 @@ def draw(run: Run, path: Path) -> None:
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     if run.rss:
-        t, mib = np.array(run.rss).T
-        top.plot(t, mib, marker=".")
-    top.set_ylabel("server RSS (MiB)")
+        t, engine, workers = np.array(run.rss).T
+        top.plot(t, engine + workers, marker=".", label="all server processes")
+        top.plot(t, engine, marker=".", label="engine process")
+        top.plot(t, workers, marker=".", label="API processes")
+        top.legend(loc="center right")
+    top.set_ylabel("RSS (MiB)")
     top.set_title(f"soak at {run.offered_rps:.0f} req/s offered (2x capacity)")
     for kind, _ in MIX:
         ok = [
@@ -599,13 +629,16 @@ async def main_async(args: argparse.Namespace, out: Path) -> int:
     table = Table("figure", "value")
     for key in ("requests", "capacity_rps", "offered_rps", "answered_200", "lost",
                 "held_by_killed_worker", "wrong", "refusals", "other_5xx", "other_4xx",
-                "rss_start_mib", "rss_end_mib", "rss_max_mib", "rss_slope_mib_per_min",
-                "rss_slope_second_half_mib_per_min"):  # fmt: skip
-        value = summary[key]
+                "rss_start_mib", "rss_end_mib", "rss_max_mib", "rss_engine_start_end_mib",
+                "rss_slope_engine_mib_per_min", "rss_slope_api_workers_mib_per_min",
+                "rss_slope_whole_run_mib_per_min"):  # fmt: skip
+        value = summary.get(key)
         table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
     for kind, lat in summary["latency"].items():
         table.add_row(f"{kind} p50 / p99 ms", f"{lat['p50_ms']} / {lat['p99_ms']}")
     table.add_row("faults handled", f"{summary['faults_ok']} of {summary['faults']}")
+    for what, entry in summary["faults_by_kind"].items():
+        table.add_row(f"  {what}", f"{entry['ok']}/{entry['n']} ok; got {entry['got']}")
     table.add_row("drain", json.dumps(summary["drain"]))
     console.print(table)
     misses = verdict(summary)

@@ -10,19 +10,28 @@ client's dialect.
 
 A model asked for a task it cannot do is TEI's 424 ("Backend error: model is not a
 re-ranker model") on TEI's own routes, and a 400 elsewhere.
+
+The same table writes the OpenAPI contract: ``error_responses(path)`` declares every
+status (and the error shape) an error can take on that route, so the published
+statuses cannot drift from the ones ``error_response`` sends.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import orjson
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from squeezer import errors as e
+from squeezer.server.schemas import openai as oa
+from squeezer.server.schemas import tei, tgi
 
 log = logging.getLogger("squeezer")
 
@@ -97,6 +106,56 @@ def dialect_of(path: str) -> Dialect:
     return Dialect.HF if _HF_PATH.match(path) else Dialect.TEI
 
 
+def _status_and_type(kind: ErrorKind, dialect: Dialect) -> tuple[int, str]:
+    """The HTTP status and ``error_type`` of ``kind`` on ``dialect``'s routes."""
+    status, tei_type = kind.status, kind.tei_type
+    if dialect is Dialect.TEI and kind.tei_route is not None:
+        status, tei_type = kind.tei_route
+    if dialect is Dialect.TGI:
+        tei_type = kind.tgi_type
+    if dialect is Dialect.OPENAI:
+        status = kind.openai_status or kind.status
+    return status, tei_type
+
+
+#: The error body each dialect answers (its OpenAPI schema).
+_ERROR_MODELS: dict[Dialect, type[BaseModel]] = {
+    Dialect.TEI: tei.ErrorResponse,
+    Dialect.HF: tei.ErrorResponse,
+    Dialect.TGI: tgi.ErrorResponse,
+    Dialect.OPENAI: oa.ErrorResponse,
+}
+_DESCRIPTIONS = {
+    400: "Empty input, or a request this route or model cannot serve",
+    404: "No such model",
+    413: "Body larger than --max-body-bytes",
+    422: "Validation or tokenizer error",
+    424: "Inference failed, or the model cannot do this task",
+    429: "Overloaded: too many requests in flight (see Retry-After)",
+    500: "Inference failed",
+    503: "Not ready, shutting down, or out of device memory (see Retry-After)",
+    504: "Waited longer than --request-timeout",
+}
+
+
+def error_statuses(path: str) -> list[int]:
+    """Every status a squeezer error can take on the route at ``path`` (a template
+    such as ``/models/{name}/v1/embeddings`` is fine: the dialect is by prefix)."""
+    dialect = dialect_of(path)
+    kinds = [kind for _, kind in _TABLE] + [_FALLBACK]
+    return sorted({_status_and_type(kind, dialect)[0] for kind in kinds})
+
+
+def error_responses(
+    path: str, statuses: Iterable[int] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the errors of the route at ``path``: every status
+    ``error_statuses`` gives (or only ``statuses``), in the dialect's error shape."""
+    model = _ERROR_MODELS[dialect_of(path)]
+    chosen = error_statuses(path) if statuses is None else sorted(statuses)
+    return {s: {"model": model, "description": _DESCRIPTIONS[s]} for s in chosen}
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower()
 
@@ -113,14 +172,9 @@ def _render(error: Exception, path: str) -> tuple[int, dict[str, object]]:
             None,
             None,
         )
-    status, tei_type = kind.status, kind.tei_type
     dialect = dialect_of(path)
-    if dialect is Dialect.TEI and kind.tei_route is not None:
-        status, tei_type = kind.tei_route
-    if dialect is Dialect.TGI:
-        tei_type = kind.tgi_type
+    status, tei_type = _status_and_type(kind, dialect)
     if dialect is Dialect.OPENAI:
-        status = kind.openai_status or kind.status
         param = _OPENAI_PARAMS.get(param, param) if param else None
         return status, {
             "error": {"message": message, "type": kind.openai_type, "param": param, "code": code}

@@ -89,6 +89,10 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
         watcher.cancel()
         if not task.done():
             task.cancel()
+            # A cancelled task is done only once the loop has run it to its end: read
+            # before that, ``result()`` raised InvalidStateError (a 500 for a client
+            # that had already left; found by benchmarks/fuzz.py).
+            await asyncio.wait({task})
     if task.cancelled():
         return None
     return task.result()

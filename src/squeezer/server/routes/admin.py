@@ -12,6 +12,7 @@ from starlette.responses import Response
 from squeezer import __version__
 from squeezer.backends.device import gpu_memory
 from squeezer.errors import UnavailableError
+from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import json_response
 from squeezer.server.metrics import Metrics
 from squeezer.server.routes import runtime_of
@@ -22,7 +23,15 @@ from squeezer.types import ModelInfo, Task
 router = APIRouter(tags=["Admin"])
 
 
-@router.get("/health", summary="Liveness: the process is up and its compute threads answer")
+#: Probes answer 503 when stopped or not ready; ``/info`` while loading or draining.
+_UNAVAILABLE = error_responses("/health", [503])
+
+
+@router.get(
+    "/health",
+    summary="Liveness: the process is up and its compute threads answer",
+    responses=_UNAVAILABLE,
+)
 async def health(request: Request) -> Response:
     runtime = runtime_of(request)
     if runtime.phase is Phase.STOPPED:
@@ -30,7 +39,11 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok", "phase": runtime.phase.value})
 
 
-@router.get("/ready", summary="Readiness: every model loaded and warmed up, and not draining")
+@router.get(
+    "/ready",
+    summary="Readiness: every model loaded and warmed up, and not draining",
+    responses=_UNAVAILABLE,
+)
 async def ready(request: Request) -> Response:
     runtime = runtime_of(request)
     if not runtime.ready:
@@ -76,7 +89,7 @@ def _model_type(info: ModelInfo) -> dict[str, Any]:
 @router.get(
     "/info",
     summary="TEI's Info for the default model, plus every served model",
-    responses={200: {"model": tei.Info}},
+    responses={200: {"model": tei.Info}, **_UNAVAILABLE},
 )
 async def info(request: Request) -> Response:
     runtime = runtime_of(request)

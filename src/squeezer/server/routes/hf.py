@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer.errors import InvalidRequestError, TaskNotSupportedError, TooManyInputsError
+from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, parse, read_body, read_json
 from squeezer.server.registry import ServedModel
 from squeezer.server.routes import runtime_of, tgi
@@ -53,9 +54,10 @@ _PIPELINE_TASKS = {
     "zero-shot-classification": Task.ZERO_SHOT,
     "text-generation": Task.GENERATE,
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"description": "{'error': message, 'error_type': kind}"} for s in (400, 404, 422, 429)
-}
+#: ``POST /`` answers errors as TEI's routes do; ``/models/...`` and ``/pipeline/...``
+#: as the HF Inference API (``server.errors``).
+_ROOT_ERRORS = error_responses("/")
+_ERRORS = error_responses("/models/{name}")
 
 
 def _embed_params(body: hf.InferenceRequest) -> hf.FeatureExtractionParameters:
@@ -290,7 +292,7 @@ def _pipeline_task(pipeline: str) -> Task:
     "/",
     summary="Run the default model's main task (HF Inference API)",
     openapi_extra=body_schema(hf.InferenceRequest),
-    responses=_ERRORS,
+    responses=_ROOT_ERRORS,
 )
 async def root(request: Request) -> Response:
     runtime = runtime_of(request)

@@ -7,13 +7,13 @@ path names the model and the body's ``model`` (often a placeholder) is ignored.
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import numpy as np
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.registry import ServedModel
 from squeezer.server.routes import runtime_of
@@ -24,9 +24,7 @@ from squeezer.tasks import EmbedRequest
 from squeezer.types import Task
 
 router = APIRouter(tags=["OpenAI"])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": oa.ErrorResponse} for s in (400, 404, 413, 422, 424, 429, 503)
-}
+_ERRORS = error_responses("/v1/embeddings")
 
 
 async def _embeddings(runtime: Runtime, model: ServedModel, body: oa.EmbeddingsRequest) -> Response:
@@ -99,7 +97,11 @@ async def embeddings_for(name: str, request: Request) -> Response:
     return await _embeddings(runtime, runtime.embed_model(name), body)
 
 
-@router.get("/v1/models", summary="Every served model", responses={200: {"model": oa.ModelList}})
+@router.get(
+    "/v1/models",
+    summary="Every served model",
+    responses={200: {"model": oa.ModelList}, **error_responses("/v1/models", [503])},
+)
 async def models(request: Request) -> Response:
     return _model_list(runtime_of(request))
 
@@ -107,7 +109,10 @@ async def models(request: Request) -> Response:
 @router.get(
     "/models/{name}/v1/models",
     summary="Every served model (OpenAI clients whose base URL names a model)",
-    responses={200: {"model": oa.ModelList}},
+    responses={
+        200: {"model": oa.ModelList},
+        **error_responses("/models/{name}/v1/models", [404, 503]),
+    },
 )
 async def models_for(name: str, request: Request) -> Response:
     runtime = runtime_of(request)

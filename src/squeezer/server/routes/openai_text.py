@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InvalidRequestError
+from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.registry import ServedModel
 from squeezer.server.routes import runtime_of
@@ -41,9 +42,7 @@ from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, T
 from squeezer.types import Task
 
 router = APIRouter(tags=["OpenAI"])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": oa.ErrorResponse} for s in (400, 404, 413, 429, 500, 503)
-}
+_ERRORS = error_responses("/v1/completions")
 _SEED_MASK = (1 << 63) - 1
 
 
@@ -329,7 +328,9 @@ async def _completions(request: Request, name: str | None) -> Response:
         req.ignore_eos = body.ignore_eos
         echo = ""
         if body.echo:
-            echo = req.prompt if req.prompt is not None else task.decode(req.prompt_tokens or [])
+            # Token ids are checked (in the vocabulary, not empty) before they are
+            # decoded: a negative id made the tokenizer raise OverflowError, a 500.
+            echo = req.prompt if req.prompt is not None else task.decode(task.prompt_ids(req))
         for j in range(body.n):
             params = _sampling(body, j, body.logprobs)
             starts.append(_Start(req, params, i, echo))

@@ -8,13 +8,13 @@ can.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer.errors import EmptyInputError
+from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.routes import runtime_of
 from squeezer.server.schemas import rerank as schema
@@ -22,10 +22,7 @@ from squeezer.tasks import RerankRequest
 from squeezer.types import Task
 
 router = APIRouter(tags=["Rerank (Cohere/Jina)"])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"description": "{'error': {'message', 'type', 'param', 'code'}}"}
-    for s in (400, 404, 413, 429, 503)
-}
+_ERRORS = error_responses("/v1/rerank")
 
 
 @router.post(

@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer.errors import EmptyInputError, InvalidRequestError, TooManyInputsError
+from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.routes import runtime_of
 from squeezer.server.schemas import tei
@@ -18,17 +17,7 @@ from squeezer.tasks import ClassifyRequest, EmbedRequest, RerankRequest
 from squeezer.types import Task
 
 router = APIRouter(tags=["TEI"])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": tei.ErrorResponse, "description": d}
-    for s, d in (
-        (400, "Empty input"),
-        (413, "Body too large"),
-        (422, "Validation or tokenizer error"),
-        (424, "Inference failed"),
-        (429, "Overloaded"),
-        (503, "Not ready or shutting down"),
-    )
-}
+_ERRORS = error_responses("/embed")
 
 
 def as_batch(inputs: tei.TeiInput, max_client_batch_size: int) -> list[str] | list[list[int]]:

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InvalidRequestError
+from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, parse, read_json
 from squeezer.server.registry import ServedModel
 from squeezer.server.routes import runtime_of
@@ -35,9 +36,7 @@ from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, T
 from squeezer.types import Task
 
 router = APIRouter(tags=["TGI"])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"description": "{'error': message, 'error_type': kind}"} for s in (422, 424, 429, 503)
-}
+_ERRORS = error_responses("/generate")
 #: Keys that make a ``POST /`` body a generation request rather than another task's.
 GENERATION_KEYS = frozenset(tgi.GenerateParameters.model_fields) | {"stream"}
 

@@ -99,3 +99,10 @@ class StreamResponse(BaseModel):
     top_tokens: list[Token] | None = None
     generated_text: str | None = None
     details: StreamDetails | None = None
+
+
+class ErrorResponse(BaseModel):
+    """TGI's error body: TEI's shape with TGI's lowercase error types."""
+
+    error: str
+    error_type: Literal["validation", "generation", "overloaded", "unhealthy"]

@@ -50,7 +50,8 @@ def seed_bits(seed: int) -> int:
 class SamplingParams:
     """One request's sampling settings, as the dialects give them."""
 
-    #: False (or temperature 0) means greedy: the most likely token, no randomness.
+    #: False (or a temperature below MIN_TEMPERATURE) means greedy: the most likely
+    #: token, no randomness.
     do_sample: bool = False
     temperature: float = 1.0
     #: 0 = off.

@@ -477,6 +477,35 @@ async def test_a_huge_prompt_is_tokenized_off_the_event_loop(
     assert [e async for e in answer.events]
 
 
+async def test_a_huge_request_gives_its_heap_back_on_the_thread_that_used_it(
+    make_async_client: Any, tiny_bert: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1.9 MB prompt, refused or not, and a huge embedding input trim the heap of the
+    tokenizer thread they ran on (the soak saw an API process's RSS creep up by
+    50-150 MiB per such request without it); a sentence does not pay for a trim."""
+    import threading
+
+    from squeezer.backends import heap
+
+    client = await make_async_client(_settings(tiny_bert, tiny_llama))
+    trims: list[str] = []
+    monkeypatch.setattr(heap, "trim_heap", lambda: trims.append(threading.current_thread().name))
+    r = await client.post("/generate", json={"inputs": "word " * 380_000})
+    assert r.status_code == 422  # longer than the model takes
+    r = await client.post(
+        "/generate", json={"inputs": "word " * 380_000, "parameters": {"truncate": 16}}
+    )
+    assert r.status_code == 200
+    r = await client.post("/embed", json={"inputs": "word " * 60_000, "truncate": True})
+    assert r.status_code == 200
+    assert len(trims) == 4  # the two plans, the embedding's prepare and finish
+    assert threading.current_thread().name not in trims  # never on the event loop
+    trims.clear()
+    await client.post("/embed", json={"inputs": "a sentence"})
+    await client.post("/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 2}})
+    assert trims == []
+
+
 async def test_a_stream_that_waits_past_its_deadline_is_a_504_not_a_broken_200(
     make_async_client: Any, tiny_bert: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,7 @@ from squeezer.backends.device import (
     physical_cores,
     resolve_device,
 )
+from squeezer.backends.heap import trimmed
 from squeezer.backends.sampling import SamplingParams
 from squeezer.config import Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
@@ -88,6 +89,9 @@ def log_versions() -> None:
 #: Requests smaller than this (characters) are tokenized inline: a thread hop costs
 #: more than tokenizing one sentence (~20 us in Rust).
 _INLINE_TOKENIZE_CHARS = 2048
+#: Requests larger than this (characters) give their freed heap back to the OS when
+#: done (``backends/heap.py``): below it, what they free is reused by the next request.
+_TRIM_HEAP_CHARS = 256_000
 #: One CPU forward pass costs ~4.5 ms fixed + ~0.14 ms per padded token (MiniLM, 2
 #: cores; benchmarks/batch_cost.py): the fixed part is worth ~32 tokens of padding.
 _CPU_OVERHEAD_TOKENS = 32.0
@@ -295,20 +299,22 @@ class Runtime:
         self._check_accepting()
         self.registry.check(model, task)
         handler = model.tasks[task]
-        big = len(texts) > 8 or sum(len(t) for t in texts) > _INLINE_TOKENIZE_CHARS
+        size = sum(len(t) for t in texts)
+        big = len(texts) > 8 or size > _INLINE_TOKENIZE_CHARS
+        prepare, finish = handler.prepare, handler.finish
+        if size > _TRIM_HEAP_CHARS:
+            prepare, finish = trimmed(prepare), trimmed(finish)
         loop = asyncio.get_running_loop()
         if big:
-            items = await loop.run_in_executor(self._tokenize_pool, handler.prepare, request)
+            items = await loop.run_in_executor(self._tokenize_pool, prepare, request)
         else:
-            items = handler.prepare(request)
+            items = prepare(request)
         results = await self.calls.submit(
             EngineRequest(model=model.name, items=list(items), deadline=self._deadline())
         )
         if big:
-            return await loop.run_in_executor(
-                self._tokenize_pool, handler.finish, request, items, results
-            )
-        return handler.finish(request, items, results)
+            return await loop.run_in_executor(self._tokenize_pool, finish, request, items, results)
+        return finish(request, items, results)
 
     def _check_batch(self, count: int, param: str = "inputs") -> None:
         limit = self.settings.max_client_batch_size
@@ -378,7 +384,8 @@ class Runtime:
         assert task is not None, "generate models have a generator"
         if request.text_size > _INLINE_TOKENIZE_CHARS:  # a long prompt or chat: off the loop
             loop = asyncio.get_running_loop()
-            plan = await loop.run_in_executor(self._tokenize_pool, task.plan, request, params)
+            plan_it = trimmed(task.plan) if request.text_size > _TRIM_HEAP_CHARS else task.plan
+            plan = await loop.run_in_executor(self._tokenize_pool, plan_it, request, params)
         else:
             plan = task.plan(request, params)
         stream = await self.calls.open_stream(

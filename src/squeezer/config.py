@@ -138,6 +138,45 @@ class Settings(BaseModel):
     #: Weight quantization of generation models: None keeps them lossless (fp32).
     quantize: Quantize | None = None
     log_level: str = "info"
+    #: ``text`` for people, ``json`` for log pipelines: one JSON object per line, the
+    #: access log's fields as keys.
+    log_format: Literal["text", "json"] = "text"
+    #: One line per request at info (logger ``squeezer.access``).
+    access_log: bool = True
+
+    # Access and transport (README, "Operations").
+    #: Keys inference routes take as ``Authorization: Bearer KEY``; none: open.
+    #: Kept out of repr so that a logged Settings never shows them.
+    api_keys: list[str] = Field(default_factory=list, repr=False)
+    #: The key of /metrics, of /info's model paths and of every route that changes
+    #: what is served; None: those follow ``api_keys``, and the changing ones are
+    #: refused unless the server is bound to a loopback address.
+    admin_api_key: str | None = Field(default=None, repr=False)
+    #: Origins browsers may call from (CORS); none: no CORS headers at all.
+    cors_allow_origins: list[str] = Field(default_factory=list)
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_tokens(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not key or any(c.isspace() for c in key):
+                raise ValueError("an API key must be non-empty, with no whitespace")
+        return keys
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _admin_key_is_a_token(cls, key: str | None) -> str | None:
+        if key is not None and (not key or any(c.isspace() for c in key)):
+            raise ValueError("the admin API key must be non-empty, with no whitespace")
+        return key
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
+        return self
 
     @model_validator(mode="after")
     def _generation_limits(self) -> Settings:
@@ -176,6 +215,13 @@ def parse_model_arg(arg: str) -> ModelSettings:
     if not path:
         raise ValueError(f"--model {arg!r}: expected NAME=PATH")
     return ModelSettings(name=name, path=path)
+
+
+def read_keys(path: Path) -> list[str]:
+    """API keys from a file: one per line; blank lines and ``#`` comments skipped (a
+    secret mounted as a file stays out of the process list and the environment)."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

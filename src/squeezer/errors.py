@@ -41,6 +41,14 @@ class TokenizerError(InvalidRequestError):
     """The tokenizer could not encode or decode what was sent (e.g. unknown token ids)."""
 
 
+class UnauthorizedError(SqueezerError):
+    """No API key, or not one this server takes, on a route that needs one (401)."""
+
+
+class ForbiddenError(SqueezerError):
+    """The key is fine but the route is not open to it, or not on this bind (403)."""
+
+
 class ModelNotFoundError(SqueezerError):
     """No served model has this name."""
 

@@ -106,6 +106,44 @@ class EngineRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchTiming:
+    """One forward pass that held items of a request: wall-clock nanoseconds (what
+    trace spans are stamped in, and comparable across the engine's and an API
+    process's clocks), its size and padded tokens."""
+
+    start_ns: int
+    end_ns: int
+    size: int
+    padded_tokens: int
+    #: The backend's forward inside it (collate and split are the rest).
+    forward_start_ns: int = 0
+    forward_end_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkTiming:
+    """Where one request's time in the engine went, for its access-log line and its
+    trace: waiting in its model's queue, then the forward passes its items were in."""
+
+    #: From admission to the start of its first batch.
+    queued_s: float = 0.0
+    #: The forward passes that held its items, each counted once.
+    batches: tuple[BatchTiming, ...] = ()
+
+    @property
+    def compute_s(self) -> float:
+        return sum(b.end_ns - b.start_ns for b in self.batches) / 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What ``Engine.run`` returns: the results in item order, and their timing."""
+
+    results: list[Any]
+    timing: WorkTiming
+
+
+@dataclass(frozen=True, slots=True)
 class PrecisionReport:
     """A reduced-precision model against its own fp32 weights, measured at load on
     held-out text, so that serving in fp16 or bf16 is never a silent accuracy change."""

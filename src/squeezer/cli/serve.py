@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -217,10 +216,53 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str | None, option("Log level. [default: info]", "LOG_LEVEL")] = None,
+    log_format: Annotated[
+        str | None,
+        option("text, or json: one JSON object per line. [default: text]", "LOG_FORMAT"),
+    ] = None,
+    access_log: Annotated[
+        bool | None,
+        option("One log line per request at info. [default: access-log]", "ACCESS_LOG"),
+    ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        option(
+            "Key inference routes require as Authorization: Bearer KEY (repeatable; the "
+            "variable takes several, space-separated). Unset: open.",
+            "API_KEY",
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        option("File of API keys, one per line (# comments).", "API_KEY_FILE", exists=True),
+    ] = None,
+    admin_api_key: Annotated[
+        str | None,
+        option(
+            "Key of /metrics, of /info's model paths and of routes that change what is "
+            "served. Unset: those follow --api-key, and the changing ones work on a "
+            "loopback bind only.",
+            "ADMIN_API_KEY",
+        ),
+    ] = None,
+    admin_api_key_file: Annotated[
+        Path | None,
+        option("File holding the admin API key.", "ADMIN_API_KEY_FILE", exists=True),
+    ] = None,
+    cors_allow_origin: Annotated[
+        list[str] | None,
+        option("Origin browsers may call from (repeatable; * for any).", "CORS_ALLOW_ORIGIN"),
+    ] = None,
+    ssl_certfile: Annotated[
+        Path | None, option("TLS certificate (PEM); with --ssl-keyfile.", "SSL_CERTFILE")
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, option("TLS private key (PEM); with --ssl-certfile.", "SSL_KEYFILE")
+    ] = None,
 ) -> None:
     """Serve models over HTTP (TEI, OpenAI and HF Inference API dialects)."""
     from squeezer.backends.device import configure_threads
-    from squeezer.config import load_settings
+    from squeezer.config import load_settings, read_keys
     from squeezer.errors import SqueezerError
     from squeezer.server.serve import run_server
 
@@ -260,7 +302,24 @@ def serve(
         "max_stop_sequences": max_stop_sequences,
         "quantize": quantize,
         "log_level": log_level,
+        "log_format": log_format,
+        "access_log": access_log,
+        "cors_allow_origins": cors_allow_origin or None,
+        "ssl_certfile": ssl_certfile,
+        "ssl_keyfile": ssl_keyfile,
     }
+    keys = [*(api_key or []), *(read_keys(api_key_file) if api_key_file else [])]
+    if keys:
+        overrides["api_keys"] = keys
+    if admin_api_key_file is not None:
+        admin = read_keys(admin_api_key_file)
+        if len(admin) != 1:
+            raise typer.BadParameter(
+                f"{admin_api_key_file} holds {len(admin)} keys; the admin key is one",
+                param_hint="--admin-api-key-file",
+            )
+        admin_api_key = admin[0]
+    overrides["admin_api_key"] = admin_api_key
     if default_model:
         overrides["default_models"] = dict(task_pair(arg) for arg in default_model)
     try:
@@ -269,9 +328,6 @@ def serve(
         raise typer.BadParameter(str(e)) from e
     for device in {settings.device, *(m.device for m in settings.models if m.device)}:
         parse_device(device)  # a device that is not there: a usage error, before any load
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     configure_threads(settings.threads)
     try:
         run_server(settings)

@@ -31,7 +31,7 @@ from squeezer.errors import (
     OverloadedError,
     UnavailableError,
 )
-from squeezer.types import BatchRunner, EngineRequest
+from squeezer.types import Answer, BatchRunner, EngineRequest, WorkTiming
 
 T = TypeVar("T")
 
@@ -157,7 +157,11 @@ class Engine:
     # -- requests --------------------------------------------------------------------
 
     async def submit(self, request: EngineRequest) -> list[Any]:
-        """Run all of ``request.items``; results in item order.
+        """``run``'s results alone."""
+        return (await self.run(request)).results
+
+    async def run(self, request: EngineRequest) -> Answer:
+        """Run all of ``request.items``; results in item order, with their timing.
 
         Raises at once ``UnavailableError`` (not started, or draining),
         ``ModelNotFoundError`` or ``OverloadedError`` (``max_concurrent_requests``
@@ -171,7 +175,7 @@ class Engine:
         if queue is None:
             raise ModelNotFoundError(f"model {request.model!r} is not served")
         if not request.items:
-            return []
+            return Answer([], WorkTiming())
         if self._in_flight >= self.limits.max_concurrent_requests:
             raise OverloadedError(
                 f"{self._in_flight} requests in flight (max_concurrent_requests="
@@ -196,7 +200,7 @@ class Engine:
             )
         try:
             queue.enqueue(pending, request.items)
-            return await pending.fut
+            return Answer(await pending.fut, pending.timing())
         except asyncio.CancelledError:
             queue.cancel(pending)
             raise

@@ -66,6 +66,8 @@ class GenerationRequest:
 class Finished:
     reason: FinishReason
     generated: int
+    #: Seconds it waited for a sequence slot (for its access-log line and trace).
+    queued_s: float = 0.0
 
 
 Event = TokenOut | Finished | BaseException
@@ -114,6 +116,9 @@ class _Sequence:
     last: int = -1
     #: Prompt tokens already in the backend's cache.
     prefilled: int = 0
+    #: When it was submitted and when it got a slot (the scheduler's ``now`` clock).
+    submitted: float = 0.0
+    admitted: float | None = None
 
     @property
     def decoding(self) -> bool:
@@ -192,7 +197,7 @@ class GenerationScheduler:
                     f"{self.max_concurrent} generation requests are in flight; retry later"
                 )
             stream = GenerationStream(next(self._ids), self.cancel)
-            self._waiting.append(_Sequence(request, stream))
+            self._waiting.append(_Sequence(request, stream, submitted=self._now()))
         self._wake()
         return stream
 
@@ -263,6 +268,7 @@ class GenerationScheduler:
                 if used + cost > self.max_batch_total_tokens:
                     break
                 self._running[nxt.stream.id] = self._waiting.popleft()
+                nxt.admitted = now
                 chunks.append(nxt.chunk(budget))
                 budget -= chunks[-1].end
                 used += cost
@@ -272,7 +278,8 @@ class GenerationScheduler:
         self.backend.free(seq.stream.id)
         with self._lock:
             self._running.pop(seq.stream.id, None)
-        seq.stream._push(Finished(reason, seq.generated))
+        admitted = seq.admitted if seq.admitted is not None else seq.submitted
+        seq.stream._push(Finished(reason, seq.generated, max(0.0, admitted - seq.submitted)))
 
     def _deliver(self, outs: list[TokenOut]) -> None:
         for out in outs:

@@ -30,7 +30,7 @@ from squeezer.errors import (
     DeviceOutOfMemoryError,
     SqueezerError,
 )
-from squeezer.types import BatchRunner
+from squeezer.types import BatchRunner, BatchTiming, WorkTiming
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,13 @@ class Pending:
     queued: int = field(init=False)  # items still waiting in the queue
     done: bool = False  # answered, failed or cancelled: its entries are dead
     key: int = field(default_factory=lambda: next(_ids))
+    #: When its first batch began (the engine's clock), and the batches it was in.
+    first_batch_at: float | None = None
+    batches: list[BatchTiming] = field(default_factory=list)
+
+    def timing(self) -> WorkTiming:
+        started = self.first_batch_at if self.first_batch_at is not None else self.submitted_at
+        return WorkTiming(max(0.0, started - self.submitted_at), tuple(self.batches))
 
     def __post_init__(self) -> None:
         self.results = [None] * self.size
@@ -253,9 +260,11 @@ class ModelQueue:
         self._observer.on_queue_depth(self.name, depth)
         items = [e.item for e in batch]
         lengths = [e.num_tokens for e in batch]
+        started_ns = time.time_ns()  # for traces: wall time, comparable across processes
         started = time.perf_counter()  # a duration for metrics: real time, not the clock
+        forward = [0, 0]  # the backend's forward: first start, last end (ns)
         try:
-            results = self._compute(items)
+            results = self._compute(items, forward)
         except SqueezerError as e:  # the runner's own verdict: passed through unchanged
             passthrough = e
             self._fail_batch(batch, lambda: passthrough)
@@ -267,6 +276,9 @@ class ModelQueue:
             self._fail_batch(batch, lambda: BackendError(msg))
             return
         compute_s = time.perf_counter() - started
+        timing = BatchTiming(
+            started_ns, time.time_ns(), len(batch), padded_tokens(lengths), *forward
+        )
         for entry, result in zip(batch, results, strict=True):
             if isinstance(result, _DidNotFit):
                 self._fail_batch([entry], result.exception)
@@ -276,6 +288,10 @@ class ModelQueue:
                 req = entry.req
                 if req.done:
                     continue
+                if not req.batches or req.batches[-1] is not timing:
+                    req.batches.append(timing)
+                    if req.first_batch_at is None:
+                        req.first_batch_at = now
                 req.results[entry.index] = result
                 req.remaining -= 1
                 if req.remaining == 0:
@@ -288,17 +304,21 @@ class ModelQueue:
         for req in finished:
             settle_threadsafe(req.fut, req.results)
 
-    def _compute(self, items: list[Any]) -> list[Any]:
+    def _compute(self, items: list[Any], forward: list[int]) -> list[Any]:
         """Forward and split. A batch that does not fit in device memory is halved until
         its parts do; an input that does not fit alone gets ``_DidNotFit`` in place of
-        its result, so only its own request fails."""
+        its result, so only its own request fails. ``forward`` gets the first start and
+        the last end of the backend's forward passes (wall ns, for traces)."""
         try:
-            outputs = self.backend.forward(self.runner.collate(items), self.runner.outputs(items))
+            batch = self.runner.collate(items)
+            forward[0] = forward[0] or time.time_ns()
+            outputs = self.backend.forward(batch, self.runner.outputs(items))
         except DeviceOutOfMemoryError as e:
             if len(items) == 1:
                 return [_DidNotFit(e)]
             half = len(items) // 2
-            return self._compute(items[:half]) + self._compute(items[half:])
+            return self._compute(items[:half], forward) + self._compute(items[half:], forward)
+        forward[1] = time.time_ns()
         results = self.runner.split(outputs, items)
         if len(results) != len(items):
             raise RuntimeError(f"split returned {len(results)} results for {len(items)}")

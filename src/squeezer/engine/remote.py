@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from squeezer.engine.engine import Engine
 from squeezer.engine.generation import Event, GenerationRequest, GenerationStream
 from squeezer.errors import PayloadTooLargeError, SqueezerError, UnavailableError
-from squeezer.types import EngineRequest
+from squeezer.types import Answer, EngineRequest
 
 log = logging.getLogger("squeezer")
 
@@ -90,7 +90,7 @@ class EngineCalls(Protocol):
     """The engine as the API layer calls it, in-process (``Engine``) or over the
     socket (``RemoteEngine``)."""
 
-    async def submit(self, request: EngineRequest) -> list[Any]: ...
+    async def run(self, request: EngineRequest) -> Answer: ...
 
     async def open_stream(
         self, model: str, request: GenerationRequest
@@ -195,7 +195,7 @@ class EngineServer:
 
     async def _submit(self, ident: int, request: EngineRequest, send: _Send) -> None:
         try:
-            result = await self.engine.submit(request)
+            result = await self.engine.run(request)
         except Exception as e:
             await send(ERROR, ident, _portable(e))
             return
@@ -285,9 +285,12 @@ class RemoteEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reading
 
+    async def run(self, request: EngineRequest) -> Answer:
+        answer: Answer = await self._ask(SUBMIT, request)
+        return answer
+
     async def submit(self, request: EngineRequest) -> list[Any]:
-        result: list[Any] = await self._ask(SUBMIT, request)
-        return result
+        return (await self.run(request)).results
 
     async def _drain(self) -> None:
         if self._writer is not None and not self._writer.is_closing():

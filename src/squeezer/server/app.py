@@ -10,12 +10,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer import __version__
 from squeezer.config import Settings
 from squeezer.errors import InvalidRequestError, SqueezerError
+from squeezer.server import tracing
+from squeezer.server.access import AccessPolicy
 from squeezer.server.errors import error_response, http_error_response
 from squeezer.server.jsonio import add_body_schemas
 from squeezer.server.metrics import Metrics
@@ -55,6 +58,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.access = AccessPolicy.from_settings(settings)
 
     async def on_squeezer_error(request: Request, exc: Exception) -> Response:
         return error_response(exc, request.url.path)
@@ -95,4 +99,14 @@ def create_app(
         draining=lambda: runtime.phase in (Phase.DRAINING, Phase.STOPPED),
         in_flight=in_flight,
     )
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,  # type: ignore[arg-type]
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "DELETE", "PUT", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+            max_age=600,
+        )
+    tracing.add_middleware(app)
     return app

@@ -64,6 +64,11 @@ _TABLE: tuple[tuple[type[e.SqueezerError], ErrorKind], ...] = (
     (e.EmptyInputError, ErrorKind(400, "Empty", "invalid_request_error")),
     (e.TokenizerError, ErrorKind(422, "Tokenizer", "invalid_request_error", 400)),
     (e.InvalidRequestError, ErrorKind(422, "Validation", "invalid_request_error", 400)),
+    (
+        e.UnauthorizedError,
+        ErrorKind(401, "Unauthorized", "invalid_request_error", tgi_type="unauthorized"),
+    ),
+    (e.ForbiddenError, ErrorKind(403, "Forbidden", "permission_error", tgi_type="forbidden")),
     (e.ModelNotFoundError, ErrorKind(404, "Validation", "invalid_request_error")),
     (
         e.TaskNotSupportedError,
@@ -127,6 +132,8 @@ _ERROR_MODELS: dict[Dialect, type[BaseModel]] = {
 }
 _DESCRIPTIONS = {
     400: "Empty input, or a request this route or model cannot serve",
+    401: "No API key, or a wrong one (Authorization: Bearer KEY; --api-key)",
+    403: "The route needs the admin key (--admin-api-key), or a loopback bind",
     404: "No such model",
     413: "Body larger than --max-body-bytes",
     422: "Validation or tokenizer error",
@@ -191,7 +198,9 @@ def error_response(error: Exception, path: str) -> Response:
     """Render any exception as the dialect's error; unexpected ones are logged as 500s."""
     status, body = _render(error, path)
     headers = {}
-    if isinstance(error, e.OverloadedError):
+    if isinstance(error, e.UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(error, e.OverloadedError):
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     elif status == 503:
         headers["Retry-After"] = "1"

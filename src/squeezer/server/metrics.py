@@ -14,10 +14,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from squeezer.backends.device import DeviceMemory
 from squeezer.errors import SqueezerError
+from squeezer.server.observe import Figures
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+#: vLLM's and TGI's ranges: a GPU's first token in milliseconds, a CPU's in seconds.
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5,
+                 7.5, 10, 20, 40, 80)  # fmt: skip
+_ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1,
+                2.5)  # fmt: skip
+_E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120)
 
 
 class Metrics:
@@ -135,6 +142,27 @@ class Metrics:
             ["device"],
             registry=r,
         )
+        self.time_to_first_token = Histogram(
+            "squeezer_time_to_first_token_seconds",
+            "Generation: request received to its first token sent",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            "squeezer_inter_token_latency_seconds",
+            "Generation: time between one token of a stream and the next",
+            ["model"],
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.request_e2e = Histogram(
+            "squeezer_request_e2e_seconds",
+            "Requests that ran a model: received to last byte sent",
+            ["model", "route"],
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(
             "squeezer_http_requests_in_flight", "HTTP requests being served", registry=r
         )
@@ -169,10 +197,19 @@ class Metrics:
     def request_started(self) -> None:
         self.in_flight.inc()
 
-    def request_finished(self, route: str, status: int, seconds: float) -> None:
+    def request_finished(self, f: Figures) -> None:
         self.in_flight.dec()
-        self.requests.labels(route, str(status)).inc()
-        self.request_latency.labels(route).observe(seconds)
+        self.requests.labels(f.route, str(f.status)).inc()
+        self.request_latency.labels(f.route).observe(f.seconds)
+        if f.model is None:
+            return
+        self.request_e2e.labels(f.model, f.route).observe(f.seconds)
+        if f.first_token_s is not None:
+            self.time_to_first_token.labels(f.model).observe(f.first_token_s)
+        if f.token_gaps:
+            itl = self.inter_token_latency.labels(f.model)
+            for gap in f.token_gaps:
+                itl.observe(gap)
 
     def set_generation_load(self, model: str, running: int, waiting: int) -> None:
         """Read at scrape time, so the gauges are exact whenever they are looked at."""
@@ -213,8 +250,8 @@ class RemoteMetrics(Metrics):
     def request_started(self) -> None:
         self._note("http_start")
 
-    def request_finished(self, route: str, status: int, seconds: float) -> None:
-        self._note("http_end", route, status, seconds)
+    def request_finished(self, f: Figures) -> None:
+        self._note("http_end", f)
 
     def _note(self, *args: object) -> None:
         with contextlib.suppress(SqueezerError):  # the engine is gone: nobody to count for

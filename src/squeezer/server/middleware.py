@@ -1,4 +1,5 @@
-"""One pure-ASGI layer in front of every route: body limit, drain, in-flight, metrics.
+"""One pure-ASGI layer in front of every route: request id, body limit, drain,
+in-flight, metrics and the access log.
 
 Pure ASGI rather than Starlette's ``BaseHTTPMiddleware`` because that one costs a
 task and a memory stream per request, which the hot path cannot afford.
@@ -13,8 +14,11 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from squeezer.errors import PayloadTooLargeError, UnavailableError
+from squeezer.server import tracing
 from squeezer.server.errors import error_response
+from squeezer.server.logs import log_access
 from squeezer.server.metrics import Metrics
+from squeezer.server.observe import RequestRecord, current, request_id_from
 
 #: Routes that keep answering while the server drains (probes and scrapes).
 _ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
@@ -70,21 +74,46 @@ class HttpGuard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        refusal: Exception | None = None
-        if self.draining() and path not in _ALWAYS_OPEN:
-            refusal = UnavailableError("server is shutting down")
-        else:
-            length = _content_length(scope)
-            if length is not None and length > self.max_body_bytes:
-                refusal = self._too_large(length)
-        if refusal is not None:
-            response = error_response(refusal, path)
-            self.metrics.request_started()
-            await response(scope, receive, send)
-            self.metrics.request_finished("refused", response.status_code, 0.0)
-            return
-
+        record = RequestRecord(request_id_from(_header(scope, b"x-request-id")), scope["method"])
+        token = current.set(record)
+        id_header = (b"x-request-id", record.request_id.encode())
         status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        try:
+            refusal = self._refusal(path, scope)
+            if refusal is not None:
+                record.route = "refused"
+                self.metrics.request_started()
+                await error_response(refusal, path)(scope, receive, tracking_send)
+            else:
+                await self._serve(scope, receive, tracking_send, record)
+        finally:
+            seconds = time.perf_counter() - record.started
+            record.status = status
+            self.metrics.request_finished(record.figures(seconds))
+            record.trace_id = tracing.annotate(request_id=record.request_id, model=record.model)
+            if path not in _ALWAYS_OPEN:
+                log_access(record, seconds)
+            current.reset(token)
+
+    def _refusal(self, path: str, scope: Scope) -> Exception | None:
+        if self.draining() and path not in _ALWAYS_OPEN:
+            return UnavailableError("server is shutting down")
+        length = _content_length(scope)
+        if length is not None and length > self.max_body_bytes:
+            return self._too_large(length)
+        return None
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, record: RequestRecord
+    ) -> None:
         received = 0
 
         async def limited_receive() -> Message:
@@ -96,25 +125,16 @@ class HttpGuard:
                     raise self._too_large(received)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        counted = path not in _ALWAYS_OPEN
+        counted = scope["path"] not in _ALWAYS_OPEN
         if counted:
             self.in_flight.enter()
         self.metrics.request_started()
-        t0 = time.perf_counter()
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, send)
         finally:
             if counted:
                 self.in_flight.leave()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_finished(template, status, time.perf_counter() - t0)
+            record.route = getattr(scope.get("route"), "path", None) or "unmatched"
 
     def _too_large(self, size: int) -> PayloadTooLargeError:
         return PayloadTooLargeError(
@@ -123,11 +143,18 @@ class HttpGuard:
         )
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
     return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None

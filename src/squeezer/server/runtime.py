@@ -31,7 +31,9 @@ from squeezer.engine import Engine, EngineLimits, EngineObserver
 from squeezer.engine.generation import GenerationRequest
 from squeezer.engine.remote import EngineCalls, RemoteEngine
 from squeezer.errors import TooManyInputsError, UnavailableError
+from squeezer.server import tracing
 from squeezer.server.loading import LoadedGenerator, ModelLoader, describe, prefill_tokens
+from squeezer.server.observe import GenerationClock, current_record
 from squeezer.server.registry import ModelRegistry, ServedModel
 from squeezer.tasks import (
     ClassifyRequest,
@@ -62,13 +64,18 @@ log = logging.getLogger("squeezer")
 
 
 async def _resume(
-    first: TextDelta | TextDone, rest: AsyncGenerator[TextDelta | TextDone, None]
+    first: TextDelta | TextDone,
+    rest: AsyncGenerator[TextDelta | TextDone, None],
+    clock: GenerationClock,
 ) -> AsyncGenerator[TextDelta | TextDone, None]:
     """A text stream whose first event was already taken; closing it closes the rest
-    (which cancels the engine's sequence)."""
+    (which cancels the engine's sequence). Its tokens are timed into the request's
+    record (time to first token, inter-token gaps) as they pass."""
     async with contextlib.aclosing(rest):
+        clock.observe(first)
         yield first
         async for event in rest:
+            clock.observe(event)
             yield event
 
 
@@ -305,13 +312,25 @@ class Runtime:
         if size > _TRIM_HEAP_CHARS:
             prepare, finish = trimmed(prepare), trimmed(finish)
         loop = asyncio.get_running_loop()
+        began = time.time_ns()
         if big:
             items = await loop.run_in_executor(self._tokenize_pool, prepare, request)
         else:
             items = prepare(request)
-        results = await self.calls.submit(
-            EngineRequest(model=model.name, items=list(items), deadline=self._deadline())
+        tracing.span("tokenize", began, time.time_ns(), inputs=len(texts), items=len(items))
+        record = current_record()
+        answer = await self.calls.run(
+            EngineRequest(
+                model=model.name,
+                items=list(items),
+                deadline=self._deadline(),
+                request_id=record.request_id if record is not None else "",
+            )
         )
+        results = answer.results
+        if record is not None:
+            record.add_work(model.name, sum(int(it.num_tokens) for it in items), answer.timing)
+            tracing.work_spans(answer.timing)
         if big:
             return await loop.run_in_executor(self._tokenize_pool, finish, request, items, results)
         return finish(request, items, results)
@@ -382,12 +401,14 @@ class Runtime:
         self.registry.check(model, Task.GENERATE)
         task = model.generator
         assert task is not None, "generate models have a generator"
+        began = time.time_ns()
         if request.text_size > _INLINE_TOKENIZE_CHARS:  # a long prompt or chat: off the loop
             loop = asyncio.get_running_loop()
             plan_it = trimmed(task.plan) if request.text_size > _TRIM_HEAP_CHARS else task.plan
             plan = await loop.run_in_executor(self._tokenize_pool, plan_it, request, params)
         else:
             plan = task.plan(request, params)
+        tracing.span("tokenize", began, time.time_ns(), prompt_tokens=len(plan.prompt))
         stream = await self.calls.open_stream(
             model.name,
             GenerationRequest(
@@ -400,11 +421,12 @@ class Runtime:
             ),
         )
         events = task.text(stream, request, plan.prompt)
+        clock = GenerationClock(current_record(), model.name, stream)
         try:
             first = await anext(events)
         except StopAsyncIteration:  # cannot happen (a TextDone always ends the text)
             raise UnavailableError("the generation ended before it started") from None
-        return Generation(plan.prompt, plan.params, _resume(first, events))
+        return Generation(plan.prompt, plan.params, _resume(first, events, clock))
 
     async def question_answering(self, model: ServedModel, request: QARequest) -> list[QAAnswer]:
         result: list[QAAnswer] = await self._run(

@@ -20,7 +20,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from squeezer.config import Settings
+from squeezer.server import tracing
 from squeezer.server.app import create_app
+from squeezer.server.logs import access_log, configure_logging
 
 log = logging.getLogger("squeezer")
 
@@ -82,14 +84,45 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def scheme(settings: Settings) -> str:
+    return "https" if settings.ssl_certfile else "http"
+
+
 def graceful_timeout(seconds: float) -> Any:
     """uvicorn's wait for open connections at shutdown, as a float: its annotation says
     int, and ``int(0.5) or None`` turned a half-second timeout into no limit at all."""
     return max(0.0, seconds)
 
 
+def start_observing(settings: Settings, *, worker: str = "") -> None:
+    """This process's logging (format, request ids, the access log) and, when the
+    ``OTEL_*`` variables ask for them, its traces."""
+    configure_logging(settings.log_level, settings.log_format, worker=worker)
+    if not settings.access_log:
+        access_log.setLevel(logging.WARNING)
+    tracing.configure()
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, **where: Any) -> uvicorn.Config:
+    """uvicorn as every serving process runs it: TLS when configured, our logging
+    (``log_config=None`` keeps uvicorn from installing its own), no access log of its
+    own (ours has the request id, the model and the tokens)."""
+    return uvicorn.Config(
+        app,
+        **where,
+        log_level=settings.log_level,
+        log_config=None,
+        timeout_graceful_shutdown=graceful_timeout(settings.shutdown_timeout),
+        access_log=False,
+        lifespan="on",
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+    )
+
+
 def run_server(settings: Settings) -> None:
     """Build the app from ``settings`` and serve it until a signal drains it."""
+    start_observing(settings)
     if settings.api_workers:
         from squeezer.server.workers import run_with_api_workers
 
@@ -97,19 +130,11 @@ def run_server(settings: Settings) -> None:
         return
     t0 = time.perf_counter()
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=graceful_timeout(settings.shutdown_timeout),
-        access_log=False,
-        lifespan="on",
-    )
+    config = uvicorn_config(app, settings, host=settings.host, port=settings.port)
 
     def announce(port: int) -> None:
         print(
-            f"squeezer serving on http://{settings.host}:{port} (cold start "
+            f"squeezer serving on {scheme(settings)}://{settings.host}:{port} (cold start "
             f"{time.perf_counter() - t0:.1f} s; models "
             f"{', '.join(m.name for m in settings.models)}; API docs at /docs)",
             flush=True,

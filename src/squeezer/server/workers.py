@@ -33,15 +33,13 @@ import time
 from collections import deque
 from pathlib import Path
 
-import uvicorn
-
 from squeezer.config import Settings
 from squeezer.engine.remote import EngineServer, Hooks, RemoteEngine
 from squeezer.server.app import create_app
 from squeezer.server.metrics import Metrics, RemoteMetrics
 from squeezer.server.routes.admin import render_metrics
 from squeezer.server.runtime import Runtime, default_tokenizer_workers
-from squeezer.server.serve import DrainingServer, graceful_timeout
+from squeezer.server.serve import DrainingServer, scheme, start_observing, uvicorn_config
 
 log = logging.getLogger("squeezer")
 
@@ -90,7 +88,7 @@ class _EngineProcess:
             if self.ready.is_set():
                 port = listener.getsockname()[1]
                 print(
-                    f"squeezer serving on http://{s.host}:{port} (cold start "
+                    f"squeezer serving on {scheme(s)}://{s.host}:{port} (cold start "
                     f"{time.perf_counter() - t0:.1f} s; models "
                     f"{', '.join(m.name for m in s.models)}; {s.api_workers} API workers; "
                     "API docs at /docs)",
@@ -203,22 +201,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def api_worker(path: str, fd: int) -> None:
     """One API process: the app on the inherited socket, the engine over ``path``."""
-    settings = Settings.model_validate_json(os.environ[_SETTINGS_ENV])
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s[api {os.getpid()}]: %(message)s",
-    )
+    settings = Settings.model_validate_json(os.environ.pop(_SETTINGS_ENV))
+    start_observing(settings, worker=f"api {os.getpid()}")
     runtime = Runtime(settings, remote=path)
     assert runtime.remote is not None
     remote = runtime.remote
     app = create_app(settings, runtime=runtime, metrics=RemoteMetrics(remote.note))
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=graceful_timeout(settings.shutdown_timeout),
-        access_log=False,
-        lifespan="on",
-    )
+    config = uvicorn_config(app, settings)
     server = DrainingServer(
         config,
         app,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +12,7 @@ from starlette.responses import Response
 from squeezer import __version__
 from squeezer.backends.device import gpu_memory
 from squeezer.errors import UnavailableError
+from squeezer.server import access
 from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import json_response
 from squeezer.server.metrics import Metrics
@@ -31,6 +32,7 @@ _UNAVAILABLE = error_responses("/health", [503])
     "/health",
     summary="Liveness: the process is up and its compute threads answer",
     responses=_UNAVAILABLE,
+    dependencies=access.OPEN,
 )
 async def health(request: Request) -> Response:
     runtime = runtime_of(request)
@@ -43,6 +45,7 @@ async def health(request: Request) -> Response:
     "/ready",
     summary="Readiness: every model loaded and warmed up, and not draining",
     responses=_UNAVAILABLE,
+    dependencies=access.OPEN,
 )
 async def ready(request: Request) -> Response:
     runtime = runtime_of(request)
@@ -51,7 +54,12 @@ async def ready(request: Request) -> Response:
     return json_response({"status": "ready", "models": [m.name for m in runtime.registry]})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (the admin key when one is set)",
+    responses=error_responses("/metrics", [401]),
+    dependencies=access.ADMIN_READ,
+)
 async def metrics(request: Request) -> Response:
     runtime = runtime_of(request)
     if runtime.remote is not None:  # an API process: the engine process holds them all
@@ -88,12 +96,15 @@ def _model_type(info: ModelInfo) -> dict[str, Any]:
 
 @router.get(
     "/info",
-    summary="TEI's Info for the default model, plus every served model",
-    responses={200: {"model": tei.Info}, **_UNAVAILABLE},
+    summary="TEI's Info for the default model, plus every served model (their paths "
+    "for admins only)",
+    responses={200: {"model": tei.Info}, **error_responses("/info", [401, 503])},
+    dependencies=access.INFERENCE,
 )
-async def info(request: Request) -> Response:
+async def info(request: Request, token: bytes | None = Depends(access.caller_token)) -> Response:
     runtime = runtime_of(request)
     s = runtime.settings
+    admin = access.policy_of(request).sees_admin_fields(token)
     if len(runtime.registry) == 0:
         raise UnavailableError("models are still loading")
     served = runtime.registry
@@ -152,7 +163,7 @@ async def info(request: Request) -> Response:
                     "device": m.device,
                     "dtype": m.dtype,
                     "content_hash": m.content_hash,
-                    "path": m.path,
+                    "path": m.path if admin else None,
                     "max_input_length": m.max_input_length,
                     "max_total_tokens": m.max_total_tokens,
                     "precision": m.precision.as_dict() if m.precision else None,

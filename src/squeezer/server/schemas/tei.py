@@ -125,7 +125,9 @@ class ServedModelInfo(BaseModel):
     device: str
     dtype: str
     content_hash: str
-    path: str
+    #: Where the weights were loaded from: shown to admins only (``--admin-api-key``;
+    #: everyone when no admin key is set), null for others.
+    path: str | None
     max_input_length: int
     precision: PrecisionReport | None = None
     versions: dict[str, str | None]

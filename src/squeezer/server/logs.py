@@ -1,0 +1,92 @@
+"""Log set-up for every serving process: one format, the request id on every line,
+and the access log.
+
+``--log-format text`` writes lines for people; ``json`` writes one JSON object per
+line (python-json-logger) for log pipelines, with an access-log line's fields as keys.
+Either way a record written while a request is served carries that request's id
+(``request_id``), whichever logger wrote it (uvicorn's too: its own handlers are
+replaced by the root's).
+
+The access log (logger ``squeezer.access``, at info) has one line per request:
+method, route template, status, model, input and output tokens, queue and compute
+milliseconds, duration, time to first token, request id and trace id. Never the text
+of the request: routes are templates and bodies are counted in tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from squeezer.server.observe import RequestRecord, current_record
+
+access_log = logging.getLogger("squeezer.access")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (None outside a request) and ``req`` (text form) to every
+    record; ``worker`` names an API process (``--api-workers``)."""
+
+    def __init__(self, worker: str = "") -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = current_record()
+        rid = current.request_id if current is not None else None
+        record.request_id = rid
+        record.req = f" [{rid}]" if rid else ""
+        record.worker = self.worker
+        return True
+
+
+def configure_logging(level: str, fmt: str = "text", *, worker: str = "") -> None:
+    """The root logger's one handler (stderr) with the chosen format; uvicorn's
+    loggers propagate to it."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter(f"[{worker}]" if worker else ""))
+    if fmt == "json":
+        from pythonjsonlogger.core import RESERVED_ATTRS
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                reserved_attrs=[*RESERVED_ATTRS, "req", "worker"],
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s%(worker)s%(req)s: %(message)s")
+        )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+def log_access(record: RequestRecord, seconds: float) -> None:
+    """The request's access-log line (a no-op below info)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    fields = record.access_fields(seconds)
+    ttft = f" ttft_ms={fields['ttft_ms']}" if fields["ttft_ms"] is not None else ""
+    access_log.info(
+        "%s %s %s model=%s in=%s out=%s queue_ms=%s compute_ms=%s duration_ms=%s%s",
+        record.method,
+        record.route,
+        record.status,
+        record.model or "-",
+        record.input_tokens,
+        record.output_tokens,
+        fields["queue_ms"],
+        fields["compute_ms"],
+        fields["duration_ms"],
+        ttft,
+        extra={k: v for k, v in fields.items() if k != "request_id"},
+    )

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import IO
 
 from squeezer.server.observe import RequestRecord, current_record
 
 access_log = logging.getLogger("squeezer.access")
+_HANDLER = "squeezer"
 
 
 class RequestIdFilter(logging.Filter):
@@ -40,10 +42,14 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, fmt: str = "text", *, worker: str = "") -> None:
-    """The root logger's one handler (stderr) with the chosen format; uvicorn's
-    loggers propagate to it."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    level: str, fmt: str = "text", *, worker: str = "", stream: IO[str] | None = None
+) -> logging.Handler:
+    """The root logger's handler (``stream``, stderr by default) with the chosen
+    format, replacing one an earlier call installed; uvicorn's loggers propagate to it.
+    Returns the handler (a test removes it when done)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.set_name(_HANDLER)
     handler.addFilter(RequestIdFilter(f"[{worker}]" if worker else ""))
     if fmt == "json":
         from pythonjsonlogger.core import RESERVED_ATTRS
@@ -53,7 +59,7 @@ def configure_logging(level: str, fmt: str = "text", *, worker: str = "") -> Non
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                reserved_attrs=[*RESERVED_ATTRS, "req", "worker"],
+                reserved_attrs=[*RESERVED_ATTRS, "req", "worker", "color_message"],
             )
         )
     else:
@@ -62,12 +68,14 @@ def configure_logging(level: str, fmt: str = "text", *, worker: str = "") -> Non
         )
     root = logging.getLogger()
     for old in root.handlers[:]:
-        root.removeHandler(old)
+        if old.get_name() == _HANDLER:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    return handler
 
 
 def log_access(record: RequestRecord, seconds: float) -> None:

@@ -76,6 +76,9 @@ class HttpGuard:
         path: str = scope["path"]
         record = RequestRecord(request_id_from(_header(scope, b"x-request-id")), scope["method"])
         token = current.set(record)
+        # On the HTTP span now: OpenTelemetry's middleware ends it with the last body
+        # chunk, before this layer's ``finally``.
+        record.trace_id = tracing.annotate(request_id=record.request_id)
         id_header = (b"x-request-id", record.request_id.encode())
         status = 500
 
@@ -98,7 +101,6 @@ class HttpGuard:
             seconds = time.perf_counter() - record.started
             record.status = status
             self.metrics.request_finished(record.figures(seconds))
-            record.trace_id = tracing.annotate(request_id=record.request_id, model=record.model)
             if path not in _ALWAYS_OPEN:
                 log_access(record, seconds)
             current.reset(token)

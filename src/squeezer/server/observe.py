@@ -105,10 +105,11 @@ class GenerationClock:
     and at the end the tokens and the engine's wait for a slot; its trace gets the
     stream's queue, prefill and decode as three spans, not one per token."""
 
-    def __init__(self, record: RequestRecord | None, model: str, stream: object) -> None:
+    def __init__(self, record: RequestRecord | None, model: str) -> None:
+        """Made just before the stream is opened (its slot wait is counted from then)."""
         self.record = record
         self.model = model
-        self._stream = stream  # a GenerationStream: its ``finished`` has the slot wait
+        self.stream: object = None  # a GenerationStream: ``finished`` has the slot wait
         self._opened = time.perf_counter()
         self._opened_ns = time.time_ns()
         self._first_ns: int | None = None
@@ -123,19 +124,20 @@ class GenerationClock:
                 self._tick(record)
             return
         now = time.perf_counter()
-        finished = getattr(self._stream, "finished", None)
+        finished = getattr(self.stream, "finished", None)
         queued = min(getattr(finished, "queued_s", 0.0), now - self._opened)
         record.model = self.model
         record.input_tokens += event.prompt_tokens
         record.output_tokens += event.completion_tokens
         record.queue_s = max(record.queue_s, queued)
         record.compute_s += now - self._opened - queued
-        admitted_ns = self._opened_ns + int(queued * 1e9)
+        done_ns = time.time_ns()
+        first_ns = self._first_ns or done_ns
         tracing.generation_spans(
             self._opened_ns,
-            admitted_ns,
-            self._first_ns or time.time_ns(),
-            time.time_ns(),
+            min(self._opened_ns + int(queued * 1e9), first_ns),
+            first_ns,
+            done_ns,
             prompt_tokens=event.prompt_tokens,
             completion_tokens=event.completion_tokens,
         )

@@ -305,6 +305,7 @@ class Runtime:
         sentence or two inline, where a thread hop would cost more than the work."""
         self._check_accepting()
         self.registry.check(model, task)
+        tracing.annotate(model=model.name)
         handler = model.tasks[task]
         size = sum(len(t) for t in texts)
         big = len(texts) > 8 or size > _INLINE_TOKENIZE_CHARS
@@ -399,6 +400,7 @@ class Runtime:
         424), not an error event inside a 200 stream."""
         self._check_accepting()
         self.registry.check(model, Task.GENERATE)
+        tracing.annotate(model=model.name)
         task = model.generator
         assert task is not None, "generate models have a generator"
         began = time.time_ns()
@@ -409,6 +411,7 @@ class Runtime:
         else:
             plan = task.plan(request, params)
         tracing.span("tokenize", began, time.time_ns(), prompt_tokens=len(plan.prompt))
+        clock = GenerationClock(current_record(), model.name)
         stream = await self.calls.open_stream(
             model.name,
             GenerationRequest(
@@ -421,7 +424,7 @@ class Runtime:
             ),
         )
         events = task.text(stream, request, plan.prompt)
-        clock = GenerationClock(current_record(), model.name, stream)
+        clock.stream = stream
         try:
             first = await anext(events)
         except StopAsyncIteration:  # cannot happen (a TextDone always ends the text)

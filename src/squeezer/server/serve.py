@@ -84,8 +84,20 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def scheme(settings: Settings) -> str:
-    return "https" if settings.ssl_certfile else "http"
+def announce_serving(settings: Settings, port: int, cold_start_s: float) -> None:
+    """The line people (and scripts) wait for: on stdout as text, or as one more JSON
+    log line with ``--log-format json`` (a pipeline reading the output sees only JSON)."""
+    scheme = "https" if settings.ssl_certfile else "http"
+    workers = f"{settings.api_workers} API workers; " if settings.api_workers else ""
+    line = (
+        f"squeezer serving on {scheme}://{settings.host}:{port} (cold start "
+        f"{cold_start_s:.1f} s; models {', '.join(m.name for m in settings.models)}; "
+        f"{workers}API docs at /docs)"
+    )
+    if settings.log_format == "json":
+        log.info(line)
+    else:
+        print(line, flush=True)
 
 
 def graceful_timeout(seconds: float) -> Any:
@@ -133,12 +145,7 @@ def run_server(settings: Settings) -> None:
     config = uvicorn_config(app, settings, host=settings.host, port=settings.port)
 
     def announce(port: int) -> None:
-        print(
-            f"squeezer serving on {scheme(settings)}://{settings.host}:{port} (cold start "
-            f"{time.perf_counter() - t0:.1f} s; models "
-            f"{', '.join(m.name for m in settings.models)}; API docs at /docs)",
-            flush=True,
-        )
+        announce_serving(settings, port, time.perf_counter() - t0)
 
     server = DrainingServer(
         config, app, settings.shutdown_timeout, announce, drain_delay=settings.drain_delay

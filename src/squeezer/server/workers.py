@@ -39,7 +39,12 @@ from squeezer.server.app import create_app
 from squeezer.server.metrics import Metrics, RemoteMetrics
 from squeezer.server.routes.admin import render_metrics
 from squeezer.server.runtime import Runtime, default_tokenizer_workers
-from squeezer.server.serve import DrainingServer, scheme, start_observing, uvicorn_config
+from squeezer.server.serve import (
+    DrainingServer,
+    announce_serving,
+    start_observing,
+    uvicorn_config,
+)
 
 log = logging.getLogger("squeezer")
 
@@ -87,13 +92,7 @@ class _EngineProcess:
             )
             if self.ready.is_set():
                 port = listener.getsockname()[1]
-                print(
-                    f"squeezer serving on {scheme(s)}://{s.host}:{port} (cold start "
-                    f"{time.perf_counter() - t0:.1f} s; models "
-                    f"{', '.join(m.name for m in s.models)}; {s.api_workers} API workers; "
-                    "API docs at /docs)",
-                    flush=True,
-                )
+                announce_serving(s, port, time.perf_counter() - t0)
             await self.stop.wait()
             died = watch.done()
             await self._stop_children(graceful=not died)

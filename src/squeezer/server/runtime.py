@@ -79,6 +79,15 @@ async def _resume(
             yield event
 
 
+def _serving(model: str) -> None:
+    """The request in hand runs ``model``: its access-log line and its trace say so,
+    whether it is answered or refused from here on."""
+    record = current_record()
+    if record is not None:
+        record.model = model
+    tracing.annotate(model=model)
+
+
 def log_versions() -> None:
     """One line with the versions that shape outputs, and a warning for each watched
     library outside the range squeezer is tested with (docs/compatibility.md)."""
@@ -305,7 +314,7 @@ class Runtime:
         sentence or two inline, where a thread hop would cost more than the work."""
         self._check_accepting()
         self.registry.check(model, task)
-        tracing.annotate(model=model.name)
+        _serving(model.name)
         handler = model.tasks[task]
         size = sum(len(t) for t in texts)
         big = len(texts) > 8 or size > _INLINE_TOKENIZE_CHARS
@@ -400,7 +409,7 @@ class Runtime:
         424), not an error event inside a 200 stream."""
         self._check_accepting()
         self.registry.check(model, Task.GENERATE)
-        tracing.annotate(model=model.name)
+        _serving(model.name)
         task = model.generator
         assert task is not None, "generate models have a generator"
         began = time.time_ns()

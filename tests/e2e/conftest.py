@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,7 +40,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(args: list[str], log: Path, timeout: float = 180) -> ServerProcess:
+def start_server(
+    args: list[str], log: Path, timeout: float = 180, *, tls: ssl.SSLContext | None = None
+) -> ServerProcess:
+    """``squeezer serve ARGS`` on a free port, once ``/ready`` answers 200 (over
+    ``https://`` with ``tls``, the context that trusts the server's certificate)."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SQUEEZER_LOG_LEVEL": "info"}
     with log.open("wb") as out:
@@ -49,13 +54,15 @@ def start_server(args: list[str], log: Path, timeout: float = 180) -> ServerProc
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", proc, log)
+    scheme = "https" if tls is not None else "http"
+    server = ServerProcess(f"{scheme}://127.0.0.1:{port}", proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.output()}")
         try:
-            if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
+            ready = httpx.get(f"{server.url}/ready", timeout=1, verify=tls or True)
+            if ready.status_code == 200:
                 return server
         except httpx.TransportError:
             pass

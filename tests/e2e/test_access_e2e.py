@@ -5,12 +5,10 @@ Prometheus-style scrape."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError, TextGenerationError
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import ServerProcess, free_port, start_server
+from tests.e2e.conftest import ServerProcess, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -285,36 +283,6 @@ def test_json_access_log_traces_a_request_and_holds_no_text(keyed: ServerProcess
 # TLS -------------------------------------------------------------------------------
 
 
-def _start_tls_server(
-    args: list[str], log: Path, ca_pem: Path, timeout: float = 180
-) -> ServerProcess:
-    """``start_server``, but polling ``https://``: ready when /ready answers 200 over
-    TLS with a certificate the test CA signed."""
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SQUEEZER_LOG_LEVEL": "info"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "squeezer", "serve", "--port", str(port), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    server = ServerProcess(f"https://127.0.0.1:{port}", proc, log)
-    trusted = ssl.create_default_context(cafile=str(ca_pem))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.url}/ready", timeout=1, verify=trusted).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.terminate()
-    raise RuntimeError(f"server not ready after {timeout} s:\n{server.output()}")
-
-
 def test_tls_with_a_key(tiny_bert: Path, tmp_path: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
@@ -323,7 +291,8 @@ def test_tls_with_a_key(tiny_bert: Path, tmp_path: Path) -> None:
     cert.private_key_pem.write_to_path(str(key_pem))
     for i, blob in enumerate(cert.cert_chain_pems):
         blob.write_to_path(str(cert_pem), append=i > 0)
-    server = _start_tls_server(
+    trusted = ssl.create_default_context(cafile=str(ca_pem))
+    server = start_server(
         [
             "--model",
             f"tiny={tiny_bert}",
@@ -336,9 +305,8 @@ def test_tls_with_a_key(tiny_bert: Path, tmp_path: Path) -> None:
             FLAG_KEY,
         ],
         tmp_path / "tls.log",
-        ca_pem,
+        tls=trusted,
     )
-    trusted = ssl.create_default_context(cafile=str(ca_pem))
     try:
         assert server.url.startswith("https://")
         with httpx.Client(base_url=server.url, verify=trusted, timeout=30) as http:

@@ -19,6 +19,13 @@ def settings_for(models: dict[str, Path], **kw: Any) -> Settings:
     return Settings(models=[ModelSettings(name=n, path=str(p)) for n, p in models.items()], **kw)
 
 
+def bert_and_llama(tiny_bert: Path, tiny_llama: Path, **kw: Any) -> Settings:
+    """An embedding model ``bert`` and a generation model ``llama``, small limits, no
+    warm-up: every dialect has a model to answer with."""
+    kw = {"max_total_tokens": 128, "max_num_seqs": 4, "warmup": False, **kw}
+    return settings_for({"bert": tiny_bert, "llama": tiny_llama}, **kw)
+
+
 @pytest.fixture(scope="module")
 def client(tiny_bert: Path, tiny_bert_cls: Path) -> Iterator[TestClient]:
     """Two models: ``tiny`` (mean pooling, the default) and ``tiny-cls`` (CLS, prompts)."""

@@ -12,26 +12,14 @@ import pytest
 from fastapi import APIRouter
 from starlette.testclient import TestClient
 
-from squeezer.config import ModelSettings, Settings
+from squeezer.config import Settings
 from squeezer.server import access
 from squeezer.server.access import Access, AccessPolicy, is_loopback
 from squeezer.server.app import create_app
+from tests.integration.conftest import bert_and_llama
 
 KEYS = ["key-one", "key-two"]
 ADMIN = "admin-key"
-
-
-def _settings(tiny_bert: Path, tiny_llama: Path, **kw: Any) -> Settings:
-    return Settings(
-        models=[
-            ModelSettings(name="bert", path=str(tiny_bert)),
-            ModelSettings(name="llama", path=str(tiny_llama)),
-        ],
-        max_total_tokens=128,
-        max_num_seqs=4,
-        warmup=False,
-        **kw,
-    )
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -54,7 +42,7 @@ def _with_write_route(settings: Settings) -> TestClient:
 
 @pytest.fixture(scope="module")
 def keyed(tiny_bert: Path, tiny_llama: Path) -> Iterator[TestClient]:
-    settings = _settings(tiny_bert, tiny_llama, api_keys=KEYS, admin_api_key=ADMIN)
+    settings = bert_and_llama(tiny_bert, tiny_llama, api_keys=KEYS, admin_api_key=ADMIN)
     with _with_write_route(settings) as c:
         yield c
 
@@ -128,7 +116,7 @@ def test_write_routes_take_only_the_admin_key_when_one_is_set(keyed: TestClient)
 def test_without_an_admin_key_write_routes_need_a_loopback_bind(
     tiny_bert: Path, tiny_llama: Path
 ) -> None:
-    exposed = _settings(tiny_bert, tiny_llama, host="0.0.0.0", api_keys=KEYS)
+    exposed = bert_and_llama(tiny_bert, tiny_llama, host="0.0.0.0", api_keys=KEYS)
     with _with_write_route(exposed) as c:
         r = c.post("/admin/test-write", headers=_bearer(KEYS[0]))
         assert r.status_code == 403
@@ -138,7 +126,7 @@ def test_without_an_admin_key_write_routes_need_a_loopback_bind(
         assert c.get("/metrics", headers=_bearer(KEYS[0])).status_code == 200
         info = c.get("/info", headers=_bearer(KEYS[0])).json()
         assert info["models"][0]["path"] is not None  # no admin key: key holders see it
-    local = _settings(tiny_bert, tiny_llama, host="127.0.0.1")
+    local = bert_and_llama(tiny_bert, tiny_llama, host="127.0.0.1")
     with _with_write_route(local) as c:  # no keys at all, loopback: open
         assert c.post("/admin/test-write").json() == {"written": True}
         assert c.post("/embed", json={"inputs": "hi"}).status_code == 200

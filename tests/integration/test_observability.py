@@ -15,25 +15,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from squeezer.config import ModelSettings, Settings
 from squeezer.server import tracing
 from squeezer.server.app import create_app
 from squeezer.server.logs import configure_logging
+from tests.integration.conftest import bert_and_llama
 
 MARKER = "zebra-quartz-marker"
-
-
-def _settings(tiny_bert: Path, tiny_llama: Path, **kw: Any) -> Settings:
-    return Settings(
-        models=[
-            ModelSettings(name="bert", path=str(tiny_bert)),
-            ModelSettings(name="llama", path=str(tiny_llama)),
-        ],
-        max_total_tokens=128,
-        max_num_seqs=4,
-        warmup=False,
-        **kw,
-    )
 
 
 @pytest.fixture
@@ -47,7 +34,7 @@ def json_log() -> Iterator[io.StringIO]:
 
 @pytest.fixture(scope="module")
 def client(tiny_bert: Path, tiny_llama: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(tiny_bert, tiny_llama))) as c:
+    with TestClient(create_app(bert_and_llama(tiny_bert, tiny_llama))) as c:
         yield c
 
 
@@ -163,7 +150,7 @@ def test_cors_is_off_by_default_and_answers_allowed_origins(
         "Access-Control-Request-Headers": "authorization,content-type",
     }
     assert "access-control-allow-origin" not in client.options("/embed", headers=preflight).headers
-    settings = _settings(
+    settings = bert_and_llama(
         tiny_bert, tiny_llama, cors_allow_origins=["https://app.example"], api_keys=["k"]
     )
     with TestClient(create_app(settings)) as c:
@@ -193,7 +180,7 @@ def test_a_request_is_one_trace_from_http_to_forward(tiny_bert: Path, tiny_llama
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     assert tracing.configure(provider)
     try:
-        with TestClient(create_app(_settings(tiny_bert, tiny_llama))) as c:
+        with TestClient(create_app(bert_and_llama(tiny_bert, tiny_llama))) as c:
             exporter.clear()  # start-up's own work is not a request
             r = c.post("/embed", json={"inputs": ["a", "b c"]}, headers={"X-Request-Id": "t-1"})
             embed_spans = exporter.get_finished_spans()

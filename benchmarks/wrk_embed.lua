@@ -31,7 +31,11 @@ function init(args)
       error("usage: wrk ... -s wrk_embed.lua URL -- BODIES_FILE")
    end
    local f = assert(io.open(path, "r"))
+   -- wrk's -H headers (an Authorization: Bearer key, say) plus the JSON content type.
    local headers = { ["Content-Type"] = "application/json" }
+   for name, value in pairs(wrk.headers) do
+      headers[name] = value
+   end
    for line in f:lines() do
       if #line > 0 then
          n = n + 1

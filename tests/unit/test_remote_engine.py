@@ -80,6 +80,20 @@ async def test_results_and_errors_come_back_as_the_engine_gives_them(wired: Wire
     await until(lambda: wired.notes == [("x", 1)], "the note arrived")
 
 
+async def test_timings_cross_the_socket_with_the_answer(wired: Wired) -> None:
+    """What an API process stamps its trace spans and access-log line from: the
+    engine's queue wait and the batches the request's items were in."""
+    wired.gate.open()
+    answer = await wired.remote.run(req("m", "a", "b", "c"))
+    assert answer.results == ["m:a", "m:b", "m:c"]
+    timing = answer.timing
+    assert timing.queued_s >= 0 and timing.batches
+    assert sum(b.size for b in timing.batches) >= 3
+    for b in timing.batches:
+        assert b.start_ns <= b.forward_start_ns <= b.forward_end_ns <= b.end_ns
+    assert timing.compute_s == sum(b.end_ns - b.start_ns for b in timing.batches) / 1e9
+
+
 async def test_overload_keeps_its_retry_after(wired: Wired) -> None:
     held = [asyncio.create_task(wired.remote.submit(req("m", f"h{i}"))) for i in range(2)]
     await wired.gate.wait_entered(1)

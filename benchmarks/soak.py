@@ -321,7 +321,8 @@ async def poison(load: Load, run: Run, n: int) -> None:
         ok = got[0] == expected[0] or r.status_code in REFUSALS
     except httpx.HTTPError as e:
         got, ok = type(e).__name__, False
-    run.faults.append(Fault(at, f"poison: {name}", f"{expected} (or a refusal)", got, ok))
+    what, ok = _held_by_kill(load, run, at, got, f"poison: {name}", ok)
+    run.faults.append(Fault(at, what, f"{expected} (or a refusal)", got, ok))
 
 
 async def leaving_client(load: Load, run: Run) -> None:
@@ -361,13 +362,19 @@ async def slow_reader(load: Load, run: Run) -> None:
     complete = (got == "200" and "".join(parts) == load.ref_chat[i]) or (
         got.isdigit() and int(got) in REFUSALS
     )
-    what = "slow reader (0.3 s per chunk)"
+    what, complete = _held_by_kill(load, run, at, got, "slow reader (0.3 s per chunk)", complete)
+    run.faults.append(Fault(at, what, "200 and the full text, or a refusal", got, complete))
+
+
+def _held_by_kill(
+    load: Load, run: Run, at: float, got: str, what: str, ok: bool
+) -> tuple[str, bool]:
+    """A fault whose connection broke while it was open across the API worker's kill
+    was held by that worker: counted apart, like the other requests it held."""
     kill = run.kill_at_s
     if not got.isdigit() and kill is not None and at <= kill <= time.monotonic() - load.t0:
-        # Its connection was open when its API worker was killed: held by it, counted
-        # apart like the other requests that worker held.
-        what, complete = f"{what}: held by the killed API worker", True
-    run.faults.append(Fault(at, what, "200 and the full text, or a refusal", got, complete))
+        return f"{what}: held by the killed API worker", True
+    return what, ok
 
 
 async def soak(
@@ -530,6 +537,8 @@ def rss_figures(run: Run) -> dict[str, Any]:
         "rss_slope_engine_mib_per_min": slope(engine),
         "rss_slope_api_workers_mib_per_min": slope(workers),
         "rss_slope_whole_run_mib_per_min": float(np.polyfit(t / 60, total, 1)[0]),
+        #: (seconds, engine MiB, API processes MiB) every 5 s.
+        "rss_series": [[round(float(x), 1) for x in row] for row in run.rss],
     }
 
 

@@ -116,8 +116,16 @@ def test_two_api_workers_serve_like_one_process(
         left = _counter(server.url, "squeezer_generated_tokens_total", model="llama")
         assert left - generated < 240
 
-        # One registry for all: both processes' requests are counted.
+        # One registry for all: both processes' requests are counted, and their
+        # generations' latency figures crossed the socket with them.
         assert _counter(server.url, "squeezer_requests_total", route="/embed") == 17
+        assert (
+            _counter(server.url, "squeezer_time_to_first_token_seconds_count", model="llama") >= 3
+        )
+        mine = httpx.post(
+            f"{server.url}/embed", json={"inputs": "x"}, headers={"X-Request-Id": "across-1"}
+        )
+        assert mine.headers["x-request-id"] == "across-1"
     finally:
         code = server.terminate()
     assert code == 0, server.output()

@@ -13,8 +13,7 @@ from fastapi import APIRouter
 from starlette.testclient import TestClient
 
 from squeezer.config import Settings
-from squeezer.server import access
-from squeezer.server.access import Access, AccessPolicy, is_loopback
+from squeezer.server.access import Access, AccessPolicy, is_loopback, route_access
 from squeezer.server.app import create_app
 from tests.integration.conftest import bert_and_llama
 
@@ -27,10 +26,10 @@ def _bearer(key: str) -> dict[str, str]:
 
 
 def _with_write_route(settings: Settings) -> TestClient:
-    """The app plus one route declared ADMIN_WRITE, as model-management routes will be
-    (issue 25 adds load, unload and alias): the rule is the declaration's, not a path's."""
+    """The app plus one route under ``/admin/``, where model management goes (issue 25
+    adds load, unload and alias there): the rule is its path's, nothing to declare."""
     app = create_app(settings)
-    router = APIRouter(dependencies=access.ADMIN_WRITE)
+    router = APIRouter()
 
     @router.post("/admin/test-write")
     async def write() -> dict[str, bool]:
@@ -151,6 +150,15 @@ def test_every_route_is_behind_a_key_unless_it_is_a_probe(keyed: TestClient) -> 
         assert secured is (op not in opened), op  # the published contract says so too
 
 
+def test_route_levels_default_to_inference() -> None:
+    assert route_access("/health") is route_access("/v2/health/ready") is Access.OPEN
+    assert route_access("/metrics") is Access.ADMIN_READ
+    assert route_access("/admin/models/x/load") is Access.ADMIN_WRITE
+    assert route_access("/v2/repository/index") is Access.ADMIN_WRITE
+    for path in ("/embed", "/info", "/v1/models", "/a/route/added/later", "/healthz"):
+        assert route_access(path) is Access.INFERENCE, path
+
+
 def test_keys_are_compared_in_full() -> None:
     policy = AccessPolicy((b"secret-key",), b"admin", loopback=True)
     policy.check(Access.INFERENCE, b"secret-key")
@@ -184,4 +192,8 @@ def test_keys_from_a_file_and_settings_refuse_blank_keys(tmp_path: Path) -> None
         Settings(admin_api_key="")
     with pytest.raises(ValidationError, match="both"):
         Settings(ssl_certfile=tmp_path / "cert.pem")
-    assert "key-a" not in repr(Settings(api_keys=["key-a"], admin_api_key="key-b"))
+    keyed = Settings(api_keys=["key-a"], admin_api_key="key-b")
+    assert "key-a" not in repr(keyed) and "key-b" not in repr(keyed)
+    # API processes (--api-workers) get their settings as JSON: the keys go with them.
+    again = Settings.model_validate_json(keyed.model_dump_json())
+    assert (again.api_keys, again.admin_api_key) == (["key-a"], "key-b")

@@ -39,6 +39,8 @@ def client(tiny_bert: Path, tiny_llama: Path) -> Iterator[TestClient]:
 
 
 def _lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    for handler in logging.getLogger().handlers:  # lines go out in batches (logs.py)
+        handler.flush()
     return [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
 
 
@@ -114,6 +116,7 @@ def test_text_logs_name_the_request_too(client: TestClient) -> None:
     handler = configure_logging("info", "text", stream=buffer)
     try:
         client.post("/embed", json={"inputs": "hi"}, headers={"X-Request-Id": "text-1"})
+        handler.flush()
     finally:
         logging.getLogger().removeHandler(handler)
     line = next(x for x in buffer.getvalue().splitlines() if "squeezer.access" in x)
@@ -226,3 +229,26 @@ def test_a_request_is_one_trace_from_http_to_forward(tiny_bert: Path, tiny_llama
     (prefill,) = named["prefill"]
     assert named["queue"][0].end_time <= prefill.start_time <= prefill.end_time
     assert prefill.end_time <= decode.start_time <= decode.end_time
+
+
+def test_log_lines_go_out_in_batches_and_warnings_at_once() -> None:
+    """One write per batch of lines, not per line (logs.py says why); an idle server's
+    last lines still go out, and a warning goes out at once with what waited."""
+    import time
+
+    buffer = io.StringIO()
+    handler = configure_logging("info", "text", stream=buffer)
+    log = logging.getLogger("squeezer.test")
+    try:
+        log.info("first")
+        log.info("second")
+        for _ in range(100):  # the timer thread writes them out while nothing else comes
+            if "second" in buffer.getvalue():
+                break
+            time.sleep(0.02)
+        assert buffer.getvalue().index("first") < buffer.getvalue().index("second")
+        log.info("held")
+        log.warning("urgent")
+        assert "held" in buffer.getvalue() and "urgent" in buffer.getvalue()
+    finally:
+        logging.getLogger().removeHandler(handler)

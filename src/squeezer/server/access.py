@@ -1,19 +1,25 @@
 """Who may call which route: API keys, the admin key, and the loopback rule.
 
-Every route declares one ``Access`` level as a FastAPI dependency (``OPEN``,
-``INFERENCE``, ``ADMIN_READ``, ``ADMIN_WRITE`` below, on its router or on itself); a
-test walks the app's routes so that none goes without. The rules, as vLLM, TGI and TEI
-users expect them (``Authorization: Bearer KEY``):
+A route's access level comes from its path (``route_access``), checked in the one
+pure-ASGI layer in front of every route (``middleware.HttpGuard``) before anything is
+parsed: a server without keys pays nothing for it, and a refused request costs a
+header lookup. The levels, as vLLM, TGI and TEI users expect them
+(``Authorization: Bearer KEY``):
 
 - ``OPEN``: probes and the API's own description (``/health``, ``/ready``,
-  ``/openapi.json`` and the docs page that reads it) answer anyone: load balancers and
-  orchestrators carry no keys.
-- ``INFERENCE``: with ``--api-key`` set, one of those keys (or the admin key).
+  ``/v2/health/*``, ``/openapi.json`` and the docs pages that read it) answer anyone:
+  load balancers and orchestrators carry no keys.
+- ``INFERENCE`` (every other route unless listed below): with ``--api-key`` set, one
+  of those keys (or the admin key).
 - ``ADMIN_READ`` (``/metrics``, and the model paths in ``/info``): the admin key when
   one is set, otherwise the inference rule.
-- ``ADMIN_WRITE`` (routes that change what is served): the admin key when one is set;
-  without one, the inference rule on a loopback bind only, and 403 naming the flag on
-  any other bind: nobody on the network may reload models because no key was set.
+- ``ADMIN_WRITE`` (routes under ``ADMIN_WRITE_PREFIXES``: what changes what is
+  served): the admin key when one is set; without one, the inference rule on a
+  loopback bind only, and 403 naming the flag on any other bind: nobody on the network
+  may reload models because no key was set.
+
+Default-deny: a new route is ``INFERENCE`` unless a list here says otherwise, and a
+test calls every published operation without a key.
 
 Keys are compared with ``hmac.compare_digest`` against every configured key, so the
 time taken says nothing about how much of a key matched or which one did.
@@ -27,8 +33,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from fastapi import Depends, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import Request
 
 from squeezer.config import Settings
@@ -67,6 +71,11 @@ class AccessPolicy:
             admin.encode() if admin is not None else None,
             is_loopback(settings.host),
         )
+
+    @property
+    def open_to_all(self) -> bool:
+        """No keys and a loopback bind: every route answers everyone (nothing to check)."""
+        return not self.api_keys and self.admin_key is None and self.loopback
 
     def _is_admin(self, token: bytes | None) -> bool:
         return self.admin_key is not None and _equal(token, (self.admin_key,))
@@ -118,11 +127,33 @@ def _unauthorized(token: bytes | None, *, admin: bool = False) -> UnauthorizedEr
     return UnauthorizedError(f"the key sent is not {which}")
 
 
-_bearer = HTTPBearer(auto_error=False, description="an --api-key (or the --admin-api-key)")
+#: Routes anyone may call, keys or not.
+OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+                        "/redoc"})  # fmt: skip
+OPEN_PREFIXES = ("/v2/health/",)
+ADMIN_READ_PATHS = frozenset({"/metrics"})
+#: Routes that change what is served (model management: issue 25 adds them here).
+ADMIN_WRITE_PREFIXES = ("/admin/", "/v2/repository/")
 
 
-def token_of(credentials: HTTPAuthorizationCredentials | None) -> bytes | None:
-    return credentials.credentials.encode() if credentials is not None else None
+def route_access(path: str) -> Access:
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return Access.OPEN
+    if path in ADMIN_READ_PATHS:
+        return Access.ADMIN_READ
+    if path.startswith(ADMIN_WRITE_PREFIXES):
+        return Access.ADMIN_WRITE
+    return Access.INFERENCE
+
+
+def bearer_token(authorization: bytes | None) -> bytes | None:
+    """The key in ``Authorization: Bearer KEY`` (any case of ``Bearer``), else None."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 def policy_of(request: Request) -> AccessPolicy:
@@ -130,31 +161,24 @@ def policy_of(request: Request) -> AccessPolicy:
     return policy
 
 
-def _require(level: Access) -> Any:
-    async def require(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
-    ) -> None:
-        policy_of(request).check(level, token_of(credentials))
-
-    require.access = level  # type: ignore[attr-defined]  # read by the route audit test
-    return Depends(require)
+def caller_token(request: Request) -> bytes | None:
+    value = request.headers.get("authorization")
+    return bearer_token(value.encode("latin-1")) if value is not None else None
 
 
-async def _open() -> None:
-    return None
-
-
-_open.access = Access.OPEN  # type: ignore[attr-defined]
-
-#: ``dependencies=`` for a router or a route of each level.
-OPEN = [Depends(_open)]
-INFERENCE = [_require(Access.INFERENCE)]
-ADMIN_READ = [_require(Access.ADMIN_READ)]
-ADMIN_WRITE = [_require(Access.ADMIN_WRITE)]
-
-
-async def caller_token(
-    credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
-) -> bytes | None:
-    """The bearer token, for a route that shows more to admins (``/info``)."""
-    return token_of(credentials)
+def add_security_scheme(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document says which operations take a bearer key (all but the open
+    ones), as a dependency-declared scheme would, without a per-request dependency."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["HTTPBearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an --api-key (or the --admin-api-key)",
+    }
+    for path, operations in schema.get("paths", {}).items():
+        if route_access(path) is Access.OPEN:
+            continue
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation["security"] = [{"HTTPBearer": []}]
+    return schema

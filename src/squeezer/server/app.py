@@ -18,7 +18,7 @@ from squeezer import __version__
 from squeezer.config import Settings
 from squeezer.errors import InvalidRequestError, SqueezerError
 from squeezer.server import tracing
-from squeezer.server.access import AccessPolicy
+from squeezer.server.access import AccessPolicy, add_security_scheme
 from squeezer.server.errors import error_response, http_error_response
 from squeezer.server.jsonio import add_body_schemas
 from squeezer.server.metrics import Metrics
@@ -58,7 +58,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.settings = settings
-    app.state.access = AccessPolicy.from_settings(settings)
+    app.state.access = access = AccessPolicy.from_settings(settings)
 
     async def on_squeezer_error(request: Request, exc: Exception) -> Response:
         return error_response(exc, request.url.path)
@@ -86,7 +86,7 @@ def create_app(
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            app.openapi_schema = add_body_schemas(schema)
+            app.openapi_schema = add_security_scheme(add_body_schemas(schema))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -98,6 +98,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         draining=lambda: runtime.phase in (Phase.DRAINING, Phase.STOPPED),
         in_flight=in_flight,
+        access=access,
     )
     if settings.cors_allow_origins:
         app.add_middleware(

@@ -15,8 +15,11 @@ of the request: routes are templates and bodies are counted in tokens.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import threading
+import time
 from typing import IO
 
 from squeezer.server.observe import RequestRecord, current_record
@@ -48,7 +51,7 @@ def configure_logging(
     """The root logger's handler (``stream``, stderr by default) with the chosen
     format, replacing one an earlier call installed; uvicorn's loggers propagate to it.
     Returns the handler (a test removes it when done)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _BatchedStreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER)
     handler.addFilter(RequestIdFilter(f"[{worker}]" if worker else ""))
     if fmt == "json":
@@ -66,6 +69,11 @@ def configure_logging(
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s%(worker)s%(req)s: %(message)s")
         )
+    # Fields no format here prints, so no record computes them (the logging HOWTO's
+    # "Optimization"): the access log writes one record per request.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for old in root.handlers[:]:
         if old.get_name() == _HANDLER:
@@ -76,6 +84,56 @@ def configure_logging(
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     return handler
+
+
+class _BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes lines in batches: every line of one event-loop
+    turn goes out in one write, within ``FLUSH_S``, and at once from a warning up.
+
+    Why: a write per line releases the GIL, and getting it back behind the compute
+    and tokenizer threads cost the event loop ~100 us per access-log line on 2 cores
+    (HTTP-layer throughput 18.6k -> 14.7k requests per 8 s). Lines wait at most
+    ``FLUSH_S`` (a timer thread flushes what an idle server holds); whatever is
+    buffered is written at exit."""
+
+    FLUSH_S = 0.2
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._since = 0.0
+        self._timer = threading.Thread(target=self._flush_idle, daemon=True)
+        self._timer.start()
+        atexit.register(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]
+            if not self._pending:
+                self._since = time.monotonic()
+            self._pending.append(line)
+            urgent = record.levelno >= logging.WARNING
+        if urgent or time.monotonic() - self._since >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            pending, self._pending = self._pending, []
+            if pending:
+                try:
+                    self.stream.write("".join(pending))
+                    self.stream.flush()
+                except (OSError, ValueError):  # stderr closed at exit: nothing to do
+                    pass
+
+    def _flush_idle(self) -> None:
+        while True:
+            time.sleep(self.FLUSH_S)
+            self.flush()
 
 
 def log_access(record: RequestRecord, seconds: float) -> None:

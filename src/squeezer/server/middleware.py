@@ -1,4 +1,4 @@
-"""One pure-ASGI layer in front of every route: request id, body limit, drain,
+"""One pure-ASGI layer in front of every route: request id, keys, body limit, drain,
 in-flight, metrics and the access log.
 
 Pure ASGI rather than Starlette's ``BaseHTTPMiddleware`` because that one costs a
@@ -13,8 +13,14 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from squeezer.errors import PayloadTooLargeError, UnavailableError
+from squeezer.errors import (
+    ForbiddenError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+    UnavailableError,
+)
 from squeezer.server import tracing
+from squeezer.server.access import Access, AccessPolicy, bearer_token, route_access
 from squeezer.server.errors import error_response
 from squeezer.server.logs import log_access
 from squeezer.server.metrics import Metrics
@@ -62,8 +68,10 @@ class HttpGuard:
         max_body_bytes: int,
         draining: Callable[[], bool],
         in_flight: InFlight,
+        access: AccessPolicy,
     ) -> None:
         self.app = app
+        self.access = access
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.draining = draining
@@ -106,6 +114,14 @@ class HttpGuard:
             current.reset(token)
 
     def _refusal(self, path: str, scope: Scope) -> Exception | None:
+        if not self.access.open_to_all:
+            level = route_access(path)
+            if level is not Access.OPEN:
+                token = bearer_token(_header(scope, b"authorization"))
+                try:
+                    self.access.check(level, token)
+                except (UnauthorizedError, ForbiddenError) as e:
+                    return e
         if self.draining() and path not in _ALWAYS_OPEN:
             return UnavailableError("server is shutting down")
         length = _content_length(scope)

@@ -13,9 +13,10 @@ The request's text is never recorded: token counts, not tokens.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -28,13 +29,19 @@ from squeezer.types import WorkTiming
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
+#: New ids: 16 random hex digits per process, then a counter (16 hex digits): unique
+#: across processes and restarts like a uuid4, for a fraction of its cost per request.
+_PROCESS_PREFIX = os.urandom(8).hex()
+_counter = itertools.count()
+
+
 def request_id_from(header: bytes | None) -> str:
     """The client's id when it is a sane one, else a new one (32 hex digits)."""
     if header is not None:
         value = header.decode("latin-1")
         if _CLIENT_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return f"{_PROCESS_PREFIX}{next(_counter):016x}"
 
 
 @dataclass(slots=True)

@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer.errors import InvalidRequestError, TaskNotSupportedError, TooManyInputsError
-from squeezer.server import access
 from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, parse, read_body, read_json
 from squeezer.server.registry import ServedModel
@@ -38,7 +37,7 @@ from squeezer.tasks.token_classify import DEFAULT_AGGREGATION
 from squeezer.tasks.zero_shot import DEFAULT_TEMPLATE
 from squeezer.types import Task, TruncationDirection
 
-router = APIRouter(tags=["HF Inference API"], dependencies=access.INFERENCE)
+router = APIRouter(tags=["HF Inference API"])
 
 #: HF pipeline task names -> squeezer task.
 _PIPELINE_TASKS = {

@@ -13,7 +13,6 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from squeezer.server import access
 from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.registry import ServedModel
@@ -24,7 +23,7 @@ from squeezer.server.schemas import openai as oa
 from squeezer.tasks import EmbedRequest
 from squeezer.types import Task
 
-router = APIRouter(tags=["OpenAI"], dependencies=access.INFERENCE)
+router = APIRouter(tags=["OpenAI"])
 _ERRORS = error_responses("/v1/embeddings")
 
 

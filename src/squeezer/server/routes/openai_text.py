@@ -23,7 +23,6 @@ from starlette.responses import Response
 
 from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InvalidRequestError
-from squeezer.server import access
 from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.registry import ServedModel
@@ -42,7 +41,7 @@ from squeezer.server.streaming import (
 from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, TextDelta, TextDone
 from squeezer.types import Task
 
-router = APIRouter(tags=["OpenAI"], dependencies=access.INFERENCE)
+router = APIRouter(tags=["OpenAI"])
 _ERRORS = error_responses("/v1/completions")
 _SEED_MASK = (1 << 63) - 1
 

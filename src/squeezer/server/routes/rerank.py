@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer.errors import EmptyInputError
-from squeezer.server import access
 from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.routes import runtime_of
@@ -22,7 +21,7 @@ from squeezer.server.schemas import rerank as schema
 from squeezer.tasks import RerankRequest
 from squeezer.types import Task
 
-router = APIRouter(tags=["Rerank (Cohere/Jina)"], dependencies=access.INFERENCE)
+router = APIRouter(tags=["Rerank (Cohere/Jina)"])
 _ERRORS = error_responses("/v1/rerank")
 
 

@@ -9,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer.errors import EmptyInputError, InvalidRequestError, TooManyInputsError
-from squeezer.server import access
 from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, read_json
 from squeezer.server.routes import runtime_of
@@ -17,7 +16,7 @@ from squeezer.server.schemas import tei
 from squeezer.tasks import ClassifyRequest, EmbedRequest, RerankRequest
 from squeezer.types import Task
 
-router = APIRouter(tags=["TEI"], dependencies=access.INFERENCE)
+router = APIRouter(tags=["TEI"])
 _ERRORS = error_responses("/embed")
 
 

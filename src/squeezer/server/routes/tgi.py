@@ -18,7 +18,6 @@ from starlette.responses import Response
 
 from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InvalidRequestError
-from squeezer.server import access
 from squeezer.server.errors import error_responses
 from squeezer.server.jsonio import body_schema, json_response, parse, read_json
 from squeezer.server.registry import ServedModel
@@ -36,7 +35,7 @@ from squeezer.server.streaming import (
 from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, TextDelta
 from squeezer.types import Task
 
-router = APIRouter(tags=["TGI"], dependencies=access.INFERENCE)
+router = APIRouter(tags=["TGI"])
 _ERRORS = error_responses("/generate")
 #: Keys that make a ``POST /`` body a generation request rather than another task's.
 GENERATION_KEYS = frozenset(tgi.GenerateParameters.model_fields) | {"stream"}

@@ -34,29 +34,18 @@ def test_trimmed_trims_after_success_and_after_a_refusal(monkeypatch: pytest.Mon
 def test_no_libc_trim_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "_malloc_trim", lambda: None)
     assert heap.trim_heap() is False
-    monkeypatch.setattr(heap, "_libc", lambda: None)
-    assert heap.keep_big_blocks_mapped() is False
 
 
-def test_big_blocks_are_mapped_and_given_back_whole() -> None:
-    """With the threshold fixed, a freed 24 MiB block leaves RSS: glibc's default would
-    raise its threshold to 24 MiB on that free and keep the next such block in the heap
-    (checked by hand: 0 MiB returned on the second and third frees)."""
-    import ctypes
+def test_device_threads_trim_now_and_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every TRIM_EVERY_S of work, not after every unit: a trim costs milliseconds."""
+    from squeezer.engine import executor
 
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    assert heap.keep_big_blocks_mapped() is True
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    size = 24 << 20
-    for _ in range(3):  # freed and allocated again: each time a mapping of its own
-        block = libc.malloc(size)
-        ctypes.memset(block, 1, size)  # touched: counted in RSS
-        held = rss()
-        libc.free(block)
-        assert held - rss() >= size * 0.9
+    trims: list[float] = []
+    monkeypatch.setattr(executor, "trim_heap", lambda: trims.append(1.0))
+    clock = [1000.0]
+    monkeypatch.setattr(executor.time, "monotonic", lambda: clock[0])
+    device = executor.DeviceExecutor("cpu")
+    for _ in range(30):  # 30 units of work, one second apart
+        clock[0] += 1.0
+        device._trim_now_and_then()
+    assert len(trims) == 3

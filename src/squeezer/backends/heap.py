@@ -12,11 +12,11 @@ does nothing.
 The process that computes has the other half of the problem: batches of changing
 shapes allocate and free activations of tens of MiB on the compute thread, and glibc's
 mmap threshold rises to the largest block freed (up to 32 MiB), after which such
-blocks come from the heap and fragment it. Under twice its capacity for 10 minutes,
-the engine process grew 4,010 -> 4,494 MiB, still ~20 MiB/min at the end.
-``keep_big_blocks_mapped`` fixes the threshold (mallopt ``M_MMAP_THRESHOLD``, which
-also stops glibc from raising its trim threshold), so blocks above it are mapped and
-unmapped whole and never stay behind in the heap.
+blocks come from the heap and fragment it. The device threads trim every few seconds
+of work (``engine/executor.py``): fixing the mmap threshold instead kept the heap flat
+at 1 MiB but cost a forward pass up to 36% in page faults (88 -> 120 ms over mixed
+MiniLM batches; 98 ms at 4 MiB), and at 16 MiB, where it cost nothing, the engine still
+grew 4,019 -> 4,516 MiB in a 10-minute soak at twice its capacity.
 """
 
 from __future__ import annotations
@@ -36,32 +36,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-#: glibc's ``mallopt`` parameter number (malloc.h).
-_M_MMAP_THRESHOLD = -3
-#: Blocks at least this large are mmapped: a big batch's activations (at
-#: --max-batch-tokens 8192, MiniLM's feed-forward and attention blocks are ~50 MiB),
-#: not the 1-10 MiB blocks of everyday batches, whose page faults would cost more than
-#: the heap saves: a forward pass over batches of 8-40 x 20-60 tokens took 88 ms with
-#: glibc's default, 120 ms with a 1 MiB threshold, 98 ms at 4 MiB, 87 ms at 16 MiB.
-BIG_BLOCK_BYTES = 16 << 20
-
-
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(ctypes.util.find_library("c"))
     except (OSError, TypeError):
         return None
-
-
-def keep_big_blocks_mapped(threshold: int = BIG_BLOCK_BYTES) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes for this process; False where
-    libc has no ``mallopt`` (nothing changes there)."""
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def trim_heap() -> bool:

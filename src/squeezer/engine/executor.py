@@ -24,9 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from squeezer.backends.heap import trim_heap
 from squeezer.errors import UnavailableError
 
 log = logging.getLogger(__name__)
+#: Seconds of work between two heap trims on a device thread.
+TRIM_EVERY_S = 10.0
 
 T = TypeVar("T")
 
@@ -128,6 +131,7 @@ class DeviceExecutor:
         self._next = 0  # round-robin position: the source polled first on the next turn
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._trimmed_at = time.monotonic()
 
     @property
     def thread_name(self) -> str:
@@ -224,3 +228,16 @@ class DeviceExecutor:
                 work()
             except Exception:  # work delivers its own errors; this is a bug, not a crash
                 log.exception("unit of work on %s raised", self.device)
+            self._trim_now_and_then()
+
+    def _trim_now_and_then(self) -> None:
+        """Give the heap's free pages back every ``TRIM_EVERY_S`` of work (heap.py):
+        batches of changing shapes free blocks of tens of MiB here, glibc keeps them
+        in a heap that fragments, and under twice its capacity for 10 minutes the
+        engine process grew 4,019 -> 4,516 MiB without this. One trim costs
+        milliseconds, once per ``TRIM_EVERY_S``: fixing glibc's mmap threshold instead
+        (1 MiB) also kept it flat but cost a forward pass up to 36% in page faults."""
+        now = time.monotonic()
+        if now - self._trimmed_at >= TRIM_EVERY_S:
+            self._trimmed_at = now
+            trim_heap()

@@ -19,7 +19,6 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from squeezer.backends.heap import keep_big_blocks_mapped
 from squeezer.config import Settings
 from squeezer.server import tracing
 from squeezer.server.app import create_app
@@ -136,7 +135,6 @@ def uvicorn_config(app: FastAPI, settings: Settings, **where: Any) -> uvicorn.Co
 def run_server(settings: Settings) -> None:
     """Build the app from ``settings`` and serve it until a signal drains it."""
     start_observing(settings)
-    keep_big_blocks_mapped()  # this process computes: its heap must not creep (heap.py)
     if settings.api_workers:
         from squeezer.server.workers import run_with_api_workers
 

@@ -40,6 +40,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def tiny_and_llama(tiny_bert: Path, tiny_llama: Path) -> list[str]:
+    """``serve`` arguments for an embedding model ``tiny`` and a generation model
+    ``llama`` (256 tokens per sequence)."""
+    return ["--model", f"tiny={tiny_bert}", "--model", f"llama={tiny_llama}",
+            "--max-total-tokens", "256"]  # fmt: skip
+
+
 def start_server(
     args: list[str], log: Path, timeout: float = 180, *, tls: ssl.SSLContext | None = None
 ) -> ServerProcess:

@@ -24,7 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError, TextGenerationError
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import ServerProcess, start_server
+from tests.e2e.conftest import ServerProcess, start_server, tiny_and_llama
 
 pytestmark = pytest.mark.e2e
 
@@ -53,12 +53,7 @@ def keyed(
     key_file.write_text(f"# inference keys\n\n{FILE_KEY}\n")
     s = start_server(
         [
-            "--model",
-            f"tiny={tiny_bert}",
-            "--model",
-            f"llama={tiny_llama}",
-            "--max-total-tokens",
-            "256",
+            *tiny_and_llama(tiny_bert, tiny_llama),
             "--api-key",
             FLAG_KEY,
             "--api-key-file",

@@ -14,7 +14,7 @@ import openai
 import pytest
 from huggingface_hub import InferenceClient
 
-from tests.e2e.conftest import ServerProcess, start_server
+from tests.e2e.conftest import ServerProcess, start_server, tiny_and_llama
 
 pytestmark = pytest.mark.e2e
 PROMPT = "Functions are objects"
@@ -26,17 +26,7 @@ def gen_server(
     tiny_bert: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("e2e-gen") / "server.log"
-    s = start_server(
-        [
-            "--model",
-            f"tiny={tiny_bert}",
-            "--model",
-            f"llama={tiny_llama}",
-            "--max-total-tokens",
-            "256",
-        ],
-        log,
-    )
+    s = start_server(tiny_and_llama(tiny_bert, tiny_llama), log)
     yield s
     assert s.terminate() == 0, s.output()
 

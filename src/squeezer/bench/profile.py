@@ -26,6 +26,7 @@ import numpy as np
 
 from squeezer.backends import Backend, load_backend
 from squeezer.backends.device import resolve_device, resolve_dtype
+from squeezer.backends.heap import trim_heap
 from squeezer.models import locate, read_folder
 from squeezer.tasks import EncoderItem, EncoderRunner, TextTokenizer, TokenVectorsHead
 from squeezer.types import TokenizedInput
@@ -85,16 +86,6 @@ class ProfileResult:
     #: GPU only: the largest padding-free batch per sequence length that fit.
     largest_batches: dict[str, dict[int, int]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
-
-
-def _trim_heap() -> None:
-    """Give freed heap back to the OS, so that a pass reusing memory an earlier pass freed
-    still shows its growth in RSS (glibc keeps freed arenas otherwise)."""
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rss_mb() -> float:
@@ -160,7 +151,9 @@ def _measure(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
-    _trim_heap()
+    # Freed heap back to the OS, so that a pass reusing memory an earlier pass freed
+    # still shows its growth in RSS (glibc keeps freed arenas otherwise).
+    trim_heap()
     with _PeakSampler() as sampler:
         for _ in range(s.repeats):
             t0 = time.perf_counter()

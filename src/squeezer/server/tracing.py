@@ -135,6 +135,8 @@ def work_spans(timing: WorkTiming) -> None:
     """``queue``, then a ``batch`` (with its ``forward``) per forward pass."""
     if _tracer is None or not timing.batches:
         return
+    from opentelemetry import trace
+
     first = timing.batches[0].start_ns
     span("queue", first - int(timing.queued_s * 1e9), first)
     for b in timing.batches:
@@ -143,8 +145,6 @@ def work_spans(timing: WorkTiming) -> None:
             start_time=b.start_ns,
             attributes={"squeezer.batch_size": b.size, "squeezer.padded_tokens": b.padded_tokens},
         )
-        from opentelemetry import trace
-
         with trace.use_span(s, end_on_exit=False):
             span("forward", b.forward_start_ns, b.forward_end_ns)
         s.end(end_time=b.end_ns)

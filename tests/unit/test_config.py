@@ -37,7 +37,7 @@ def test_model_arg_forms() -> None:
     assert parse_model_arg("a=/x/y").name == "a"
     m = parse_model_arg("/models/bge-small/")
     assert (m.name, m.path) == ("bge-small", "/models/bge-small/")
-    with pytest.raises(ValueError, match="NAME=PATH"):
+    with pytest.raises(ValueError, match=r"NAME\[:VERSION\]=PATH"):
         parse_model_arg("a=")
     with pytest.raises(ValidationError):
         parse_model_arg("bad name=/x")

@@ -134,6 +134,48 @@ class Engine:
             executor.start()
         return scheduler
 
+    async def remove(self, name: str, timeout: float) -> None:
+        """Stop serving ``name`` (a model or a generator): new requests for it are
+        refused at once (``ModelNotFoundError``), the ones it admitted finish, and then
+        its queue leaves its device's thread, so its weights can be freed.
+
+        What is still unanswered after ``timeout`` seconds fails with
+        ``UnavailableError``. A device left without models keeps its (idle) thread."""
+        queue = self._models.pop(name, None)
+        scheduler = self._generators.pop(name, None)
+        source: ModelQueue | GenerationScheduler | None = queue or scheduler
+        if source is None:
+            raise ModelNotFoundError(f"model {name!r} is not served")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.0, timeout)
+        message = f"model {name!r} was unloaded after a {timeout:g}s drain before this finished"
+        if queue is not None:
+            queue.flush = True  # nothing more will arrive: never hold a batch back
+            for executor in self._executors.values():
+                executor.wake()
+            while not queue.idle and loop.time() < end:
+                await asyncio.sleep(0.02)
+            queue.fail_all(lambda: UnavailableError(message))
+        if scheduler is not None:
+            while sum(scheduler.load) and loop.time() < end:
+                await asyncio.sleep(0.02)
+            scheduler.fail_all(UnavailableError(message))
+        owner = None
+        for executor in self._executors.values():
+            with contextlib.suppress(ValueError):  # a source of another device's thread
+                executor.remove_source(source)
+                owner = executor
+        # Weights, caches and sessions freed now, on the thread that used them (after
+        # any unit of work it is inside), not whenever the collector gets to them.
+        close = getattr(source.backend, "close", None)
+        if close is None:
+            return
+        if owner is not None and owner.running:
+            with contextlib.suppress(UnavailableError):
+                await owner.call(close)
+                return
+        close()
+
     def _executor(self, device: str) -> DeviceExecutor:
         executor = self._executors.get(device)
         if executor is None:

@@ -125,6 +125,12 @@ class ModelQueue:
         """Live items waiting in the queue (not running, not dead)."""
         return self._depth
 
+    @property
+    def idle(self) -> bool:
+        """No request is waiting or computing: the queue may be removed."""
+        with self._lock:
+            return not self._live
+
     def enqueue(self, req: Pending, items: list[Any]) -> None:
         now = self._clock()
         entries = [Entry(req, i, it, int(it.num_tokens), now) for i, it in enumerate(items)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
 import pickle
@@ -42,10 +43,12 @@ _HEADER = struct.Struct("!IQ")
 #: peer, not an allocation.
 MAX_FRAME = 256 * 2**20
 #: Message kinds. Client to engine: SUBMIT, OPEN (a generation), CANCEL, CALL (an
-#: operator query by name), NOTE (no answer). Engine to client: RESULT, ERROR, EVENT
-#: (a generation's token), END (its last message).
-SUBMIT, OPEN, CANCEL, CALL, NOTE = "submit", "open", "cancel", "call", "note"
-RESULT, ERROR, EVENT, END = "result", "error", "event", "end"
+#: operator query or the model lifecycle's operation, by name), NOTE (no answer),
+#: REPLY (a PUSH's answer). Engine to client: RESULT, ERROR, EVENT (a generation's
+#: token), END (its last message), PUSH (the engine process asks every API process:
+#: a new set of model versions, a version to let go of).
+SUBMIT, OPEN, CANCEL, CALL, NOTE, REPLY = "submit", "open", "cancel", "call", "note", "reply"
+RESULT, ERROR, EVENT, END, PUSH = "result", "error", "event", "end", "push"
 
 
 class FrameError(Exception):
@@ -100,10 +103,11 @@ class EngineCalls(Protocol):
 @dataclass(frozen=True, slots=True)
 class Hooks:
     """What the engine process answers besides compute: ``calls`` by name (model
-    infos, rendered metrics), ``notes`` by name (HTTP observations from API
-    processes, applied to the one metrics registry)."""
+    versions, rendered metrics, the model lifecycle's operations; a call may be a
+    coroutine function), ``notes`` by name (HTTP observations from API processes,
+    applied to the one metrics registry)."""
 
-    calls: dict[str, Callable[[], Any]]
+    calls: dict[str, Callable[..., Any]]
     notes: dict[str, Callable[..., None]]
 
 
@@ -116,6 +120,38 @@ class EngineServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        #: PUSHes not yet answered: their futures, by id, and by connection.
+        self._pushes: dict[int, asyncio.Future[Any]] = {}
+        self._pushed_to: dict[asyncio.StreamWriter, set[int]] = {}
+        self._push_ids = itertools.count(1)
+
+    async def broadcast(self, name: str, *args: Any) -> None:
+        """Ask every connected API process ``name(*args)``; returns when all have
+        answered (an API process that leaves meanwhile counts as answered: what it
+        held went with it). An API process's failure is raised here."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for writer in list(self._writers):
+            if writer.is_closing():
+                continue
+            ident = next(self._push_ids)
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pushes[ident] = future
+            self._pushed_to.setdefault(writer, set()).add(ident)
+            writer.write(_frame(PUSH, ident, (name, args)))
+            waits.append(future)
+        await asyncio.gather(*waits)
+
+    def _replied(self, writer: asyncio.StreamWriter, ident: int, answer: Any) -> None:
+        self._pushed_to.get(writer, set()).discard(ident)
+        future = self._pushes.pop(ident, None)
+        if future is None or future.done():
+            return
+        kind, payload = answer
+        if kind == ERROR:
+            future.set_exception(payload)
+        else:
+            future.set_result(payload)
 
     async def start(self, path: str) -> None:
         self._server = await asyncio.start_unix_server(self._connection, path=path)
@@ -163,6 +199,9 @@ class EngineServer:
                 if kind == NOTE:
                     self._note(payload)
                     continue
+                if kind == REPLY:
+                    self._replied(writer, ident, payload)
+                    continue
                 if kind == SUBMIT:
                     job = self._submit(ident, payload, send)
                 elif kind == OPEN:
@@ -182,6 +221,10 @@ class EngineServer:
             for task in list(running.values()):
                 task.cancel()
             self._writers.discard(writer)
+            for ident in self._pushed_to.pop(writer, set()):
+                future = self._pushes.pop(ident, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
             writer.close()
 
     def _note(self, payload: Any) -> None:
@@ -201,9 +244,12 @@ class EngineServer:
             return
         await send(RESULT, ident, result)
 
-    async def _call(self, ident: int, name: str, send: _Send) -> None:
+    async def _call(self, ident: int, payload: tuple[str, tuple[Any, ...]], send: _Send) -> None:
         try:
-            result = self.hooks.calls[name]()
+            name, args = payload
+            result = self.hooks.calls[name](*args)
+            if inspect.isawaitable(result):
+                result = await result
         except Exception as e:
             await send(ERROR, ident, _portable(e))
             return
@@ -263,6 +309,9 @@ class RemoteEngine:
         self._streams: dict[int, RemoteStream] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
+        #: Answers the engine process's PUSHes (``name, *args``); set before connect.
+        self.on_push: Callable[..., Awaitable[Any]] | None = None
+        self._push_tasks: set[asyncio.Task[None]] = set()
         #: Set when the engine process went away; the API process should exit.
         self.lost = asyncio.Event()
 
@@ -309,8 +358,20 @@ class RemoteEngine:
             raise
         return stream
 
-    async def call(self, name: str) -> Any:
-        return await self._ask(CALL, name)
+    async def call(self, name: str, *args: Any) -> Any:
+        return await self._ask(CALL, (name, args))
+
+    async def _answer_push(self, ident: int, payload: tuple[str, tuple[Any, ...]]) -> None:
+        name, args = payload
+        try:
+            if self.on_push is None:
+                raise UnavailableError(f"this API process answers no push ({name})")
+            answer: tuple[str, Any] = (RESULT, await self.on_push(name, *args))
+        except Exception as e:
+            log.exception("engine socket: push %s failed", name)
+            answer = (ERROR, _portable(e))
+        with contextlib.suppress(UnavailableError):
+            self._send(REPLY, ident, answer)
 
     def note(self, name: str, *args: Any) -> None:
         self._send(NOTE, 0, (name, args))
@@ -353,6 +414,11 @@ class RemoteEngine:
                 except FrameError as e:  # an answer that cannot be read fails alone
                     log.error("engine socket: %s", e)
                     kind, ident, payload = ERROR, e.ident, UnavailableError(str(e))
+                if kind == PUSH:  # answered in its own task: the reader reads on
+                    task = asyncio.create_task(self._answer_push(ident, payload))
+                    self._push_tasks.add(task)
+                    task.add_done_callback(self._push_tasks.discard)
+                    continue
                 if kind in (EVENT, END) or (kind == ERROR and ident not in self._calls):
                     stream = (
                         self._streams.get(ident)

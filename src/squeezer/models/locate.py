@@ -43,26 +43,30 @@ def _from_package(module: str) -> Path:
     raise ModelLoadError(f"package {module!r} at {root} holds no config.json or GGUF file")
 
 
-def _from_hf_cache(repo_id: str) -> Path:
+def _from_hf_cache(repo_id: str, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError as e:  # transformers depends on it, so this is a broken install
         raise ModelLoadError(f"cannot look up {repo_id!r} in the HF cache: {e}") from e
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except (LocalEntryNotFoundError, ValueError, OSError) as e:
+        at = f" at revision {revision!r}" if revision else ""
         raise ModelLoadError(
-            f"{repo_id!r} is neither a local folder nor in the local Hugging Face cache "
+            f"{repo_id!r}{at} is neither a local folder nor in the local Hugging Face cache "
             "(squeezer never downloads at run time; fetch it once with `hf download` "
             "or pass a folder)"
         ) from e
 
 
-def locate(spec: str) -> Path:
-    """Resolve a model spec to an existing folder holding ``config.json``."""
+def locate(spec: str, *, tracking_uri: str | None = None) -> Path:
+    """Resolve a model spec to an existing folder holding ``config.json``.
+
+    ``tracking_uri``: the MLflow tracking server of ``models:/`` specs (None:
+    ``MLFLOW_TRACKING_URI``)."""
     if is_mlflow_uri(spec):
-        return resolve_mlflow(spec).path
+        return resolve_mlflow(spec, tracking_uri=tracking_uri).path
     if spec.startswith(PACKAGE_PREFIX):
         return _from_package(spec[len(PACKAGE_PREFIX) :])
     path = Path(spec).expanduser()
@@ -72,6 +76,7 @@ def locate(spec: str) -> Path:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
         return path.resolve()
-    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _from_hf_cache(spec)
+    repo_id, _, revision = spec.partition("@")  # org/name@REVISION: pinned to a commit
+    if repo_id.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _from_hf_cache(repo_id, revision or None)
     raise ModelLoadError(f"model path {spec!r} does not exist")

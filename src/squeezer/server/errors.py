@@ -63,6 +63,7 @@ class ErrorKind:
 _TABLE: tuple[tuple[type[e.SqueezerError], ErrorKind], ...] = (
     (e.EmptyInputError, ErrorKind(400, "Empty", "invalid_request_error")),
     (e.TokenizerError, ErrorKind(422, "Tokenizer", "invalid_request_error", 400)),
+    (e.ConflictError, ErrorKind(409, "Validation", "invalid_request_error")),
     (e.InvalidRequestError, ErrorKind(422, "Validation", "invalid_request_error", 400)),
     (
         e.UnauthorizedError,
@@ -135,6 +136,7 @@ _DESCRIPTIONS = {
     401: "No API key, or a wrong one (Authorization: Bearer KEY; --api-key)",
     403: "The route needs the admin key (--admin-api-key), or a loopback bind",
     404: "No such model",
+    409: "Conflicts with the model versions' current state (admin routes)",
     413: "Body larger than --max-body-bytes",
     422: "Validation or tokenizer error",
     424: "Inference failed, or the model cannot do this task",

@@ -9,6 +9,7 @@ gate) grow it without touching how requests run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -138,9 +139,16 @@ class ModelLoader:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def load(self, spec: ModelSettings) -> tuple[ModelInfo, Backend | LoadedGenerator]:
+    def load(
+        self, spec: ModelSettings, load: int = 0
+    ) -> tuple[ModelInfo, Backend | LoadedGenerator]:
+        """``load``: which load of this version it is (reloads come beside the first)."""
+        info, backend = self._load(spec)
+        return dataclasses.replace(info, version=spec.version or "1", load=load), backend
+
+    def _load(self, spec: ModelSettings) -> tuple[ModelInfo, Backend | LoadedGenerator]:
         s = self.settings
-        path = locate(spec.path)
+        path = locate(spec.path, tracking_uri=s.mlflow_tracking_uri)
         device = resolve_device(spec.device or s.device)
         manifest = read_manifest(path)
         if manifest is None and s.optimize:

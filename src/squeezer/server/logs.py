@@ -143,11 +143,12 @@ def log_access(record: RequestRecord, seconds: float) -> None:
     fields = record.access_fields(seconds)
     ttft = f" ttft_ms={fields['ttft_ms']}" if fields["ttft_ms"] is not None else ""
     access_log.info(
-        "%s %s %s model=%s in=%s out=%s queue_ms=%s compute_ms=%s duration_ms=%s%s",
+        "%s %s %s model=%s%s in=%s out=%s queue_ms=%s compute_ms=%s duration_ms=%s%s",
         record.method,
         record.route,
         record.status,
         record.model or "-",
+        f" version={record.version}" if record.version is not None else "",
         record.input_tokens,
         record.output_tokens,
         fields["queue_ms"],

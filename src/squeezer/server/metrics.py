@@ -172,25 +172,27 @@ class Metrics:
             registry=r,
         )
 
-    # EngineObserver -------------------------------------------------------------
+    # EngineObserver: the engine names a model's load ``name:version[#load]``; the
+    # ``model`` label is its name, so that series survive a swap.
 
     def on_batch(
         self, model: str, size: int, padded_tokens: int, real_tokens: int, compute_s: float
     ) -> None:
+        model = _name(model)
         self.batch_size.labels(model).observe(size)
         self.batch_tokens.labels(model).observe(padded_tokens)
         self.batch_compute.labels(model).observe(compute_s)
         self.tokens.labels(model).inc(real_tokens)
 
     def on_queue_wait(self, model: str, seconds: float) -> None:
-        self.queue_wait.labels(model).observe(seconds)
+        self.queue_wait.labels(_name(model)).observe(seconds)
 
     def on_queue_depth(self, model: str, depth: int) -> None:
-        self.queue_depth.labels(model).set(depth)
+        self.queue_depth.labels(_name(model)).set(depth)
 
     def on_generation_step(self, model: str, new_tokens: int, seconds: float) -> None:
-        self.generation_step.labels(model).observe(seconds)
-        self.generated_tokens.labels(model).inc(new_tokens)
+        self.generation_step.labels(_name(model)).observe(seconds)
+        self.generated_tokens.labels(_name(model)).inc(new_tokens)
 
     # HTTP -----------------------------------------------------------------------
 
@@ -256,3 +258,8 @@ class RemoteMetrics(Metrics):
     def _note(self, *args: object) -> None:
         with contextlib.suppress(SqueezerError):  # the engine is gone: nobody to count for
             self._send(*args)
+
+
+def _name(engine_key: str) -> str:
+    """A model's name from the engine's key for one of its loads (names hold no ``:``)."""
+    return engine_key.partition(":")[0]

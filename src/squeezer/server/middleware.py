@@ -94,7 +94,10 @@ class HttpGuard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                headers = [*message.get("headers", ()), id_header]
+                if record.version is not None:  # which version answered (swaps, canaries)
+                    headers.append((b"x-model-version", record.version.encode()))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -106,6 +109,7 @@ class HttpGuard:
             else:
                 await self._serve(scope, receive, tracking_send, record)
         finally:
+            record.release()
             seconds = time.perf_counter() - record.started
             record.status = status
             self.metrics.request_finished(record.figures(seconds))

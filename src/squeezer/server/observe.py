@@ -17,6 +17,7 @@ import itertools
 import os
 import re
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -74,6 +75,16 @@ class RequestRecord:
     first_token_s: float | None = None
     token_gaps: list[float] = field(default_factory=list)
     trace_id: str | None = None
+    #: The served model's version label (``model`` is its name).
+    version: str | None = None
+    #: Releases of the model versions this request resolved to (``registry``): called
+    #: once its response has been sent, so that no version is freed under it.
+    leases: list[Callable[[], None]] = field(default_factory=list)
+
+    def release(self) -> None:
+        for release in self.leases:
+            release()
+        self.leases.clear()
 
     def add_work(self, model: str, tokens: int, timing: WorkTiming) -> None:
         """An engine request of this HTTP request's answered (there may be several:
@@ -96,6 +107,7 @@ class RequestRecord:
             "route": self.route,
             "status": self.status,
             "model": self.model,
+            "version": self.version,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "queue_ms": round(self.queue_s * 1000, 3),

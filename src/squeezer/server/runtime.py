@@ -9,10 +9,12 @@ its lifespan. The calls routes make per task are ``TaskCalls``' (``task_calls.py
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
+from typing import Any
 
 from squeezer.backends.device import (
     physical_cores,
@@ -20,19 +22,12 @@ from squeezer.backends.device import (
 )
 from squeezer.config import Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
-from squeezer.engine.generation import GenerationRequest
 from squeezer.engine.remote import EngineCalls, RemoteEngine
 from squeezer.errors import UnavailableError
-from squeezer.server.loading import LoadedGenerator, ModelLoader, describe, prefill_tokens
-from squeezer.server.registry import ModelRegistry, ServedModel
+from squeezer.server.lifecycle import ADMIN_OPS, Mirror, ModelManager
+from squeezer.server.registry import ModelRegistry
 from squeezer.server.task_calls import TaskCalls
-from squeezer.tasks import (
-    EncoderItem,
-    EncoderRunner,
-    TokenVectorsHead,
-)
-from squeezer.tasks.generate import GenerateRequest
-from squeezer.types import EngineRequest, ModelInfo
+from squeezer.types import ModelInfo
 from squeezer.versions import library_versions, untested
 
 log = logging.getLogger("squeezer")
@@ -50,11 +45,6 @@ def log_versions() -> None:
             lib.version,
             lib.tested,
         )
-
-
-#: One CPU forward pass costs ~4.5 ms fixed + ~0.14 ms per padded token (MiniLM, 2
-#: cores; benchmarks/batch_cost.py): the fixed part is worth ~32 tokens of padding.
-_CPU_OVERHEAD_TOKENS = 32.0
 
 
 def default_tokenizer_workers(settings: Settings) -> int:
@@ -91,7 +81,6 @@ class Runtime(TaskCalls):
         here, and sends the engine's calls there."""
         self.settings = settings
         self.registry = ModelRegistry(settings.default_models)
-        self._loader = ModelLoader(settings)
         self.engine = Engine(
             EngineLimits(
                 max_batch_tokens=settings.max_batch_tokens,
@@ -102,6 +91,10 @@ class Runtime(TaskCalls):
             observer=observer,
         )
         self.remote = RemoteEngine(remote) if remote is not None else None
+        #: Loads, swaps and unloads versions (the process that runs the models); an
+        #: API process mirrors the engine process's versions instead.
+        self.models = ModelManager(settings, self.registry, self.engine)
+        self.mirror = Mirror(self.registry, settings) if remote is not None else None
         #: Where requests are computed: this process's engine, or the engine process.
         self.calls: EngineCalls = self.remote or self.engine
         #: Threads tokenizing beside compute (``--tokenizer-workers``, else by device).
@@ -125,91 +118,40 @@ class Runtime(TaskCalls):
             await self._start_remote(t0)
             return
         log_versions()  # the process that runs the models (API processes hold none)
-        for spec in self.settings.models:
-            info, backend = await asyncio.to_thread(self._loader.load, spec)
-            served = describe(info, self.settings)
-            self.registry.add(served)
-            if isinstance(backend, LoadedGenerator):  # a causal LM: the generation scheduler
-                generator = backend.backend
-                self.engine.add_generator(
-                    served.name,
-                    generator,
-                    device=served.info.device,
-                    max_batch_total_tokens=min(
-                        self.settings.max_batch_total_tokens or generator.token_budget,
-                        generator.token_budget,
-                    ),
-                    max_concurrent_requests=self.settings.max_concurrent_requests,
-                    max_prefill_tokens=prefill_tokens(self.settings, served.info.device),
-                )
-                self._log_loaded(served)
-                continue
-            self.engine.add_model(
-                served.name,
-                backend,
-                EncoderRunner(
-                    int(served.folder.config.get("pad_token_id") or 0),
-                    token_type_ids=served.folder.token_type_ids,
-                ),
-                device=served.info.device,
-                max_batch_tokens=spec.max_batch_tokens,
-                max_batch_requests=spec.max_batch_requests,
-                batch_overhead_tokens=self._overhead_tokens(served.info.device),
-            )
-            self._log_loaded(served)
-        self.registry.check_defaults()
         await self.engine.start()
-        if self.settings.warmup:
-            await self._warm_up()
+        await self.models.start()
         self.cold_start_s = time.perf_counter() - t0
         self.phase = Phase.READY
 
     async def _start_remote(self, t0: float) -> None:
         """Connect to the engine process (already loaded and warm) and serve its models."""
-        assert self.remote is not None
+        assert self.remote is not None and self.mirror is not None
+        self.remote.on_push = self._pushed
         await self.remote.connect(attempts=100)
-        infos: list[ModelInfo] = await self.remote.call("models")
-        for info in infos:
-            self.registry.add(describe(info, self.settings))
+        await self.mirror.apply(await self.remote.call("catalog"))
         self.registry.check_defaults()
         self.cold_start_s = time.perf_counter() - t0
         self.phase = Phase.READY
 
-    @staticmethod
-    def _log_loaded(served: ServedModel) -> None:
-        log.info(
-            "loaded %s from %s: tasks=%s backend=%s device=%s dtype=%s max_input_length=%d",
-            served.name,
-            served.info.path,
-            ",".join(t.value for t in served.info.tasks),
-            served.info.backend,
-            served.info.device,
-            served.info.dtype,
-            served.info.max_input_length,
-        )
+    async def _pushed(self, name: str, *args: Any) -> None:
+        """What the engine process tells every API process (``lifecycle.Peers``)."""
+        assert self.mirror is not None
+        if name == "catalog":
+            await self.mirror.apply(*args)
+        elif name == "retire":
+            await self.mirror.retire(*args)
+        else:
+            raise ValueError(f"unknown push {name!r}")
 
-    def _overhead_tokens(self, device: str) -> float | None:
-        if self.settings.batch_overhead_tokens is not None:
-            return self.settings.batch_overhead_tokens
-        return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
-
-    async def _warm_up(self) -> None:
-        """One short and one full-length batch per model, so first requests are not slow.
-
-        Warm-up runs the encoder (all but a head's last layer), whatever the tasks;
-        a generation model prefills and decodes a few tokens."""
-        head = TokenVectorsHead()
-        for model in self.registry:
-            if model.generator is not None:
-                warm = GenerationRequest(model.generator.prompt_ids(GenerateRequest("warm up")), 4)
-                async for _ in self.engine.generate(model.name, warm):
-                    pass
-                continue
-            longest = " ".join(["warm"] * model.info.max_input_length)
-            for texts in (["warm up"], [longest] * 4):
-                tokens = model.tokenizer.encode(texts, truncate=True)
-                items = [EncoderItem(t, head) for t in tokens]
-                await self.engine.submit(EngineRequest(model=model.name, items=items))
+    async def admin(self, op: str, *args: Any) -> Any:
+        """An operation of the model lifecycle (``ModelManager``'s ``ADMIN_OPS``), run
+        where the models are: here, or in the engine process."""
+        if op not in ADMIN_OPS:
+            raise ValueError(f"unknown admin operation {op!r}")
+        if self.remote is not None:
+            return await self.remote.call("admin", op, *args)
+        result = getattr(self.models, op)(*args)
+        return await result if inspect.isawaitable(result) else result
 
     async def begin_drain(self) -> None:
         """Stop taking new work; what was accepted still completes."""
@@ -233,6 +175,7 @@ class Runtime(TaskCalls):
         return self.phase is Phase.READY
 
     def model_infos(self) -> list[ModelInfo]:
+        """Each model name's default version."""
         return [m.info for m in self.registry]
 
     # requests (TaskCalls) ------------------------------------------------------

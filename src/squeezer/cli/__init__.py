@@ -1,15 +1,15 @@
 """The ``squeezer`` command: each verb a thin function over the library, one module
-per verb family (``serve``, ``measure``, ``optimize``, ``env``)."""
+per verb family (``serve``, ``models``, ``measure``, ``optimize``, ``env``)."""
 
 from __future__ import annotations
 
 import typer
 
 from squeezer import __version__
-from squeezer.cli import env, measure, optimize, serve
+from squeezer.cli import env, measure, models, optimize, serve
 from squeezer.cli.app import app
 
-__all__ = ["app", "env", "main", "measure", "optimize", "serve"]
+__all__ = ["app", "env", "main", "measure", "models", "optimize", "serve"]
 
 
 @app.command()

@@ -15,9 +15,12 @@ def serve(
     model: Annotated[
         list[str] | None,
         option(
-            "Model to serve as NAME=PATH (repeatable). PATH: a local HF folder, a hub id "
-            "already in the local HF cache, a GGUF file, or package:MODULE. Default: the "
-            "packaged all-MiniLM-L6-v2, and SmolLM2-135M-Instruct when installed.",
+            "Model to serve as NAME=PATH or NAME:VERSION=PATH (repeatable). PATH: a local "
+            "HF folder, a hub id already in the local HF cache (org/name@REVISION pins "
+            "one: version REVISION), a GGUF file, package:MODULE, or an MLflow registry "
+            "version (models:/NAME/3, models:/NAME@ALIAS). Default, without "
+            "--model-repository: the packaged all-MiniLM-L6-v2, and SmolLM2-135M-Instruct "
+            "when installed.",
             "MODEL",
         ),
     ] = None,
@@ -29,6 +32,44 @@ def serve(
         list[str] | None,
         option(
             "TASK=NAME: the model that model-less routes of TASK use (repeatable).", "DEFAULT_MODEL"
+        ),
+    ] = None,
+    model_repository: Annotated[
+        Path | None,
+        option(
+            "Model repository laid out as Triton's: DIR/NAME/VERSION/ (an HF folder, a GGUF "
+            "file or an optimizer artifact each), DIR/NAME/squeezer.toml for settings "
+            "and aliases. Each model's default version loads at start-up.",
+            "MODEL_REPOSITORY",
+            file_okay=False,
+        ),
+    ] = None,
+    repository_load_all: Annotated[
+        bool | None,
+        option(
+            "Load each repository model's default version at start-up; "
+            "--no-repository-load-all loads only what the admin API asks for (Triton's "
+            "explicit model control). [default: repository-load-all]",
+            "REPOSITORY_LOAD_ALL",
+        ),
+    ] = None,
+    alias: Annotated[
+        list[str] | None,
+        option("NAME@ALIAS=VERSION: an alias of a --model version (repeatable).", "ALIAS"),
+    ] = None,
+    mlflow_tracking_uri: Annotated[
+        str | None,
+        option(
+            "MLflow tracking server of models:/ sources. [default: $MLFLOW_TRACKING_URI]",
+            "MLFLOW_TRACKING_URI",
+        ),
+    ] = None,
+    unload_timeout: Annotated[
+        float | None,
+        option(
+            "Seconds an unloading or replaced version waits for the requests it accepted "
+            "(streams included) before what is left fails. [default: 300]",
+            "UNLOAD_TIMEOUT",
         ),
     ] = None,
     host: Annotated[str | None, option("Address to bind. [default: 127.0.0.1]", "HOST")] = None,
@@ -262,7 +303,7 @@ def serve(
 ) -> None:
     """Serve models over HTTP (TEI, OpenAI and HF Inference API dialects)."""
     from squeezer.backends.device import configure_threads
-    from squeezer.config import load_settings, read_keys
+    from squeezer.config import load_settings, parse_alias_arg, read_keys
     from squeezer.errors import SqueezerError
     from squeezer.server.serve import run_server
 
@@ -307,6 +348,10 @@ def serve(
         "cors_allow_origins": cors_allow_origin or None,
         "ssl_certfile": ssl_certfile,
         "ssl_keyfile": ssl_keyfile,
+        "model_repository": model_repository,
+        "repository_load_all": repository_load_all,
+        "mlflow_tracking_uri": mlflow_tracking_uri,
+        "unload_timeout": unload_timeout,
     }
     keys = [*(api_key or []), *(read_keys(api_key_file) if api_key_file else [])]
     if keys:
@@ -323,6 +368,12 @@ def serve(
     if default_model:
         overrides["default_models"] = dict(task_pair(arg) for arg in default_model)
     try:
+        aliases: dict[str, dict[str, str]] = {}
+        for arg in alias or []:
+            name, label, version = parse_alias_arg(arg)
+            aliases.setdefault(name, {})[label] = version
+        if aliases:
+            overrides["aliases"] = aliases
         settings = load_settings(config, overrides, model)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e

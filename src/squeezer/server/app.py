@@ -23,7 +23,17 @@ from squeezer.server.errors import error_response, http_error_response
 from squeezer.server.jsonio import add_body_schemas
 from squeezer.server.metrics import Metrics
 from squeezer.server.middleware import HttpGuard, InFlight
-from squeezer.server.routes import admin, hf, openai, openai_text, rerank, tei, tgi
+from squeezer.server.routes import (
+    admin,
+    hf,
+    openai,
+    openai_text,
+    rerank,
+    tei,
+    tgi,
+    triton_repository,
+    versions,
+)
 from squeezer.server.runtime import Phase, Runtime
 
 log = logging.getLogger("squeezer")
@@ -76,7 +86,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_squeezer_error)
 
-    for module in (admin, tei, tgi, openai, openai_text, rerank, hf):
+    for module in (admin, versions, triton_repository, tei, tgi, openai, openai_text, rerank, hf):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

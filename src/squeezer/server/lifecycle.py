@@ -306,18 +306,22 @@ class ModelManager:
                     self.registry.forget(model.name, version)
 
     @staticmethod
-    def _repository_targets(model: repository.RepositoryModel) -> list[str]:
-        """What a repository model serves: the versions its aliases name, and its
-        newest when no ``default`` alias is set (Triton's ``latest 1``)."""
-        targets = list(dict.fromkeys(model.aliases.values()))
-        if DEFAULT_ALIAS not in model.aliases and model.versions:
-            newest = NamedModel(model.name)
-            for i, (label, source) in enumerate(model.versions.items()):
-                newest.versions[label] = ModelVersion(model.name, label, source, seq=i)
-            found = newest.newest()
-            if found is not None and found.version not in targets:
-                targets.append(found.version)
-        return targets
+    def _repository_default(model: repository.RepositoryModel) -> str | None:
+        """The version a repository model's name alone means: its ``default`` alias,
+        else its newest (Triton's ``latest 1`` policy)."""
+        if DEFAULT_ALIAS in model.aliases:
+            return model.aliases[DEFAULT_ALIAS]
+        newest = NamedModel(model.name)
+        for i, (label, source) in enumerate(model.versions.items()):
+            newest.versions[label] = ModelVersion(model.name, label, source, seq=i)
+        found = newest.newest()
+        return found.version if found is not None else None
+
+    def _repository_targets(self, model: repository.RepositoryModel) -> list[str]:
+        """What a repository model serves: its default and what its aliases name."""
+        default = self._repository_default(model)
+        targets = [default] if default is not None else []
+        return list(dict.fromkeys([*targets, *model.aliases.values()]))
 
     def _set_repository_aliases(self, model: repository.RepositoryModel) -> None:
         for alias, version in model.aliases.items():
@@ -358,9 +362,9 @@ class ModelManager:
             if serving_before:
                 entry.reason += " (the earlier load still serves)"
             log.error("model %s failed to load: %s", entry.key, entry.reason)
-            if raise_errors or isinstance(e, SqueezerError):
+            if raise_errors:  # start-up: the error as it is, as before versions
                 raise
-            raise ModelLoadError(f"model {entry.key}: {entry.reason}") from e
+            raise ModelLoadError(f"model {entry.key} failed to load: {entry.reason}") from e
         log.info(
             "loaded %s from %s in %.1f s: tasks=%s backend=%s device=%s dtype=%s",
             entry.key,
@@ -492,8 +496,7 @@ class ModelManager:
             if model is not None:
                 self._learn(model)
                 if version is None:
-                    targets = self._repository_targets(model)
-                    version = targets[-1] if targets else None
+                    version = self._repository_default(model)
         if version is None:
             try:
                 newest = self.registry.named(name).newest()
@@ -523,10 +526,13 @@ class ModelManager:
     def _named_by(self, name: str, aliases: Sequence[str]) -> set[str]:
         """The versions ``aliases`` name now (the default's when none are given)."""
         named = self.registry.named(name)
-        if not aliases:
-            found = named.default()
-            return {found.version} if found is not None and found.serving else set()
-        return {named.aliases[a] for a in aliases if a in named.aliases}
+        found: set[str] = set()
+        for alias in aliases or [DEFAULT_ALIAS]:
+            if alias in named.aliases:
+                found.add(named.aliases[alias])
+            elif alias == DEFAULT_ALIAS and (default := named.default()) is not None:
+                found.add(default.version)  # the implicit default: the newest serving
+        return found
 
     async def unload(
         self, name: str, version: str | None = None, force: bool = False
@@ -575,10 +581,21 @@ class ModelManager:
     # -- Triton's repository extension -------------------------------------------------
 
     async def repository_load(self, name: str) -> ModelStatus:
-        """Triton's load: the model's default version (its ``default`` alias, else its
-        newest), in place of the versions served before that no alias names; a no-op
-        when that already serves."""
-        return await self.load(LoadRequest(name, unload_replaced=True))
+        """Triton's load: the repository model's default version and the versions its
+        aliases name (as on disk now), in place of the versions served before that
+        no alias names; a no-op when those already serve. A model outside the
+        repository: its newest known version."""
+        root = self.settings.model_repository
+        model = await asyncio.to_thread(repository.read_model, root, name) if root else None
+        if model is None:
+            return await self.load(LoadRequest(name, unload_replaced=True))
+        default = self._repository_default(model)
+        for version in self._repository_targets(model):
+            aliases = [a for a, v in model.aliases.items() if v == version]
+            if version == default and DEFAULT_ALIAS not in aliases:
+                aliases.append(DEFAULT_ALIAS)
+            await self.load(LoadRequest(name, version, aliases=aliases, unload_replaced=True))
+        return self.status_of(name)
 
     async def repository_unload(self, name: str) -> ModelStatus:
         return await self.unload(name, None, force=True)

@@ -24,14 +24,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from squeezer.backends.heap import trim_heap
 from squeezer.config import ModelSettings, Settings, check_label
 from squeezer.engine import Engine
-from squeezer.engine.generation import GenerationRequest
 from squeezer.errors import (
     ConflictError,
     InvalidRequestError,
@@ -41,7 +38,10 @@ from squeezer.errors import (
 )
 from squeezer.models import repository
 from squeezer.models.mlflow_registry import is_mlflow_uri, resolve_mlflow
-from squeezer.server.loading import LoadedGenerator, ModelLoader, describe, prefill_tokens
+from squeezer.server.lifecycle.peers import NoPeers, Peers
+from squeezer.server.lifecycle.placing import add_to_engine, verify
+from squeezer.server.lifecycle.status import ModelStatus, statuses
+from squeezer.server.loading import ModelLoader, describe
 from squeezer.server.registry import (
     DEFAULT_ALIAS,
     ModelRegistry,
@@ -50,160 +50,8 @@ from squeezer.server.registry import (
     ServedModel,
     VersionState,
 )
-from squeezer.tasks import EncoderItem, EncoderRunner, TokenVectorsHead
-from squeezer.tasks.generate import GenerateRequest
-from squeezer.types import EngineRequest, ModelInfo
 
 log = logging.getLogger("squeezer")
-
-#: One CPU forward pass costs ~4.5 ms fixed + ~0.14 ms per padded token (MiniLM, 2
-#: cores; benchmarks/batch_cost.py): the fixed part is worth ~32 tokens of padding.
-_CPU_OVERHEAD_TOKENS = 32.0
-
-
-# -- what is reported ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class VersionStatus:
-    name: str
-    version: str
-    state: str
-    reason: str | None
-    source: str
-    aliases: list[str]
-    #: What ``name`` alone means now.
-    default: bool
-    #: The load serving it (None when nothing is loaded).
-    info: ModelInfo | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        info = self.info
-        return {
-            "name": self.name,
-            "version": self.version,
-            "state": self.state,
-            "reason": self.reason,
-            "source": self.source,
-            "aliases": self.aliases,
-            "default": self.default,
-            "tasks": [t.value for t in info.tasks] if info else None,
-            "backend": info.backend if info else None,
-            "device": info.device if info else None,
-            "dtype": info.dtype if info else None,
-            "content_hash": info.content_hash if info else None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ModelStatus:
-    name: str
-    aliases: dict[str, str]
-    versions: list[VersionStatus]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "aliases": self.aliases,
-            "versions": [v.as_dict() for v in self.versions],
-        }
-
-
-def statuses(registry: ModelRegistry) -> list[ModelStatus]:
-    """Every known version with its state and aliases: the admin list, and the
-    snapshot API processes mirror."""
-    out = []
-    for named in registry.names():
-        default = named.default()
-        out.append(
-            ModelStatus(
-                named.name,
-                dict(named.aliases),
-                [
-                    VersionStatus(
-                        v.name,
-                        v.version,
-                        v.state.value,
-                        v.reason,
-                        v.source,
-                        named.aliases_of(v.version),
-                        v is default and v.serving,
-                        v.served.info if v.served is not None and v.serving else None,
-                    )
-                    for v in named.versions.values()
-                ],
-            )
-        )
-    return out
-
-
-# -- API processes ------------------------------------------------------------------------
-
-
-class Peers(Protocol):
-    """The API processes in front of this engine (none without ``--api-workers``)."""
-
-    async def publish(self, snapshot: list[ModelStatus]) -> None:
-        """Returns once every API process resolves by ``snapshot``."""
-
-    async def retire(self, engine_key: str, timeout: float) -> None:
-        """Returns once no API process's request holds load ``engine_key``."""
-
-
-class NoPeers:
-    async def publish(self, snapshot: list[ModelStatus]) -> None:
-        return None
-
-    async def retire(self, engine_key: str, timeout: float) -> None:
-        return None
-
-
-class Mirror:
-    """An API process's copy of the engine process's versions and aliases."""
-
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
-        self.registry = registry
-        self.settings = settings
-        self._retiring: dict[str, ServedModel] = {}
-
-    async def apply(self, snapshot: list[ModelStatus]) -> None:
-        """Build every new load's tokenizer and tasks first, then flip to the
-        snapshot in one step (no await in between)."""
-        current = {m.engine_key: m for m in self.registry.loaded()}
-        wanted = {
-            v.info.engine_key: v.info for m in snapshot for v in m.versions if v.info is not None
-        }
-        built = {
-            key: await asyncio.to_thread(describe, info, self.settings)
-            for key, info in wanted.items()
-            if key not in current
-        }
-        known = {(m.name, v.version) for m in snapshot for v in m.versions}
-        for named in self.registry.names():
-            for v in list(named.versions.values()):
-                if (named.name, v.version) not in known:
-                    if v.served is not None:
-                        self._retiring[v.served.engine_key] = v.served
-                    self.registry.forget(named.name, v.version)
-        for model in snapshot:
-            for status in model.versions:
-                entry = self.registry.register(status.name, status.version, status.source)
-                entry.state, entry.reason = VersionState(status.state), status.reason
-                old = entry.served
-                key = status.info.engine_key if status.info is not None else None
-                entry.served = built.get(key) or current.get(key) if key else None
-                if old is not None and old is not entry.served:
-                    self._retiring[old.engine_key] = old
-            self.registry.named(model.name).aliases = dict(model.aliases)
-
-    async def retire(self, engine_key: str, timeout: float) -> None:
-        served = self._retiring.pop(engine_key, None)
-        if served is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(served.drained(), timeout)
-
-
-# -- the lifecycle ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,10 +197,10 @@ class ModelManager:
         try:
             info, backend = await asyncio.to_thread(self._loader.load, spec, load)
             served = await asyncio.to_thread(describe, info, self.settings)
-            self._add_to_engine(served, backend, spec)
+            add_to_engine(self.engine, self.settings, served, backend, spec)
             added = served.engine_key
             entry.state = VersionState.VERIFYING
-            await self._verify(served)
+            await verify(self.engine, self.settings, served)
         except Exception as e:
             if added is not None:
                 with contextlib.suppress(Exception):
@@ -378,62 +226,6 @@ class ModelManager:
         old = entry.served
         entry.served, entry.state, entry.reason = served, VersionState.READY, None
         return old
-
-    def _add_to_engine(self, served: ServedModel, backend: Any, spec: ModelSettings) -> None:
-        s, info = self.settings, served.info
-        if isinstance(backend, LoadedGenerator):  # a causal LM: the generation scheduler
-            generator = backend.backend
-            self.engine.add_generator(
-                served.engine_key,
-                generator,
-                device=info.device,
-                max_batch_total_tokens=min(
-                    s.max_batch_total_tokens or generator.token_budget, generator.token_budget
-                ),
-                max_concurrent_requests=s.max_concurrent_requests,
-                max_prefill_tokens=prefill_tokens(s, info.device),
-            )
-            return
-        self.engine.add_model(
-            served.engine_key,
-            backend,
-            EncoderRunner(
-                int(served.folder.config.get("pad_token_id") or 0),
-                token_type_ids=served.folder.token_type_ids,
-            ),
-            device=info.device,
-            max_batch_tokens=spec.max_batch_tokens,
-            max_batch_requests=spec.max_batch_requests,
-            batch_overhead_tokens=self._overhead_tokens(info.device),
-        )
-
-    def _overhead_tokens(self, device: str) -> float | None:
-        if self.settings.batch_overhead_tokens is not None:
-            return self.settings.batch_overhead_tokens
-        return _CPU_OVERHEAD_TOKENS if device == "cpu" else None
-
-    async def _verify(self, model: ServedModel) -> None:
-        """A short request through the engine, whose outputs must be finite (a
-        generation: at least one token); with ``warmup`` also a full-length batch, so
-        first requests are not slow. The fingerprint gate adds its checks here."""
-        if model.generator is not None:
-            probe = GenerationRequest(model.generator.prompt_ids(GenerateRequest("warm up")), 4)
-            tokens = 0
-            async for _ in self.engine.generate(model.engine_key, probe):
-                tokens += 1
-            if tokens == 0:
-                raise ModelLoadError("the check generated no token")
-            return
-        head = TokenVectorsHead()
-        batches = [["warm up"]]
-        if self.settings.warmup:
-            batches.append([" ".join(["warm"] * model.info.max_input_length)] * 4)
-        for texts in batches:
-            tokens_ = model.tokenizer.encode(texts, truncate=True)
-            items = [EncoderItem(t, head) for t in tokens_]
-            results = await self.engine.submit(EngineRequest(model=model.engine_key, items=items))
-            if not all(np.isfinite(np.asarray(r)).all() for r in results):
-                raise ModelLoadError("the check's outputs are not finite (NaN or inf)")
 
     # -- what the admin API asks ---------------------------------------------------------
 

@@ -252,7 +252,8 @@ class Settings(BaseModel):
 def pinned_revision(path: str) -> str | None:
     """The revision of a hub id pinned to one (``org/name@REVISION``), else None."""
     repo, sep, revision = path.partition("@")
-    if sep and repo.count("/") == 1 and not repo.startswith((".", "/", "~")) and revision:
+    hub_id = repo.count("/") == 1 and ":" not in repo and not repo.startswith((".", "/", "~"))
+    if sep and hub_id and revision:
         return revision
     return None
 

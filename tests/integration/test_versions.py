@@ -331,3 +331,42 @@ async def test_twenty_swaps_under_mixed_load_drop_nothing(
     assert failures == []
     assert len(swaps) == 20
     assert counts["embed"] > 20 and counts["chat"] > 20, counts
+
+
+# -- MLflow Model Registry as a source ---------------------------------------------------
+
+
+async def test_versions_load_from_the_mlflow_registry(
+    make_async_client: Any,
+    tiny_bert: Path,
+    tiny_bert_cls: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``models:/NAME@ALIAS`` resolves to the MLflow version it names now, which is
+    the served version's label; a moved MLflow alias is picked up by the next load."""
+    from tests.mlflow_store import register_folder, sqlite_tracking_uri
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    uri = sqlite_tracking_uri(tmp_path)
+    register_folder(uri, "minilm", tiny_bert, alias="champion")
+    client = await make_async_client(
+        _settings(["bert=models:/minilm@champion"], mlflow_tracking_uri=uri)
+    )
+    first, seen = await _embed(client, "bert")
+    assert seen == "1"
+    listed = await _versions(client, "bert")
+    assert listed["1"]["source"] == "models:/minilm/1"  # pinned to what the alias named
+
+    register_folder(uri, "minilm", tiny_bert_cls, alias="champion")
+    r = await client.post(
+        "/admin/models/bert/load",
+        json={"source": "models:/minilm@champion", "unload_replaced": True},
+    )
+    assert r.status_code == 200, r.text
+    states = {v["version"]: v["state"] for v in r.json()["versions"]}
+    assert states == {"1": "available", "2": "ready"}
+    second, seen = await _embed(client, "bert")
+    assert seen == "2" and not np.allclose(first, second)
+    missing = await client.post("/admin/models/bert/load", json={"source": "models:/minilm@nope"})
+    assert missing.status_code == 400 and "nope" in missing.json()["error"]

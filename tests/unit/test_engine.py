@@ -618,6 +618,50 @@ async def test_max_wait_dispatches_once_the_oldest_has_waited_long_enough(env: E
     assert env.rec.tags() == [["x"]]
 
 
+# -- removing one model (a version unloaded or replaced) ---------------------------------
+
+
+async def test_remove_finishes_what_the_model_admitted_then_frees_it(env: Env) -> None:
+    engine = env.engine()
+    env.model(engine, "old")
+    env.model(engine, "other", gated=False)
+    await engine.start()
+    running = await busy(env, engine, "old", "a")
+    queued = submit(engine, req("old", "b"))
+    await until(lambda: engine.queue_depth("old") == 1, "queued")
+    closed: list[str] = []
+    backend = engine._models["old"].backend  # type: ignore[attr-defined]
+    backend.close = lambda: closed.append(threading.current_thread().name)
+    removing = asyncio.create_task(engine.remove("old", timeout=10))
+    await until(lambda: "old" not in engine.models, "refusing")
+    with pytest.raises(ModelNotFoundError):  # new requests: refused at once
+        await engine.submit(req("old", "late"))
+    assert not removing.done()
+    env.gate.open()
+    assert await running == ["old:a"] and await queued == ["old:b"]
+    await removing
+    assert closed == ["squeezer-cpu"]  # freed on the thread that used it, once done
+    assert await engine.submit(req("other", "x")) == ["other:x"]  # the device goes on
+    assert engine.models == ("other",) and engine.in_flight == 0
+
+
+async def test_remove_fails_what_is_left_after_its_timeout(env: Env) -> None:
+    engine = env.engine()
+    env.model(engine, "old")
+    await engine.start()
+    running = await busy(env, engine, "old", "a")
+    queued = submit(engine, req("old", "b"))
+    await until(lambda: engine.queue_depth("old") == 1, "queued")
+    await engine.remove("old", timeout=0.05)
+    with pytest.raises(UnavailableError, match="unloaded"):
+        await queued
+    env.gate.open()
+    with pytest.raises(UnavailableError):
+        await running
+    with pytest.raises(ModelNotFoundError):
+        await engine.remove("old", timeout=1)
+
+
 # -- drain ------------------------------------------------------------------------------
 
 

@@ -171,9 +171,11 @@ class Engine:
         if close is None:
             return
         if owner is not None and owner.running:
-            with contextlib.suppress(UnavailableError):
-                await owner.call(close)
-                return
+            # Within what is left of the drain (a second at least): a pass stuck past it must not
+            # hold the unload (the references go anyway; the collector frees them).
+            with contextlib.suppress(UnavailableError, asyncio.TimeoutError):
+                await asyncio.wait_for(owner.call(close), max(1.0, end - loop.time()))
+            return
         close()
 
     def _executor(self, device: str) -> DeviceExecutor:

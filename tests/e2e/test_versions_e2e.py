@@ -124,7 +124,8 @@ def test_triton_repository_swaps_with_api_workers_drop_nothing(
             repository.get_model_repository_index()
 
         with Load(server.url) as load:
-            for version, tiny, llama in (("2", tiny_bert_cls, tiny_llama_b), ("3", tiny_bert, tiny_llama)):  # fmt: skip
+            swaps = [("2", tiny_bert_cls, tiny_llama_b), ("3", tiny_bert, tiny_llama)]
+            for version, tiny, llama in swaps:
                 shutil.copytree(tiny, repo / "tiny" / version)
                 shutil.copytree(llama, repo / "llama" / version)
                 repository.load_model("tiny", headers=ADMIN)

@@ -22,7 +22,7 @@ from squeezer.server.routes import runtime_of
 from squeezer.server.schemas import versions as schema
 
 router = APIRouter(tags=["Triton model repository"])
-_ERRORS = error_responses("/v2/repository", [400, 401, 403, 404, 409, 422, 503])
+_ERRORS = error_responses("/v2/repository")
 #: Our states as Triton names them.
 _TRITON_STATE = {
     "ready": "READY",

@@ -20,7 +20,7 @@ from squeezer.server.routes import runtime_of
 from squeezer.server.schemas import versions as schema
 
 router = APIRouter(tags=["Model versions (admin)"])
-_ERRORS = error_responses("/admin/models", [400, 401, 403, 404, 409, 422, 503])
+_ERRORS = error_responses("/admin/models")
 _ONE = {200: {"model": schema.ModelOut}, **_ERRORS}
 
 

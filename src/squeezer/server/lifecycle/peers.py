@@ -43,10 +43,18 @@ class Mirror:
         self.registry = registry
         self.settings = settings
         self._retiring: dict[str, ServedModel] = {}
+        #: Snapshots apply one at a time, in the order they came (the lock is FIFO):
+        #: two loads of different models publish concurrently, and the later
+        #: snapshot must not be overwritten by the earlier one's slower build.
+        self._applying = asyncio.Lock()
 
     async def apply(self, snapshot: list[ModelStatus]) -> None:
         """Build every new load's tokenizer and tasks first, then flip to the
         snapshot in one step (no await in between)."""
+        async with self._applying:
+            await self._apply(snapshot)
+
+    async def _apply(self, snapshot: list[ModelStatus]) -> None:
         current = {m.engine_key: m for m in self.registry.loaded()}
         wanted = {
             v.info.engine_key: v.info for m in snapshot for v in m.versions if v.info is not None

@@ -150,7 +150,7 @@ async def drive(url: str, args: argparse.Namespace, models: list[str]) -> Run:
             run.steady_until = time.perf_counter()
             bar = progress.add_task("swaps", total=args.swaps * len(models))
             for i in range(args.swaps):
-                version = "2" if i % 2 == 0 else "1"
+                version = "1" if i % 2 == 0 else "2"  # the repository starts on its newest, 2
                 for model in models:
                     t = time.perf_counter()
                     r = await client.post(

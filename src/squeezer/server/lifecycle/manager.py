@@ -21,11 +21,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,11 +101,6 @@ class ModelManager:
         self._loads = 0
         #: Repository models by name, as last read.
         self._repository: dict[str, repository.RepositoryModel] = {}
-        #: Loads run on a thread of their own at a lower CPU priority: a swap under
-        #: load competes for the cores with the requests it must not slow down.
-        self._load_pool = ThreadPoolExecutor(
-            1, thread_name_prefix="squeezer-load", initializer=_lower_priority
-        )
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -203,11 +195,8 @@ class ModelManager:
         added: str | None = None
         t0 = time.perf_counter()
         try:
-            loop = asyncio.get_running_loop()
-            info, backend = await loop.run_in_executor(
-                self._load_pool, self._loader.load, spec, load
-            )
-            served = await loop.run_in_executor(self._load_pool, describe, info, self.settings)
+            info, backend = await asyncio.to_thread(self._loader.load, spec, load)
+            served = await asyncio.to_thread(describe, info, self.settings)
             add_to_engine(self.engine, self.settings, served, backend, spec)
             added = served.engine_key
             entry.state = VersionState.VERIFYING
@@ -427,12 +416,6 @@ class ModelManager:
         await self.engine.remove(served.engine_key, max(0.0, end - loop.time()))
         gc.collect(1)  # young cycles only: a full collection held the loop ~160 ms
         trim_heap()
-
-
-def _lower_priority() -> None:
-    """Nice this thread (Linux schedules threads, so only this one) by 10."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _pinned(found: Any) -> str:

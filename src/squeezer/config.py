@@ -65,6 +65,8 @@ class ModelSettings(BaseModel):
     quantize: Quantize | None = None
     #: Pooling override: "mean", "cls", "last" (else sentence-transformers' config).
     pooling: Literal["mean", "cls", "last"] | None = None
+    #: Never evicted to make room (``max_loaded_models``, ``max_loaded_memory_mib``).
+    pin: bool = False
 
     @field_validator("name")
     @classmethod
@@ -108,6 +110,12 @@ class Settings(BaseModel):
     #: Seconds an unloading version waits for the requests it accepted (streams
     #: included) before what is left fails.
     unload_timeout: float = Field(default=300.0, ge=0)
+    #: Residency: model versions loaded at once, all models together; a load past
+    #: it evicts the least recently used idle version that is neither pinned nor
+    #: named by an alias (the name's default included). None: no limit.
+    max_loaded_models: int | None = Field(default=None, gt=0)
+    #: The same, for the weight files' size of the loaded versions together (MiB).
+    max_loaded_memory_mib: float | None = Field(default=None, gt=0)
 
     backend: str = "torch"
     device: Device = "auto"

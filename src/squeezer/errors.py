@@ -94,8 +94,14 @@ class UnavailableError(SqueezerError):
 
 
 class ModelNotReadyError(UnavailableError):
-    """The model version exists but is not serving now: loading, verifying, failed or
-    unloaded (503 with Retry-After; the admin list says why)."""
+    """The model version exists but is not serving now: loading, verifying, failed,
+    unloaded or evicted (503 with Retry-After; the admin list says why)."""
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_s: float = 1.0
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
 
 
 class ModelLoadError(SqueezerError):

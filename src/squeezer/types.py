@@ -197,6 +197,8 @@ class ModelInfo:
     version: str = "1"
     #: Which load of this version (a reload loads it again beside the first).
     load: int = 0
+    #: Its weight files' size on disk: what residency limits count.
+    weight_bytes: int = 0
 
     @property
     def engine_key(self) -> str:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def test_triton_repository_swaps_with_api_workers_drop_nothing(
     shutil.copytree(tiny_bert, repo / "tiny" / "1")
     shutil.copytree(tiny_llama, repo / "llama" / "1")
     args = ["--model-repository", str(repo), "--api-workers", "2", "--admin-api-key", "admin",
-            "--max-total-tokens", "256"]  # fmt: skip
+            "--max-total-tokens", "256", "--max-loaded-models", "3"]  # fmt: skip
     server = start_server(args, tmp_path / "server.log")
     try:
         repository = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
@@ -156,6 +157,25 @@ def test_triton_repository_swaps_with_api_workers_drop_nothing(
         assert tiny["aliases"] == {"default": "3", "canary": "3"}
         refused = _models_cli(server.url, "unload", "tiny:3")
         assert refused.returncode == 1 and "409" in refused.stderr
+
+        # Residency (3 versions at most): tiny:1 and then tiny:2; the least recently
+        # used version that no alias names goes, and a request for it (through an API
+        # process) brings it back.
+        for version in ("1", "2"):
+            loaded = _models_cli(server.url, "load", f"tiny:{version}")
+            assert loaded.returncode == 0, loaded.stderr
+        listed = json.loads(_models_cli(server.url, "list", "--json").stdout)
+        tiny = next(m for m in listed["models"] if m["name"] == "tiny")
+        states = {v["version"]: v["state"] for v in tiny["versions"]}
+        assert states == {"1": "evicted", "2": "ready", "3": "ready"}, states
+        for _ in range(100):
+            try:
+                raw = client.embeddings.with_raw_response.create(model="tiny:1", input="x")
+                break
+            except openai.APIStatusError as e:
+                assert e.status_code == 503 and e.response.headers["retry-after"] == "2"
+                time.sleep(0.1)
+        assert raw.headers["x-model-version"] == "1"
 
         repository.unload_model("llama", headers=ADMIN)
         with pytest.raises(openai.APIStatusError) as gone:

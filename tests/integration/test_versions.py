@@ -370,3 +370,85 @@ async def test_versions_load_from_the_mlflow_registry(
     assert seen == "2" and not np.allclose(first, second)
     missing = await client.post("/admin/models/bert/load", json={"source": "models:/minilm@nope"})
     assert missing.status_code == 400 and "nope" in missing.json()["error"]
+
+
+# -- residency: eviction of idle versions, lazy loads, pins ----------------------------
+
+
+async def _until_served(client: httpx.AsyncClient, model: str) -> tuple[np.ndarray, str]:
+    for _ in range(200):
+        r = await client.post("/v1/embeddings", json={"model": model, "input": TEXTS})
+        if r.status_code == 200:
+            vectors = np.array([d["embedding"] for d in r.json()["data"]])
+            return vectors, r.headers["x-model-version"]
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{model} never came back")
+
+
+async def test_the_least_recently_used_idle_version_is_evicted_and_comes_back(
+    make_async_client: Any, tiny_bert: Path, tiny_bert_cls: Path
+) -> None:
+    client = await make_async_client(
+        _settings([f"bert:1={tiny_bert}", f"bert:2={tiny_bert_cls}"], max_loaded_models=2)
+    )
+    v1, _ = await _embed(client, "bert:1")
+    await _embed(client, "bert:2")
+    # A third version: 2 is the default (the newest before it), 3 the new newest;
+    # version 1 is neither, and the least recently used: it goes.
+    r = await client.post("/admin/models/bert/versions/3/load", json={"source": str(tiny_bert)})
+    assert r.status_code == 200, r.text
+    states = {v["version"]: (v["state"], v["reason"]) for v in r.json()["versions"]}
+    assert states["1"][0] == "evicted" and "bert:3" in states["1"][1]
+    assert states["2"][0] == states["3"][0] == "ready"
+    # A request for it: 503 with Retry-After, and it loads again (evicting version 2,
+    # now neither the default nor aliased, and the least recently used).
+    first = await client.post("/v1/embeddings", json={"model": "bert:1", "input": "x"})
+    assert first.status_code == 503 and first.headers["retry-after"] == "2"
+    assert "evicted" in first.json()["error"]["message"]
+    again, seen = await _until_served(client, "bert:1")
+    assert seen == "1" and np.allclose(again, v1)
+    states = {v["version"]: v["state"] for v in (await _versions(client, "bert")).values()}
+    assert states == {"1": "ready", "2": "evicted", "3": "ready"}
+    index = (await client.post("/v2/repository/index")).json()
+    assert {e["version"]: e["state"] for e in index}["2"] == "UNAVAILABLE"
+
+
+async def test_pinned_and_aliased_versions_are_never_evicted(
+    make_async_client: Any, tiny_bert: Path, tiny_bert_cls: Path
+) -> None:
+    client = await make_async_client(
+        _settings([f"bert:1={tiny_bert}"], max_loaded_models=2, aliases={"bert": {"prod": "1"}})
+    )
+    r = await client.post(
+        "/admin/models/bert/versions/2/load",
+        json={"source": str(tiny_bert_cls), "settings": {"pin": True}},
+    )
+    assert r.status_code == 200 and {v["version"]: v["pinned"] for v in r.json()["versions"]} == {
+        "1": False,
+        "2": True,
+    }
+    # Version 1 is aliased (prod), version 2 pinned: no room for a third.
+    full = await client.post("/admin/models/bert/versions/3/load", json={"source": str(tiny_bert)})
+    assert full.status_code == 400 and "no room" in full.json()["error"]
+    assert (await _embed(client, "bert@prod"))[1] == "1"
+    assert (await _embed(client, "bert:2"))[1] == "2"
+
+
+async def test_a_memory_budget_evicts_by_weight_size(
+    make_async_client: Any, tiny_bert: Path, tiny_bert_cls: Path
+) -> None:
+    size_mib = sum(f.stat().st_size for f in tiny_bert.glob("*.safetensors")) / 2**20
+    client = await make_async_client(
+        _settings(
+            [f"bert:1={tiny_bert}", f"other:1={tiny_bert_cls}"],
+            max_loaded_memory_mib=size_mib * 2.5,  # two of them fit, not three
+        )
+    )
+    r = await client.post("/admin/models/bert/versions/2/load", json={"source": str(tiny_bert)})
+    assert r.status_code == 200, r.text
+    # bert:1 and other:1 are their names' defaults (the newest before the load);
+    # bert:2 takes bert's default from bert:1, which is then the only one that may go.
+    states = {v["version"]: v["state"] for v in r.json()["versions"]}
+    assert states == {"1": "evicted", "2": "ready"}
+    assert (await _embed(client, "other"))[1] == "1"

@@ -109,6 +109,9 @@ def load(
         typer.Option(help="A swap: unload what the aliases (or the default) named before."),
     ] = False,
     reload: Annotated[bool, typer.Option(help="Load a serving version again.")] = False,
+    pin: Annotated[
+        bool, typer.Option(help="Never evict it to make room (--max-loaded-models).")
+    ] = False,
     admin_key: AdminKey = None,
     as_json: AsJson = False,
     timeout: Timeout = 900.0,
@@ -119,7 +122,12 @@ def load(
         raise typer.BadParameter("--reload needs NAME:VERSION")
     path = f"/admin/models/{name}" + (f"/versions/{version}" if version else "")
     path += "/reload" if reload else "/load"
-    body = {"source": source, "aliases": alias or [], "unload_replaced": unload_replaced}
+    body = {
+        "source": source,
+        "aliases": alias or [],
+        "unload_replaced": unload_replaced,
+        "settings": {"pin": True} if pin else {},
+    }
     _show(_call("POST", url, path, admin_key, timeout, body), as_json)
 
 

@@ -64,6 +64,22 @@ def serve(
             "MLFLOW_TRACKING_URI",
         ),
     ] = None,
+    max_loaded_models: Annotated[
+        int | None,
+        option(
+            "Model versions loaded at once; a load past it evicts the least recently used "
+            "idle version that is neither pinned nor named by an alias, and a request for "
+            "an evicted version loads it again (503 with Retry-After meanwhile).",
+            "MAX_LOADED_MODELS",
+        ),
+    ] = None,
+    max_loaded_memory_mib: Annotated[
+        float | None,
+        option(
+            "The same, for the loaded versions' weight files together (MiB).",
+            "MAX_LOADED_MEMORY_MIB",
+        ),
+    ] = None,
     unload_timeout: Annotated[
         float | None,
         option(
@@ -352,6 +368,8 @@ def serve(
         "repository_load_all": repository_load_all,
         "mlflow_tracking_uri": mlflow_tracking_uri,
         "unload_timeout": unload_timeout,
+        "max_loaded_models": max_loaded_models,
+        "max_loaded_memory_mib": max_loaded_memory_mib,
     }
     keys = [*(api_key or []), *(read_keys(api_key_file) if api_key_file else [])]
     if keys:

@@ -52,6 +52,8 @@ class Engine:
         self._models: dict[str, ModelQueue] = {}
         self._generators: dict[str, GenerationScheduler] = {}
         self._executors: dict[str, DeviceExecutor] = {}
+        #: When each model was last asked for work (residency's least recently used).
+        self._last_used: dict[str, float] = {}
         self._started = False
         self._stopped = False
         self._accepting = False
@@ -143,6 +145,7 @@ class Engine:
         ``UnavailableError``. A device left without models keeps its (idle) thread."""
         queue = self._models.pop(name, None)
         scheduler = self._generators.pop(name, None)
+        self._last_used.pop(name, None)
         source: ModelQueue | GenerationScheduler | None = queue or scheduler
         if source is None:
             raise ModelNotFoundError(f"model {name!r} is not served")
@@ -227,6 +230,7 @@ class Engine:
                 retry_after_s=1.0,
             )
         now = self._clock()
+        self._last_used[request.model] = now
         if request.deadline is not None and request.deadline <= now:
             raise DeadlineExceededError(
                 f"request to model {request.model!r} arrived {now - request.deadline:.3f}s "
@@ -264,6 +268,7 @@ class Engine:
         scheduler = self._generators.get(model)
         if scheduler is None:
             raise ModelNotFoundError(f"generation model {model!r} is not served")
+        self._last_used[model] = self._clock()
         return scheduler.submit(request)
 
     async def open_stream(self, model: str, request: GenerationRequest) -> GenerationStream:
@@ -332,6 +337,10 @@ class Engine:
         if queue is None:
             raise ModelNotFoundError(f"model {model!r} is not served")
         return queue.depth
+
+    def last_used(self, model: str) -> float:
+        """The engine clock's time ``model`` was last asked for work; 0 if never."""
+        return self._last_used.get(model, 0.0)
 
     @property
     def in_flight(self) -> int:

@@ -128,6 +128,14 @@ class ModelFolder:
             tasks = (*tasks, Task.EMBED)
         return tasks
 
+    def weight_bytes(self) -> int:
+        """Size of the files that hold weights (what a loaded copy takes, roughly)."""
+        return sum(
+            f.stat().st_size
+            for f in self.path.rglob("*")
+            if f.is_file() and f.suffix in _WEIGHT_SUFFIXES
+        )
+
     def content_hash(self) -> str:
         """sha256 over the files that define the model, so a deployment can pin it."""
         h = hashlib.sha256()
@@ -138,6 +146,10 @@ class ModelFolder:
                     for chunk in iter(lambda: fh.read(1 << 20), b""):
                         h.update(chunk)
         return h.hexdigest()
+
+
+#: Files that hold weights, in the formats squeezer loads (HF, ONNX, OpenVINO, CT2).
+_WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".onnx", ".data", ".pt", ".gguf"})
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:

@@ -202,7 +202,7 @@ def error_response(error: Exception, path: str) -> Response:
     headers = {}
     if isinstance(error, e.UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
-    elif isinstance(error, e.OverloadedError):
+    elif isinstance(error, e.OverloadedError | e.ModelNotReadyError):
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     elif status == 503:
         headers["Retry-After"] = "1"

@@ -81,6 +81,7 @@ def _model_info(
         device=device,
         dtype=dtype,
         content_hash=folder.content_hash(),
+        weight_bytes=folder.weight_bytes(),
         max_input_length=max_input_length,
         hidden_size=folder.hidden_size,
         model_type=folder.model_type,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -42,6 +42,8 @@ PLACEHOLDER_NAMES = frozenset({"", "dummy", "tgi", "default", "tei"})
 #: The alias ``name`` alone means, when set; else the newest ready version.
 DEFAULT_ALIAS = "default"
 _NUMERIC = re.compile(r"\d+")
+#: Retry-After of a request that started a lazy load.
+_LAZY_RETRY_S = 2.0
 
 
 @dataclass(slots=True)
@@ -121,6 +123,8 @@ class VersionState(str, Enum):
     FAILED = "failed"
     #: No longer resolved to; finishing the requests it accepted before it is freed.
     UNLOADING = "unloading"
+    #: Unloaded to make room (residency limits); a request for it loads it again.
+    EVICTED = "evicted"
 
 
 @dataclass(slots=True)
@@ -168,6 +172,13 @@ class NamedModel:
             return max(candidates, key=lambda v: int(v.version))
         return max(candidates, key=lambda v: v.seq)
 
+    def newer(self, a: ModelVersion, b: ModelVersion) -> bool:
+        """Whether ``a`` sorts after ``b`` in ``newest``'s order."""
+        labels = [v.version for v in self.versions.values()] + [a.version, b.version]
+        if all(_NUMERIC.fullmatch(label) for label in labels):
+            return int(a.version) > int(b.version)
+        return a.seq > b.seq
+
     def default(self) -> ModelVersion | None:
         """What ``name`` alone means: the default alias's version, else the newest
         version serving."""
@@ -208,6 +219,9 @@ class ModelRegistry:
 
     def __init__(self, defaults: dict[str, str] | None = None) -> None:
         self._names: dict[str, NamedModel] = {}
+        #: Asked to bring an evicted version back when a request names it (the
+        #: lifecycle's, or the engine process's over the socket); None: no lazy loads.
+        self.on_evicted: Callable[[str, str], None] | None = None
         self._defaults: dict[Task, str] = {}
         self._seq = 0
         for task, name in (defaults or {}).items():
@@ -362,6 +376,14 @@ class ModelRegistry:
                 )
         else:
             found = named.default()
+        if found is not None and found.state is VersionState.EVICTED and self.on_evicted:
+            self.on_evicted(found.name, found.version)
+            raise ModelNotReadyError(
+                f"model {found.key} was evicted to make room and is loading again; "
+                "retry after Retry-After",
+                param="model",
+                retry_after_s=_LAZY_RETRY_S,
+            )
         if found is None or found.served is None or not found.serving:
             state = found.state.value if found is not None else "not loaded"
             reason = f" ({found.reason})" if found is not None and found.reason else ""

@@ -95,6 +95,14 @@ class Runtime(TaskCalls):
         #: API process mirrors the engine process's versions instead.
         self.models = ModelManager(settings, self.registry, self.engine)
         self.mirror = Mirror(self.registry, settings) if remote is not None else None
+        # A request for an evicted version brings it back (residency limits).
+        if self.remote is not None:
+            remote_engine = self.remote
+            self.registry.on_evicted = lambda name, version: remote_engine.note(
+                "load_soon", name, version
+            )
+        else:
+            self.registry.on_evicted = self.models.load_soon
         #: Where requests are computed: this process's engine, or the engine process.
         self.calls: EngineCalls = self.remote or self.engine
         #: Threads tokenizing beside compute (``--tokenizer-workers``, else by device).

@@ -117,6 +117,7 @@ class _EngineProcess:
                 "http_start": self.metrics.request_started,
                 "http_end": self.metrics.request_finished,
                 "ready": self._child_ready,
+                "load_soon": self.runtime.models.load_soon,
             },
         )
 

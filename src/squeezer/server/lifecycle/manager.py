@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from squeezer.backends.heap import trim_heap
@@ -36,7 +37,7 @@ from squeezer.errors import (
     ModelNotFoundError,
     SqueezerError,
 )
-from squeezer.models import repository
+from squeezer.models import read_folder, repository
 from squeezer.models.mlflow_registry import is_mlflow_uri, resolve_mlflow
 from squeezer.server.lifecycle.peers import NoPeers, Peers
 from squeezer.server.lifecycle.placing import add_to_engine, verify
@@ -97,13 +98,14 @@ class ModelManager:
         self.engine = engine
         self.peers: Peers = peers or NoPeers()
         self._loader = ModelLoader(settings)
-        self._locks: dict[str, asyncio.Lock] = {}
+        #: One operation at a time, whatever the model: making room for one model
+        #: unloads another, and two loads would only share the same cores.
+        self._busy = asyncio.Lock()
+        #: Lazy loads under way, by ``name:version``.
+        self._coming_back: dict[str, asyncio.Task[None]] = {}
         self._loads = 0
         #: Repository models by name, as last read.
         self._repository: dict[str, repository.RepositoryModel] = {}
-
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -179,7 +181,7 @@ class ModelManager:
     # -- bringing a version up ----------------------------------------------------------
 
     async def _bring_up(
-        self, entry: ModelVersion, raise_errors: bool = False
+        self, entry: ModelVersion, raise_errors: bool = False, *, displaces: bool = False
     ) -> ServedModel | None:
         """Load ``entry`` beside whatever serves, verify it, and flip it in; returns
         the load it replaced (a reload's), for the caller to retire. Aliases are the
@@ -188,6 +190,7 @@ class ModelManager:
         spec = ModelSettings(
             name=entry.name, path=entry.source, version=entry.version, **entry.settings
         )
+        await self._make_room(entry, may_exceed=displaces)
         self._loads += 1
         load = self._loads if entry.served is not None else 0
         serving_before = entry.served is not None and entry.serving
@@ -227,6 +230,102 @@ class ModelManager:
         entry.served, entry.state, entry.reason = served, VersionState.READY, None
         return old
 
+    # -- residency --------------------------------------------------------------------
+
+    def _pinned(self, entry: ModelVersion) -> bool:
+        """Never evicted: pinned in its settings, or named by an alias (the name's
+        default included: it is what the name alone means)."""
+        named = self.registry.named(entry.name)
+        return bool(entry.settings.get("pin")) or bool(
+            named.aliases_of(entry.version) or named.default() is entry
+        )
+
+    async def _make_room(self, incoming: ModelVersion | None, *, may_exceed: bool = False) -> None:
+        """Evict least recently used versions until ``incoming`` fits the limits (None:
+        until what is loaded fits). When nothing may go: ``ModelLoadError``, unless
+        ``may_exceed`` (a swap: the version ``incoming`` displaces as the default may
+        go once it has, and ``load`` makes room again then)."""
+        s = self.settings
+        if s.max_loaded_models is None and s.max_loaded_memory_mib is None:
+            return
+        budget = None if s.max_loaded_memory_mib is None else s.max_loaded_memory_mib * 2**20
+        extra = 0 if incoming is None else 1
+        while True:
+            loaded = [
+                v
+                for named in self.registry.names()
+                for v in named.versions.values()
+                if v is not incoming and v.served is not None
+            ]
+            count = len(loaded) + extra
+            size = sum(v.served.info.weight_bytes for v in loaded if v.served is not None)
+            if incoming is not None:
+                size += _expected_bytes(incoming)
+            if (s.max_loaded_models is None or count <= s.max_loaded_models) and (
+                budget is None or size <= budget
+            ):
+                return
+            victims = [v for v in loaded if v.serving and not self._pinned(v)]
+            if not victims:
+                if may_exceed or incoming is None:
+                    log.warning(
+                        "%d versions loaded (%.0f MiB), over the residency limits, and "
+                        "none may be evicted (pinned, or named by an alias)",
+                        count,
+                        size / 2**20,
+                    )
+                    return
+                raise ModelLoadError(
+                    f"no room for {incoming.key}: {len(loaded)} versions loaded "
+                    f"({size / 2**20:.0f} MiB with it) and every one is pinned or named by "
+                    "an alias (--max-loaded-models, --max-loaded-memory-mib)"
+                )
+            victim = min(
+                victims,
+                key=lambda v: self.engine.last_used(v.served.engine_key) if v.served else 0.0,
+            )
+            log.info("evicting %s (least recently used) to make room", victim.key)
+            await self._unload(victim)
+            victim.state = VersionState.EVICTED
+            victim.reason = (
+                "evicted to make room"
+                + (f" for {incoming.key}" if incoming is not None else "")
+                + "; a request for it loads it again"
+            )
+            await self.peers.publish(self.status())
+
+    def _displaces_default(self, entry: ModelVersion, aliases: Sequence[str]) -> bool:
+        """Whether loading ``entry`` makes it its name's default in place of a version
+        that may then be evicted (neither pinned nor named by an alias that stays)."""
+        named = self.registry.named(entry.name)
+        current = named.default()
+        if current is None or current is entry or not current.serving:
+            return False
+        if current.settings.get("pin") or set(named.aliases_of(current.version)) - set(aliases):
+            return False
+        if DEFAULT_ALIAS in aliases:
+            return True
+        return DEFAULT_ALIAS not in named.aliases and named.newer(entry, current)
+
+    def load_soon(self, name: str, version: str) -> None:
+        """Bring an evicted version back (a request named it): in the background, once."""
+        key = f"{name}:{version}"
+        if key in self._coming_back:
+            return
+
+        async def come_back() -> None:
+            try:
+                await self.load(LoadRequest(name, version))
+            except Exception as e:  # the request that asked has its 503 already
+                with contextlib.suppress(ModelNotFoundError):
+                    entry = self.registry.version(name, version)
+                    entry.state, entry.reason = VersionState.EVICTED, f"could not come back: {e}"
+                log.error("model %s could not be loaded again: %s", key, e)
+            finally:
+                self._coming_back.pop(key, None)
+
+        self._coming_back[key] = asyncio.get_running_loop().create_task(come_back())
+
     # -- what the admin API asks ---------------------------------------------------------
 
     def status(self) -> list[ModelStatus]:
@@ -248,7 +347,7 @@ class ModelManager:
             raise InvalidRequestError(f"settings of {name!r}: {e}", param="settings") from e
         for alias in request.aliases:
             _label(alias, "alias")
-        async with self._lock(name):
+        async with self._busy:
             entry = await self._entry_to_load(request)
             before = self._named_by(name, request.aliases)
             if entry.serving and not request.reload:
@@ -259,7 +358,8 @@ class ModelManager:
                     )
                 old = None
             else:
-                old = await self._bring_up(entry)
+                displaces = self._displaces_default(entry, request.aliases)
+                old = await self._bring_up(entry, displaces=displaces)
             for alias in request.aliases:  # in the same step as the version's flip
                 self._move_alias(name, alias, entry.version)
             await self.peers.publish(self.status())
@@ -272,6 +372,7 @@ class ModelManager:
                     found = named.versions.get(replaced)
                     if not still and found is not None and found.serving:
                         await self._unload(found)
+            await self._make_room(None)  # what a swap displaced may go now
         return self.status_of(name)
 
     async def _entry_to_load(self, request: LoadRequest) -> ModelVersion:
@@ -331,7 +432,7 @@ class ModelManager:
     ) -> ModelStatus:
         """Unload one version (every version when None). One an alias names is
         refused unless ``force`` (Triton's unload is forced: it unloads the model)."""
-        async with self._lock(name):
+        async with self._busy:
             named = self.registry.named(name)
             if version is None:
                 targets = [v for v in named.versions.values() if v.serving]
@@ -351,7 +452,7 @@ class ModelManager:
     async def set_alias(self, name: str, alias: str, version: str | None) -> ModelStatus:
         """Point ``alias`` at ``version`` (which must serve), or remove it (None)."""
         _label(alias, "alias")
-        async with self._lock(name):
+        async with self._busy:
             named = self.registry.named(name)
             if version is None:
                 if named.aliases.pop(alias, None) is None:
@@ -416,6 +517,19 @@ class ModelManager:
         await self.engine.remove(served.engine_key, max(0.0, end - loop.time()))
         gc.collect(1)  # young cycles only: a full collection held the loop ~160 ms
         trim_heap()
+
+
+def _expected_bytes(entry: ModelVersion) -> int:
+    """What loading ``entry`` will take: its last load's weights, else its files'."""
+    if entry.served is not None:
+        return entry.served.info.weight_bytes
+    path = Path(entry.source)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        with contextlib.suppress(ModelLoadError, OSError, ValueError):
+            return read_folder(path).weight_bytes()
+    return 0
 
 
 def _pinned(found: Any) -> str:

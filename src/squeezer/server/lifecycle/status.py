@@ -21,6 +21,8 @@ class VersionStatus:
     aliases: list[str]
     #: What ``name`` alone means now.
     default: bool
+    #: Never evicted to make room (its ``pin`` setting).
+    pinned: bool
     #: The load serving it (None when nothing is loaded).
     info: ModelInfo | None = None
 
@@ -34,6 +36,7 @@ class VersionStatus:
             "source": self.source,
             "aliases": self.aliases,
             "default": self.default,
+            "pinned": self.pinned,
             "tasks": [t.value for t in info.tasks] if info else None,
             "backend": info.backend if info else None,
             "device": info.device if info else None,
@@ -75,6 +78,7 @@ def statuses(registry: ModelRegistry) -> list[ModelStatus]:
                         v.source,
                         named.aliases_of(v.version),
                         v is default and v.serving,
+                        bool(v.settings.get("pin")),
                         v.served.info if v.served is not None and v.serving else None,
                     )
                     for v in named.versions.values()

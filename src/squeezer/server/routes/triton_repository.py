@@ -30,6 +30,7 @@ _TRITON_STATE = {
     "verifying": "LOADING",
     "unloading": "UNLOADING",
     "available": "UNAVAILABLE",
+    "evicted": "UNAVAILABLE",
     "failed": "UNAVAILABLE",
 }
 

@@ -57,11 +57,14 @@ class AliasBody(BaseModel):
 class VersionOut(BaseModel):
     name: str
     version: str
-    state: str = Field(description="available, loading, verifying, ready, failed, unloading")
+    state: str = Field(
+        description="available, loading, verifying, ready, failed, unloading, evicted"
+    )
     reason: str | None
     source: str
     aliases: list[str]
     default: bool = Field(description="Whether the name alone means this version now")
+    pinned: bool = Field(description="Never evicted to make room (its pin setting)")
     tasks: list[str] | None
     backend: str | None
     device: str | None

@@ -169,13 +169,19 @@ def _version(repo: Path, name: str, version: str, source: Path) -> None:
     shutil.copytree(source, repo / name / version)
 
 
+def _two_versions(tmp_path: Path, one: Path, two: Path, toml: str) -> Path:
+    """A repository with ``bert`` versions 1 and 2, and its ``squeezer.toml``."""
+    repo = tmp_path / "repo"
+    _version(repo, "bert", "1", one)
+    _version(repo, "bert", "2", two)
+    (repo / "bert" / "squeezer.toml").write_text(toml)
+    return repo
+
+
 async def test_a_triton_repository_loads_the_newest_and_swaps_on_load(
     make_async_client: Any, tiny_bert: Path, tiny_bert_cls: Path, tmp_path: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    _version(repo, "bert", "1", tiny_bert)
-    _version(repo, "bert", "2", tiny_bert_cls)
-    (repo / "bert" / "squeezer.toml").write_text('[model]\ndtype = "float32"\n')
+    repo = _two_versions(tmp_path, tiny_bert, tiny_bert_cls, '[model]\ndtype = "float32"\n')
     (repo / "junk").mkdir(parents=True)
     (repo / "junk" / "notes.txt").write_text("not a version")
     settings = Settings(model_repository=repo, warmup=False)
@@ -215,10 +221,8 @@ async def test_a_triton_repository_loads_the_newest_and_swaps_on_load(
 async def test_repository_aliases_and_explicit_control(
     make_async_client: Any, tiny_bert: Path, tiny_bert_cls: Path, tmp_path: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    _version(repo, "bert", "1", tiny_bert)
-    _version(repo, "bert", "2", tiny_bert_cls)
-    (repo / "bert" / "squeezer.toml").write_text('[aliases]\ndefault = "1"\ncanary = "2"\n')
+    toml = '[aliases]\ndefault = "1"\ncanary = "2"\n'
+    repo = _two_versions(tmp_path, tiny_bert, tiny_bert_cls, toml)
     client = await make_async_client(Settings(model_repository=repo, warmup=False))
     assert (await _embed(client, "bert"))[1] == "1"
     assert (await _embed(client, "bert@canary"))[1] == "2"

@@ -95,8 +95,8 @@ def _model_type(info: ModelInfo) -> dict[str, Any]:
 
 @router.get(
     "/info",
-    summary="TEI's Info for the default model, plus every served model (their paths "
-    "for admins only)",
+    summary="TEI's Info for the default model, plus every served model's default version "
+    "(their paths for admins only)",
     responses={200: {"model": tei.Info}, **error_responses("/info", [401, 503])},
 )
 async def info(request: Request) -> Response:
@@ -156,6 +156,7 @@ async def info(request: Request) -> Response:
             "models": [
                 {
                     "name": m.name,
+                    "version": m.version,
                     "tasks": [t.value for t in m.tasks],
                     "backend": m.backend,
                     "device": m.device,

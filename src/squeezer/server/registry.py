@@ -245,12 +245,6 @@ class ModelRegistry:
             named.versions[version] = found
         return found
 
-    def add(self, model: ServedModel, source: str | None = None) -> ModelVersion:
-        """A loaded version, serving at once (start-up, and API processes)."""
-        found = self.register(model.name, model.version, source or model.info.path)
-        found.served, found.state, found.reason = model, VersionState.READY, None
-        return found
-
     def named(self, name: str) -> NamedModel:
         named = self._names.get(name)
         if named is None:

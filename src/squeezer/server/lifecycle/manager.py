@@ -104,8 +104,6 @@ class ModelManager:
         #: Lazy loads under way, by ``name:version``.
         self._coming_back: dict[str, asyncio.Task[None]] = {}
         self._loads = 0
-        #: Repository models by name, as last read.
-        self._repository: dict[str, repository.RepositoryModel] = {}
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -143,7 +141,6 @@ class ModelManager:
     def _learn(self, model: repository.RepositoryModel) -> None:
         """Register a repository model's versions as they are on disk now; versions
         gone from disk are forgotten unless loaded."""
-        self._repository[model.name] = model
         for version, source in model.versions.items():
             entry = self.registry.register(model.name, version, source)
             entry.settings = dict(model.settings)

@@ -59,6 +59,7 @@ def _model_list(runtime: Runtime) -> Response:
             "object": "model",
             "created": created,
             "owned_by": "squeezer",
+            "version": info.version,  # the default's: NAME:VERSION and NAME@ALIAS work too
             "tasks": [t.value for t in info.tasks],
             "backend": info.backend,
             "device": info.device,

@@ -43,6 +43,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "squeezer"
+    #: The version ``id`` alone means now (``id:VERSION``, ``id@ALIAS`` name others).
+    version: str
     tasks: list[str]
     backend: str
     device: str

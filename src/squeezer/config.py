@@ -67,6 +67,9 @@ class ModelSettings(BaseModel):
     pooling: Literal["mean", "cls", "last"] | None = None
     #: Never evicted to make room (``max_loaded_models``, ``max_loaded_memory_mib``).
     pin: bool = False
+    #: Golden outputs (``squeezer pin --out``) every load of this version is checked
+    #: against; None: ``squeezer.lock.json`` in its folder, if there is one.
+    lockfile: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -116,6 +119,14 @@ class Settings(BaseModel):
     max_loaded_models: int | None = Field(default=None, gt=0)
     #: The same, for the weight files' size of the loaded versions together (MiB).
     max_loaded_memory_mib: float | None = Field(default=None, gt=0)
+    #: Task -> the largest golden-output loss a load passes with (``optimize.golden``
+    #: has the defaults: "as pinned").
+    drift_tolerance: dict[str, float] = Field(default_factory=dict)
+    #: Serve a version whose outputs drifted past tolerance (the drift is reported).
+    allow_drift: bool = False
+    #: Check each load against its lockfile; ``squeezer pin`` turns it off to make or
+    #: check a lockfile itself.
+    golden_gate: bool = True
 
     backend: str = "torch"
     device: Device = "auto"

@@ -166,6 +166,59 @@ class PrecisionReport:
 
 
 @dataclass(frozen=True, slots=True)
+class GoldenTask:
+    """One task's outputs against its lockfile."""
+
+    task: str
+    loss: float
+    tolerance: float
+    passed: bool
+    #: The measures behind the loss (min cosine, agreement, largest change, ...).
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenReport:
+    """A version's outputs against the lockfile it was pinned with."""
+
+    lockfile: str
+    passed: bool
+    tasks: tuple[GoldenTask, ...]
+    #: Fingerprint parts that differ from the pinned ones (empty: the same bytes).
+    fingerprint_changes: tuple[str, ...] = ()
+    #: Library versions then and now, where they differ: name -> (pinned, now).
+    library_changes: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    #: The drift was over tolerance and ``--allow-drift`` let the version serve.
+    allowed: bool = False
+
+    @property
+    def loss(self) -> float:
+        return max((t.loss for t in self.tasks), default=0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """One line an operator reads: each task's loss against its tolerance, and
+        what changed."""
+        parts = [
+            f"{t.task} loss {t.loss:.3g} (tolerance {t.tolerance:g}, "
+            + ", ".join(f"{k} {v:.4g}" for k, v in t.figures.items())
+            + ")"
+            + ("" if t.passed else " DRIFT")
+            for t in self.tasks
+        ]
+        if self.fingerprint_changes:
+            parts.append("fingerprint differs in " + ", ".join(self.fingerprint_changes))
+        if self.library_changes:
+            parts.append(
+                "libraries: "
+                + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.library_changes.items())
+            )
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """What the server says about a served model (``/info``, ``/v1/models``)."""
 
@@ -199,6 +252,12 @@ class ModelInfo:
     load: int = 0
     #: Its weight files' size on disk: what residency limits count.
     weight_bytes: int = 0
+    #: ``content_hash``'s parts (weights, config, tokenizer, special tokens, chat
+    #: template, runtime artifact), each a sha256: where two versions differ.
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    #: The golden-output gate's last check of this load (``optimize.golden``), or
+    #: None when the version has no lockfile.
+    golden: GoldenReport | None = None
 
     @property
     def engine_key(self) -> str:

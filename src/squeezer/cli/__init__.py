@@ -1,15 +1,15 @@
 """The ``squeezer`` command: each verb a thin function over the library, one module
-per verb family (``serve``, ``models``, ``measure``, ``optimize``, ``env``)."""
+per verb family (``serve``, ``models``, ``pin``, ``measure``, ``optimize``, ``env``)."""
 
 from __future__ import annotations
 
 import typer
 
 from squeezer import __version__
-from squeezer.cli import env, measure, models, optimize, serve
+from squeezer.cli import env, measure, models, optimize, pin, serve
 from squeezer.cli.app import app
 
-__all__ = ["app", "env", "main", "measure", "models", "optimize", "serve"]
+__all__ = ["app", "env", "main", "measure", "models", "optimize", "pin", "serve"]
 
 
 @app.command()

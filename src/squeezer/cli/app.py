@@ -50,8 +50,9 @@ def parse_objective(value: str) -> Any:
         ) from None
 
 
-def task_pair(arg: str) -> tuple[str, str]:
-    task, sep, name = arg.partition("=")
-    if not sep or not task or not name:
-        raise typer.BadParameter(f"--default-model {arg!r}: expected TASK=NAME (e.g. embed=minilm)")
-    return task, name
+def task_pair(arg: str, flag: str = "--default-model") -> tuple[str, str]:
+    """``TASK=VALUE`` from a repeatable flag."""
+    task, sep, value = arg.partition("=")
+    if not sep or not task or not value:
+        raise typer.BadParameter(f"{flag} {arg!r}: expected TASK=VALUE (e.g. embed=...)")
+    return task, value

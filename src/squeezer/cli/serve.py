@@ -80,6 +80,22 @@ def serve(
             "MAX_LOADED_MEMORY_MIB",
         ),
     ] = None,
+    drift_tolerance: Annotated[
+        list[str] | None,
+        option(
+            "TASK=LOSS: the largest golden-output loss a load passes with (repeatable; "
+            "default: as pinned, e.g. embed=0.0001). See squeezer pin.",
+            "DRIFT_TOLERANCE",
+        ),
+    ] = None,
+    allow_drift: Annotated[
+        bool | None,
+        option(
+            "Serve a version whose outputs drifted past its lockfile's tolerance (the "
+            "drift is still reported). [default: no-allow-drift]",
+            "ALLOW_DRIFT",
+        ),
+    ] = None,
     unload_timeout: Annotated[
         float | None,
         option(
@@ -370,6 +386,7 @@ def serve(
         "unload_timeout": unload_timeout,
         "max_loaded_models": max_loaded_models,
         "max_loaded_memory_mib": max_loaded_memory_mib,
+        "allow_drift": allow_drift,
     }
     keys = [*(api_key or []), *(read_keys(api_key_file) if api_key_file else [])]
     if keys:
@@ -385,6 +402,9 @@ def serve(
     overrides["admin_api_key"] = admin_api_key
     if default_model:
         overrides["default_models"] = dict(task_pair(arg) for arg in default_model)
+    if drift_tolerance:
+        pairs = (task_pair(arg, "--drift-tolerance") for arg in drift_tolerance)
+        overrides["drift_tolerance"] = {task: float(loss) for task, loss in pairs}
     try:
         aliases: dict[str, dict[str, str]] = {}
         for arg in alias or []:

@@ -34,6 +34,7 @@ from squeezer.backends.torch_generation import (
 from squeezer.config import ModelSettings, Settings
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder, locate, read_folder
+from squeezer.models.fingerprint import check_consistency, fingerprint
 from squeezer.models.gguf import gguf_precision, source_gguf
 from squeezer.models.manifest import Manifest, current_hardware, read_manifest
 from squeezer.optimize.cache import optimized_artifact
@@ -73,6 +74,7 @@ def _model_info(
     max_input_length: int,
     **extra: Any,
 ) -> ModelInfo:
+    fp = fingerprint(folder)
     return ModelInfo(
         name=name,
         path=str(folder.path),
@@ -80,7 +82,8 @@ def _model_info(
         backend=backend,
         device=device,
         dtype=dtype,
-        content_hash=folder.content_hash(),
+        content_hash=fp.digest,
+        fingerprint=fp.parts,
         weight_bytes=folder.weight_bytes(),
         max_input_length=max_input_length,
         hidden_size=folder.hidden_size,
@@ -158,6 +161,8 @@ class ModelLoader:
         if manifest is not None:
             _check_hardware(spec.name, manifest, device)
         folder = read_folder(path, pooling=spec.pooling, max_input_length=spec.max_input_length)
+        # Before the weights load: a tokenizer that does not fit is refused at once.
+        check_consistency(folder, max_length=folder.max_input_length)
         detected = folder.detect_tasks()
         tasks = tuple(Task(t) for t in spec.tasks) if spec.tasks else detected
         if not tasks:

@@ -142,6 +142,13 @@ class Metrics:
             ["device"],
             registry=r,
         )
+        self.golden_loss = Gauge(
+            "squeezer_golden_loss",
+            "The golden-output gate's last check of a loaded version: its loss per task "
+            "against the lockfile (squeezer pin), next to the tolerance it passed or failed",
+            ["model", "version", "task"],
+            registry=r,
+        )
         self.time_to_first_token = Histogram(
             "squeezer_time_to_first_token_seconds",
             "Generation: request received to its first token sent",
@@ -229,6 +236,9 @@ class Metrics:
     def set_kv_blocks(self, model: str, total: int, used: int) -> None:
         self.kv_blocks.labels(model).set(total)
         self.kv_blocks_used.labels(model).set(used)
+
+    def set_golden(self, model: str, version: str, task: str, loss: float) -> None:
+        self.golden_loss.labels(model, version, task).set(loss)
 
     def set_gpu_memory(self, memory: Iterable[DeviceMemory]) -> None:
         """Read at scrape time from torch's allocator."""

@@ -200,7 +200,7 @@ class ModelManager:
             add_to_engine(self.engine, self.settings, served, backend, spec)
             added = served.engine_key
             entry.state = VersionState.VERIFYING
-            await verify(self.engine, self.settings, served)
+            await verify(self.engine, self.settings, served, spec.lockfile)
         except Exception as e:
             if added is not None:
                 with contextlib.suppress(Exception):

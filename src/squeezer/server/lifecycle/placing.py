@@ -3,6 +3,7 @@ its device's thread) and the check it passes there before anything resolves to i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from squeezer.config import ModelSettings, Settings
 from squeezer.engine import Engine
 from squeezer.engine.generation import GenerationRequest
 from squeezer.errors import ModelLoadError
+from squeezer.server.lifecycle.golden_run import gate
 from squeezer.server.loading import LoadedGenerator, prefill_tokens
 from squeezer.server.registry import ServedModel
 from squeezer.tasks import EncoderItem, EncoderRunner, TokenVectorsHead
@@ -61,10 +63,44 @@ def add_to_engine(
     )
 
 
-async def verify(engine: Engine, settings: Settings, model: ServedModel) -> None:
-    """A short request through the engine, whose outputs must be finite (a generation:
-    at least one token); with ``warmup`` also a full-length batch, so first requests
-    are not slow. The fingerprint gate adds its checks here."""
+async def verify(
+    engine: Engine, settings: Settings, model: ServedModel, lockfile: str | None = None
+) -> None:
+    """Checks a load passes before anything resolves to it: its chat template renders,
+    a short request's outputs are finite (a generation: at least one token; with
+    ``warmup`` also a full-length batch, so first requests are not slow), and its
+    outputs match its lockfile's (the golden-output gate; the report goes to
+    ``model.info.golden``)."""
+    await _probe(engine, settings, model)
+    report = await gate(engine, settings, model, lockfile)
+    if report is not None:
+        model.info = replace(model.info, golden=report)
+
+
+def _check_chat_template(model: ServedModel) -> None:
+    task = model.generator
+    if task is None or not task.has_chat_template:
+        return
+    conversation = [
+        {"role": "user", "content": "Hello there."},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+    ]
+    try:
+        ids = task.prompt_ids(GenerateRequest(messages=conversation))
+    except Exception as e:
+        raise ModelLoadError(
+            f"{model.folder.path}: the chat template (tokenizer_config.json or "
+            f"chat_template.jinja) fails on a two-message conversation: {e}"
+        ) from e
+    if not ids:
+        raise ModelLoadError(
+            f"{model.folder.path}: the chat template renders a two-message conversation "
+            "as no tokens"
+        )
+
+
+async def _probe(engine: Engine, settings: Settings, model: ServedModel) -> None:
+    _check_chat_template(model)
     if model.generator is not None:
         probe = GenerationRequest(model.generator.prompt_ids(GenerateRequest("warm up")), 4)
         tokens = 0

@@ -42,6 +42,8 @@ class VersionStatus:
             "device": info.device if info else None,
             "dtype": info.dtype if info else None,
             "content_hash": info.content_hash if info else None,
+            "fingerprint": info.fingerprint if info else None,
+            "golden": info.golden.as_dict() if info and info.golden else None,
         }
 
 

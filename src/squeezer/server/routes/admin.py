@@ -77,6 +77,10 @@ def render_metrics(runtime: Runtime, metrics: Metrics) -> bytes:
         metrics.set_prefix_cache(model.name, *generator.prefix_cache)
         if (blocks := generator.kv_blocks) is not None:
             metrics.set_kv_blocks(model.name, *blocks)
+    for loaded in runtime.registry.loaded():
+        report = loaded.info.golden
+        for task in report.tasks if report is not None else ():
+            metrics.set_golden(loaded.name, loaded.version, task.task, task.loss)
     devices = {m.device for m in runtime.model_infos()}
     metrics.set_gpu_memory(gpu_memory(devices, runtime.settings.gpu_memory_fraction))
     return metrics.render()
@@ -162,6 +166,8 @@ async def info(request: Request) -> Response:
                     "device": m.device,
                     "dtype": m.dtype,
                     "content_hash": m.content_hash,
+                    "fingerprint": m.fingerprint,
+                    "golden": m.golden.as_dict() if m.golden else None,
                     "path": m.path if admin else None,
                     "max_input_length": m.max_input_length,
                     "max_total_tokens": m.max_total_tokens,

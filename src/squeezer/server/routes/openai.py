@@ -65,6 +65,8 @@ def _model_list(runtime: Runtime) -> Response:
             "device": info.device,
             "dtype": info.dtype,
             "content_hash": info.content_hash,
+            "fingerprint": info.fingerprint,
+            "golden": info.golden.as_dict() if info.golden else None,
             "precision": info.precision.as_dict() if info.precision else None,
             "versions": info.versions.as_dict(),
         }

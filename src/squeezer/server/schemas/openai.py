@@ -50,6 +50,11 @@ class ModelCard(BaseModel):
     device: str
     dtype: str
     content_hash: str
+    #: ``content_hash``'s parts: weights, config, tokenizer, special tokens, chat
+    #: template, runtime artifact.
+    fingerprint: dict[str, str]
+    #: The golden-output gate's last check (None: no lockfile).
+    golden: dict[str, Any] | None = None
     precision: PrecisionReport | None = None
     #: python, torch, transformers, tokenizers, and the serving runtime when not torch.
     versions: dict[str, str | None]

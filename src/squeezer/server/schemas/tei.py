@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -120,11 +120,18 @@ class ClassifierModelType(BaseModel):
 
 class ServedModelInfo(BaseModel):
     name: str
+    #: The version the name alone means now.
+    version: str
     tasks: list[str]
     backend: str
     device: str
     dtype: str
     content_hash: str
+    #: ``content_hash``'s parts (weights, config, tokenizer, special tokens, chat
+    #: template, runtime artifact).
+    fingerprint: dict[str, str]
+    #: The golden-output gate's last check (None: no lockfile).
+    golden: dict[str, Any] | None = None
     #: Where the weights were loaded from: shown to admins only (``--admin-api-key``;
     #: everyone when no admin key is set), null for others.
     path: str | None

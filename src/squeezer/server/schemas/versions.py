@@ -70,6 +70,10 @@ class VersionOut(BaseModel):
     device: str | None
     dtype: str | None
     content_hash: str | None
+    fingerprint: dict[str, str] | None
+    golden: dict[str, Any] | None = Field(
+        default=None, description="The golden-output gate's last check (squeezer pin)"
+    )
 
 
 class ModelOut(BaseModel):

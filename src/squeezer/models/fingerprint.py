@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from squeezer.errors import ModelLoadError
-from squeezer.models.folder import ModelFolder
+from squeezer.models.folder import LOCKFILE_NAME, ModelFolder
 
-#: A golden-output lockfile may sit in a version's folder; it is not the model.
-LOCKFILE_NAME = "squeezer.lock.json"
+__all__ = ["LOCKFILE_NAME", "PARTS", "Fingerprint", "check_consistency", "fingerprint"]
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".gguf")
 _ARTIFACT = (".onnx", ".data", ".xml", ".ort")
 _ARTIFACT_FILES = ("squeezer-manifest.json", "model.bin", "shared_vocabulary.json")

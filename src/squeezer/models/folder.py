@@ -43,6 +43,8 @@ _HEAD_TASKS = {
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
 #: Files whose bytes define the model's behaviour, hashed for pinning.
 _HASHED_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+#: A golden-output lockfile may sit in a version's folder; it is not the model.
+LOCKFILE_NAME = "squeezer.lock.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,7 @@ class ModelFolder:
         """sha256 over the files that define the model, so a deployment can pin it."""
         h = hashlib.sha256()
         for f in sorted(self.path.rglob("*")):
-            if f.is_file() and f.suffix in _HASHED_SUFFIXES:
+            if f.is_file() and f.suffix in _HASHED_SUFFIXES and f.name != LOCKFILE_NAME:
                 h.update(f.relative_to(self.path).as_posix().encode())
                 with f.open("rb") as fh:
                     for chunk in iter(lambda: fh.read(1 << 20), b""):

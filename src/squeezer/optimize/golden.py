@@ -4,7 +4,7 @@ approved (a lockfile), and how far a later load's outputs may be from them.
 ``squeezer pin`` writes the lockfile; ``squeezer pin --check`` and every load of a
 version that has one recompute the outputs on the same inputs and judge them here,
 task by task. The default tolerance is "as pinned" for an fp32 model: cosine loss at
-most 1e-4, identical labels, tags and greedy prefixes (and logprobs within 1e-5). The
+most 1e-4, identical labels, tags and greedy prefixes (and logprobs within 5e-5). The
 fingerprint and library versions recorded beside the outputs explain a drift; they do
 not decide it.
 """
@@ -37,9 +37,10 @@ DEFAULT_TOLERANCE: dict[Task, float] = {
     Task.FILL_MASK: 0.0,  # 1 - top-1 agreement
     Task.QUESTION_ANSWERING: 0.0,  # 1 - answer agreement
     # The larger of: the share of prompts whose greedy prefix differs, and the largest
-    # logprob change (nats) along the recorded path. Recomputed in fp32 it is 0 to
-    # ~1e-6 (batch shapes); an fp16 copy of the weights moves it ~1e-4.
-    Task.GENERATE: 1e-5,
+    # logprob change (nats) along the recorded path. SmolLM2 in fp32, recomputed with
+    # its prompts' prefixes already cached (another computation path): 1.1e-5; the
+    # tiny test Llama's fp16 copy: 1.0e-4.
+    Task.GENERATE: 5e-5,
 }
 ZERO_SHOT_LABELS = ("science", "politics", "sports", "art")
 

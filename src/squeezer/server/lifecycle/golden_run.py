@@ -56,7 +56,7 @@ async def _generate(engine: Engine, model: ServedModel, prompts: list[str]) -> d
             GenerationRequest(plan.prompt, plan.max_new_tokens, plan.params, ignore_eos=True),
         )
         outs = [out async for out in stream]
-        return [o.token for o in outs], [round(float(o.logprob), 6) for o in outs]
+        return [o.token for o in outs], [round(float(o.logprob), 7) for o in outs]
 
     done = await asyncio.gather(*(one(p) for p in prompts))
     return {"tokens": [d[0] for d in done], "logprobs": [d[1] for d in done]}

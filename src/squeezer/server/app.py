@@ -26,6 +26,7 @@ from squeezer.server.middleware import HttpGuard, InFlight
 from squeezer.server.routes import (
     admin,
     hf,
+    kserve,
     openai,
     openai_text,
     rerank,
@@ -86,7 +87,18 @@ def create_app(
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_squeezer_error)
 
-    for module in (admin, versions, triton_repository, tei, tgi, openai, openai_text, rerank, hf):
+    for module in (
+        admin,
+        versions,
+        triton_repository,
+        kserve,
+        tei,
+        tgi,
+        openai,
+        openai_text,
+        rerank,
+        hf,
+    ):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -6,7 +6,8 @@ routes with TGI's lowercase types (``validation``, ``generation``, ``overloaded`
 OpenAI's routes (and the ``/v1/rerank`` API vLLM serves) answer
 ``{"error": {"message", "type", "param", "code"}}``. Which shape a response takes is
 decided by the path, so a failure before routing (a body too large) still speaks the
-client's dialect.
+client's dialect. The Open Inference Protocol's paths (``/v2/...``: KServe v2,
+Triton's repository and generate extensions) answer ``{"error": message}``.
 
 A model asked for a task it cannot do is TEI's 424 ("Backend error: model is not a
 re-ranker model") on TEI's own routes, and a 400 elsewhere.
@@ -30,8 +31,8 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from squeezer import errors as e
+from squeezer.server.schemas import kserve, tei, tgi
 from squeezer.server.schemas import openai as oa
-from squeezer.server.schemas import tei, tgi
 
 log = logging.getLogger("squeezer")
 
@@ -43,6 +44,8 @@ class Dialect(str, Enum):
     OPENAI = "openai"
     #: TGI's generate routes: TEI's shape, TGI's lowercase error types.
     TGI = "tgi"
+    #: The Open Inference Protocol (KServe v2, Triton): ``{"error": message}``.
+    KSERVE = "kserve"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,7 @@ _OPENAI_PARAMS = {"inputs": "input"}
 _OPENAI_PATH = re.compile(r"^(/models/[^/]+)?/v1/")
 _HF_PATH = re.compile(r"^/(models|pipeline)/")
 _TGI_PATH = re.compile(r"^/generate(_stream)?$")
+_KSERVE_PATH = re.compile(r"^/v2(/|$)")
 
 
 def kind_of(error: e.SqueezerError) -> ErrorKind:
@@ -109,6 +113,8 @@ def dialect_of(path: str) -> Dialect:
         return Dialect.OPENAI
     if _TGI_PATH.match(path):
         return Dialect.TGI
+    if _KSERVE_PATH.match(path):
+        return Dialect.KSERVE
     return Dialect.HF if _HF_PATH.match(path) else Dialect.TEI
 
 
@@ -130,6 +136,7 @@ _ERROR_MODELS: dict[Dialect, type[BaseModel]] = {
     Dialect.HF: tei.ErrorResponse,
     Dialect.TGI: tgi.ErrorResponse,
     Dialect.OPENAI: oa.ErrorResponse,
+    Dialect.KSERVE: kserve.ErrorResponse,
 }
 _DESCRIPTIONS = {
     400: "Empty input, or a request this route or model cannot serve",
@@ -188,6 +195,8 @@ def _render(error: Exception, path: str) -> tuple[int, dict[str, object]]:
         return status, {
             "error": {"message": message, "type": kind.openai_type, "param": param, "code": code}
         }
+    if dialect is Dialect.KSERVE:
+        return status, {"error": message}
     return status, {"error": message, "error_type": tei_type}
 
 
@@ -222,6 +231,8 @@ def http_error_response(status: int, message: str, path: str) -> Response:
                 "code": None,
             }
         }
+    elif dialect_of(path) is Dialect.KSERVE:
+        body = {"error": message}
     else:
         body = {"error": message, "error_type": "Validation"}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")

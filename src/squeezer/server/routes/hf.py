@@ -241,7 +241,8 @@ async def _question_answering(
 
 
 _Handler = Callable[[Runtime, ServedModel, hf.InferenceRequest], Awaitable[Response]]
-_HANDLERS: dict[Task, _Handler] = {
+#: Each task's HF Inference API answer (the KServe dialect's ``RESULT`` reuses them).
+HANDLERS: dict[Task, _Handler] = {
     Task.EMBED: _feature_extraction,
     Task.CLASSIFY: _text_classification,
     Task.RERANK: _text_classification,
@@ -269,7 +270,7 @@ async def _run(
         runtime.registry.check(model, task)
         if pipeline == "sentence-similarity":
             return await _similarity(runtime, model, body)
-    handler = _HANDLERS.get(task)
+    handler = HANDLERS.get(task)
     if handler is None:
         raise TaskNotSupportedError(
             f"model {model.name!r} serves {task.value!r}, which this server does not run "

@@ -142,6 +142,8 @@ def test_a_versioned_infer_and_errors(client: triton.InferenceServerClient) -> N
         _infer(client, "tiny", {"TEXT": TEXTS}, ["EMBEDDING"], True, version="9")
     with pytest.raises(InferenceServerException, match="'TEXT' is required"):
         _infer(client, "tiny", {"WRONG": TEXTS}, ["EMBEDDING"], False)
+    with pytest.raises(InferenceServerException, match="max-client-batch-size"):
+        _infer(client, "tiny", {"TEXT": ["x"] * 300}, ["EMBEDDING"], True)
     with pytest.raises(InferenceServerException, match="generate"):
         _infer(client, "llama", {"TEXT": TEXTS}, ["RESULT"], False)
 

@@ -188,7 +188,13 @@ def test_a_request_is_one_trace_from_http_to_forward(tiny_bert: Path, tiny_llama
             r = c.post("/embed", json={"inputs": ["a", "b c"]}, headers={"X-Request-Id": "t-1"})
             embed_spans = exporter.get_finished_spans()
             exporter.clear()
-            body = {"model": "llama", "prompt": "Hi", "max_tokens": 5, "stream": True}
+            body = {
+                "model": "llama",
+                "prompt": "Hi",
+                "max_tokens": 5,
+                "stream": True,
+                "ignore_eos": True,
+            }
             with c.stream("POST", "/v1/completions", json=body) as s:
                 chunks = [line for line in s.iter_lines() if line.startswith("data: {")]
             gen_spans = exporter.get_finished_spans()

@@ -32,6 +32,7 @@ from squeezer.server.routes import (
     rerank,
     tei,
     tgi,
+    triton_generate,
     triton_repository,
     versions,
 )
@@ -92,6 +93,7 @@ def create_app(
         versions,
         triton_repository,
         kserve,
+        triton_generate,
         tei,
         tgi,
         openai,

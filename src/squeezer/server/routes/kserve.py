@@ -15,13 +15,12 @@ Tensors per task (model metadata states them):
 ``RESULT`` holds, per input, the JSON the HF Inference API dialect answers for it
 (``routes/hf.py`` computes it). Request ``parameters`` carry the task's options, and
 ``parameters.task`` picks one task of a model that serves several. ``/v2/models/{m}``
-may name ``m@alias``; ``/versions/{v}`` names a version.
+may name ``m@alias``; ``/versions/{v}`` names a version. Triton's ``generate``
+extension is ``triton_generate.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
@@ -31,18 +30,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from squeezer import __version__
-from squeezer.backends.sampling import SamplingParams
-from squeezer.errors import InvalidRequestError, ModelNotReadyError, TaskNotSupportedError
+from squeezer.errors import (
+    InvalidRequestError,
+    ModelNotReadyError,
+    TaskNotSupportedError,
+    TooManyInputsError,
+)
 from squeezer.server.errors import error_responses
-from squeezer.server.jsonio import json_response, read_body
+from squeezer.server.jsonio import json_response
 from squeezer.server.registry import ServedModel
 from squeezer.server.routes import hf, runtime_of
 from squeezer.server.runtime import Phase, Runtime
 from squeezer.server.schemas import hf as hf_schema
-from squeezer.server.streaming import error_event, random_seed, sse_event, sse_response
 from squeezer.server.tensors import HEADER, InferRequest, decode, encode
 from squeezer.tasks import ClassifyRequest, EmbedRequest, RerankRequest
-from squeezer.tasks.generate import GenerateRequest, TextDelta
 from squeezer.types import Task, TruncationDirection
 
 router = APIRouter(tags=["KServe v2 / Open Inference Protocol"])
@@ -79,7 +80,8 @@ async def server_metadata(request: Request) -> Response:
     )
 
 
-def _model(runtime: Runtime, name: str, version: str | None) -> ServedModel:
+def model_of(runtime: Runtime, name: str, version: str | None) -> ServedModel:
+    """``/v2/models/{name}[/versions/{version}]``'s model, leased to the request."""
     return runtime.registry.get(f"{name}:{version}" if version is not None else name)
 
 
@@ -111,7 +113,7 @@ def _signature(model: ServedModel, task: Task) -> tuple[list[dict[str, Any]], li
 
 async def _metadata(request: Request, name: str, version: str | None) -> Response:
     runtime = runtime_of(request)
-    model = _model(runtime, name, version)
+    model = model_of(runtime, name, version)
     named = runtime.registry.named(model.name)
     inputs, outputs = _signature(model, model.main_task)
     return json_response(
@@ -138,7 +140,7 @@ async def version_metadata(request: Request, name: str, version: str) -> Respons
 
 @router.get("/v2/models/{name}/ready", summary="Model readiness", responses=_ERRORS)
 async def model_ready(request: Request, name: str) -> Response:
-    _model(runtime_of(request), name, None)  # 404 unknown, 503 not serving
+    model_of(runtime_of(request), name, None)  # 404 unknown, 503 not serving
     return json_response({"name": name, "ready": True})
 
 
@@ -146,7 +148,7 @@ async def model_ready(request: Request, name: str) -> Response:
     "/v2/models/{name}/versions/{version}/ready", summary="Version readiness", responses=_ERRORS
 )
 async def version_ready(request: Request, name: str, version: str) -> Response:
-    _model(runtime_of(request), name, version)
+    model_of(runtime_of(request), name, version)
     return json_response({"name": name, "ready": True})
 
 
@@ -214,6 +216,14 @@ async def _hf_results(
 
 
 async def _infer(runtime: Runtime, model: ServedModel, req: InferRequest) -> dict[str, np.ndarray]:
+    limit = runtime.settings.max_client_batch_size
+    for name, tensor in req.inputs.items():
+        if tensor.size > limit:
+            raise TooManyInputsError(
+                f"input {name!r} holds {tensor.size} elements; this server takes at most "
+                f"{limit} per request (--max-client-batch-size)",
+                param=name,
+            )
     parameters = dict(req.parameters)
     task = _task(model, parameters)
     options = {
@@ -281,7 +291,7 @@ async def _infer(runtime: Runtime, model: ServedModel, req: InferRequest) -> dic
 async def _infer_route(request: Request, name: str, version: str | None) -> Response:
     runtime = runtime_of(request)
     req = decode(await request.body(), request.headers.get(HEADER))
-    model = _model(runtime, name, version)
+    model = model_of(runtime, name, version)
     outputs = await _infer(runtime, model, req)
     body, json_size = encode(req, model.name, model.version, outputs)
     if json_size is None:
@@ -303,118 +313,3 @@ async def infer(request: Request, name: str) -> Response:
 )
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer_route(request, name, version)
-
-
-# -- Triton's generate extension -------------------------------------------------------
-
-#: The generate extension's parameters (Triton's vLLM and TensorRT-LLM backends' names).
-_GENERATE_PARAMETERS = frozenset(
-    {
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "seed",
-        "stop",
-        "ignore_eos",
-        "repetition_penalty",
-        "stream",
-        "exclude_input_in_output",
-    }
-)
-
-
-def _generate_request(body: Any) -> tuple[GenerateRequest, SamplingParams, bool]:
-    if not isinstance(body, dict) or not isinstance(body.get("text_input"), str):
-        raise InvalidRequestError("expected a JSON object with a string 'text_input'")
-    nested = body.get("parameters") or {}
-    if not isinstance(nested, dict):
-        raise InvalidRequestError("'parameters' must be an object")
-    p = {**{k: v for k, v in body.items() if k not in ("text_input", "parameters")}, **nested}
-    unknown = sorted(set(p) - _GENERATE_PARAMETERS)
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown parameters {unknown}; this server takes {sorted(_GENERATE_PARAMETERS)}",
-            param=unknown[0],
-        )
-    stop = p.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else list(stop)
-    try:
-        temperature = float(p.get("temperature", 1.0))
-        request = GenerateRequest(
-            prompt=body["text_input"],
-            max_new_tokens=int(p["max_tokens"]) if p.get("max_tokens") is not None else 16,
-            stop=[str(s) for s in stop],
-            ignore_eos=bool(p.get("ignore_eos", False)),
-        )
-        params = SamplingParams(
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else 1.0,
-            top_k=int(p.get("top_k") or 0),
-            top_p=float(p.get("top_p", 1.0)),
-            repetition_penalty=float(p.get("repetition_penalty", 1.0)),
-            seed=int(p["seed"]) if p.get("seed") is not None else random_seed(),
-        )
-    except (TypeError, ValueError) as e:
-        raise InvalidRequestError(f"invalid generate parameters: {e}") from None
-    return request, params, not bool(p.get("exclude_input_in_output", True))
-
-
-async def _generate(request: Request, name: str, version: str | None, stream: bool) -> Response:
-    runtime = runtime_of(request)
-    gen_request, params, with_prompt = _generate_request(await read_body(request))
-    model = _model(runtime, name, version)
-    runtime.registry.check(model, Task.GENERATE)
-    generation = await runtime.generate(model, gen_request, params)
-    head = {"model_name": model.name, "model_version": model.version}
-    prefix = (gen_request.prompt or "") if with_prompt else ""
-    if not stream:
-        text = [prefix]
-        async for event in generation.events:
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-        return json_response({**head, "text_output": "".join(text)})
-    path = request.url.path
-
-    async def events() -> AsyncGenerator[bytes, None]:
-        async with contextlib.aclosing(generation.events) as steps:
-            try:
-                if prefix:
-                    yield sse_event({**head, "text_output": prefix})
-                async for event in steps:
-                    if isinstance(event, TextDelta) and event.text:
-                        yield sse_event({**head, "text_output": event.text})
-            except Exception as e:
-                yield error_event(e, path)
-
-    return sse_response(events())
-
-
-@router.post("/v2/models/{name}/generate", summary="Generate (Triton)", responses=_ERRORS)
-async def generate(request: Request, name: str) -> Response:
-    return await _generate(request, name, None, stream=False)
-
-
-@router.post(
-    "/v2/models/{name}/generate_stream", summary="Generate, streamed (Triton)", responses=_ERRORS
-)
-async def generate_stream(request: Request, name: str) -> Response:
-    return await _generate(request, name, None, stream=True)
-
-
-@router.post(
-    "/v2/models/{name}/versions/{version}/generate",
-    summary="Generate on one version (Triton)",
-    responses=_ERRORS,
-)
-async def generate_version(request: Request, name: str, version: str) -> Response:
-    return await _generate(request, name, version, stream=False)
-
-
-@router.post(
-    "/v2/models/{name}/versions/{version}/generate_stream",
-    summary="Generate on one version, streamed (Triton)",
-    responses=_ERRORS,
-)
-async def generate_stream_version(request: Request, name: str, version: str) -> Response:
-    return await _generate(request, name, version, stream=True)

@@ -136,13 +136,13 @@ def decode(body: bytes, header_length: str | None) -> InferRequest:
         raise InvalidRequestError("'parameters' must be an object")
     outputs = data.get("outputs")
     names, binary = None, set()
-    if isinstance(outputs, list):
-        names = [str(o.get("name")) for o in outputs if isinstance(o, dict)]
-        binary = {
-            str(o.get("name"))
-            for o in outputs
-            if isinstance(o, dict) and (o.get("parameters") or {}).get("binary_data")
-        }
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        ):
+            raise InvalidRequestError("'outputs' must be a list of objects with a 'name'")
+        names = [o["name"] for o in outputs]
+        binary = {o["name"] for o in outputs if (o.get("parameters") or {}).get("binary_data")}
     request_id = data.get("id")
     return InferRequest(
         inputs,

@@ -98,6 +98,13 @@ class LabelScore:
     score: float
 
 
+def scores_by_label(
+    rows: Sequence[Sequence[LabelScore]], labels: Sequence[str]
+) -> list[list[float]]:
+    """Each row's scores in ``labels``' order (rows come best first)."""
+    return [[{s.label: s.score for s in row}[label] for label in labels] for row in rows]
+
+
 @dataclass(slots=True)
 class ClassifyRequest:
     """Texts, or (text, text_pair) pairs, to classify."""

@@ -29,6 +29,7 @@ from squeezer.tasks import (
     TokenClassifyRequest,
     ZeroShotRequest,
 )
+from squeezer.tasks.classify import scores_by_label
 from squeezer.tasks.generate import GenerateRequest
 from squeezer.types import EngineRequest, GoldenReport, Task
 
@@ -72,8 +73,7 @@ async def _outputs(
     if task is Task.CLASSIFY:
         labels = list(model.info.labels)
         rows = await _run(engine, model, task, ClassifyRequest(texts, top_k=None, truncate=True))
-        scores = [[{s.label: s.score for s in row}[label] for label in labels] for row in rows]
-        return {"labels": labels, "scores": scores}
+        return {"labels": labels, "scores": scores_by_label(rows, labels)}
     if task is Task.ZERO_SHOT:
         candidates = given["candidate_labels"]
         rows = await _run(engine, model, task, ZeroShotRequest(texts, candidates, truncate=True))

@@ -33,17 +33,18 @@ from squeezer import __version__
 from squeezer.errors import (
     InvalidRequestError,
     ModelNotReadyError,
-    TaskNotSupportedError,
     TooManyInputsError,
 )
 from squeezer.server.errors import error_responses
-from squeezer.server.jsonio import json_response
+from squeezer.server.jsonio import json_response, parse
 from squeezer.server.registry import ServedModel
 from squeezer.server.routes import hf, runtime_of
 from squeezer.server.runtime import Phase, Runtime
 from squeezer.server.schemas import hf as hf_schema
+from squeezer.server.schemas import kserve
 from squeezer.server.tensors import HEADER, InferRequest, decode, encode
 from squeezer.tasks import ClassifyRequest, EmbedRequest, RerankRequest
+from squeezer.tasks.classify import scores_by_label
 from squeezer.types import Task, TruncationDirection
 
 router = APIRouter(tags=["KServe v2 / Open Inference Protocol"])
@@ -169,29 +170,18 @@ def _texts(req: InferRequest, name: str, *, required: bool = True) -> list[str]:
     return [str(t) for t in tensor.ravel()]
 
 
-def _task(model: ServedModel, parameters: dict[str, Any]) -> Task:
-    asked = parameters.get("task")
+def _task(runtime: Runtime, model: ServedModel, asked: str | None) -> Task:
     if asked is None:
         return model.main_task
     try:
-        task = Task(str(asked))
+        task = Task(asked)
     except ValueError:
         known = ", ".join(t.value for t in model.info.tasks)
-        raise InvalidRequestError(f"parameters.task {asked!r}: this model serves {known}") from None
-    if task not in model.info.tasks:
-        raise TaskNotSupportedError(
-            f"model {model.name!r} does not serve {task.value!r}; it serves "
-            + ", ".join(t.value for t in model.info.tasks)
-        )
+        raise InvalidRequestError(
+            f"parameters.task {asked!r}: this model serves {known}", param="task"
+        ) from None
+    runtime.registry.check(model, task)
     return task
-
-
-def _direction(parameters: dict[str, Any]) -> TruncationDirection:
-    value = str(parameters.get("truncation_direction", "right")).lower()
-    try:
-        return TruncationDirection(value)
-    except ValueError:
-        raise InvalidRequestError(f"truncation_direction {value!r}: left or right") from None
 
 
 async def _hf_results(
@@ -224,22 +214,23 @@ async def _infer(runtime: Runtime, model: ServedModel, req: InferRequest) -> dic
                 f"{limit} per request (--max-client-batch-size)",
                 param=name,
             )
-    parameters = dict(req.parameters)
-    task = _task(model, parameters)
+    p = parse(req.parameters, kserve.InferParameters)
+    task = _task(runtime, model, p.task)
+    # The HF Inference API's parameters, for the tasks answered as its JSON.
     options = {
         k: v
-        for k, v in parameters.items()
+        for k, v in req.parameters.items()
         if k not in ("task", "binary_data_output") and not k.startswith(("triton_", "sequence_"))
     }
-    truncate = bool(options.get("truncate", False))
+    direction = TruncationDirection(p.truncation_direction.lower())
     if task is Task.EMBED:
         embed = EmbedRequest(
             inputs=_texts(req, "TEXT"),
-            normalize=bool(options.get("normalize", True)),
-            truncate=truncate,
-            truncation_direction=_direction(options),
-            prompt_name=options.get("prompt_name"),
-            dimensions=options.get("dimensions"),
+            normalize=p.normalize,
+            truncate=p.truncate,
+            truncation_direction=direction,
+            prompt_name=p.prompt_name,
+            dimensions=p.dimensions,
         )
         vectors = (await runtime.embed(model, embed)).embeddings
         return {"EMBEDDING": np.asarray(vectors, dtype=np.float32)}
@@ -255,13 +246,13 @@ async def _infer(runtime: Runtime, model: ServedModel, req: InferRequest) -> dic
             ClassifyRequest(
                 inputs,
                 top_k=None,
-                function_to_apply=options.get("function_to_apply"),
-                truncate=truncate,
-                truncation_direction=_direction(options),
+                function_to_apply=p.function_to_apply,
+                truncate=p.truncate,
+                truncation_direction=direction,
             ),
         )
         labels = list(model.info.labels)
-        scores = [[{s.label: s.score for s in row}[label] for label in labels] for row in rows]
+        scores = scores_by_label(rows, labels)
         return {
             "SCORES": np.asarray(scores, dtype=np.float32).reshape(len(rows), len(labels)),
             "LABEL": np.array([row[0].label for row in rows], dtype=object),
@@ -273,9 +264,9 @@ async def _infer(runtime: Runtime, model: ServedModel, req: InferRequest) -> dic
         rerank = RerankRequest(
             query[0],
             _texts(req, "TEXT"),
-            raw_scores=bool(options.get("raw_scores", False)),
-            truncate=truncate,
-            truncation_direction=_direction(options),
+            raw_scores=p.raw_scores,
+            truncate=p.truncate,
+            truncation_direction=direction,
         )
         hits = (await runtime.rerank(model, rerank)).hits
         ordered = sorted(hits, key=lambda h: h.index)

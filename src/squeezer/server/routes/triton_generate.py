@@ -15,9 +15,10 @@ from starlette.responses import Response
 from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InvalidRequestError
 from squeezer.server.errors import error_responses
-from squeezer.server.jsonio import json_response, read_body
+from squeezer.server.jsonio import json_response, parse, read_body
 from squeezer.server.routes import runtime_of
 from squeezer.server.routes.kserve import model_of
+from squeezer.server.schemas import kserve
 from squeezer.server.streaming import (
     error_event,
     random_seed,
@@ -32,57 +33,30 @@ router = APIRouter(tags=["KServe v2 / Open Inference Protocol"])
 _ERRORS = error_responses("/v2/models/{name}/generate")
 
 
-#: The generate extension's parameters (Triton's vLLM and TensorRT-LLM backends' names).
-_GENERATE_PARAMETERS = frozenset(
-    {
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "seed",
-        "stop",
-        "ignore_eos",
-        "repetition_penalty",
-        "stream",
-        "exclude_input_in_output",
-    }
-)
-
-
 def _generate_request(body: Any) -> tuple[GenerateRequest, SamplingParams, bool]:
+    """The request, its sampling, and whether the prompt leads the output."""
     if not isinstance(body, dict) or not isinstance(body.get("text_input"), str):
         raise InvalidRequestError("expected a JSON object with a string 'text_input'")
     nested = body.get("parameters") or {}
     if not isinstance(nested, dict):
         raise InvalidRequestError("'parameters' must be an object")
-    p = {**{k: v for k, v in body.items() if k not in ("text_input", "parameters")}, **nested}
-    unknown = sorted(set(p) - _GENERATE_PARAMETERS)
-    if unknown:
-        raise InvalidRequestError(
-            f"unknown parameters {unknown}; this server takes {sorted(_GENERATE_PARAMETERS)}",
-            param=unknown[0],
-        )
-    stop = p.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else list(stop)
-    try:
-        temperature = float(p.get("temperature", 1.0))
-        request = GenerateRequest(
-            prompt=body["text_input"],
-            max_new_tokens=int(p["max_tokens"]) if p.get("max_tokens") is not None else 16,
-            stop=[str(s) for s in stop],
-            ignore_eos=bool(p.get("ignore_eos", False)),
-        )
-        params = SamplingParams(
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else 1.0,
-            top_k=int(p.get("top_k") or 0),
-            top_p=float(p.get("top_p", 1.0)),
-            repetition_penalty=float(p.get("repetition_penalty", 1.0)),
-            seed=int(p["seed"]) if p.get("seed") is not None else random_seed(),
-        )
-    except (TypeError, ValueError) as e:
-        raise InvalidRequestError(f"invalid generate parameters: {e}") from None
-    return request, params, not bool(p.get("exclude_input_in_output", True))
+    top = {k: v for k, v in body.items() if k not in ("text_input", "parameters")}
+    p = parse({**top, **nested}, kserve.GenerateParameters)
+    request = GenerateRequest(
+        prompt=body["text_input"],
+        max_new_tokens=p.max_tokens,
+        stop=[p.stop] if isinstance(p.stop, str) else list(p.stop),
+        ignore_eos=p.ignore_eos,
+    )
+    params = SamplingParams(
+        do_sample=p.temperature > 0,
+        temperature=p.temperature if p.temperature > 0 else 1.0,
+        top_k=p.top_k,
+        top_p=p.top_p,
+        repetition_penalty=p.repetition_penalty,
+        seed=p.seed if p.seed is not None else random_seed(),
+    )
+    return request, params, not p.exclude_input_in_output
 
 
 async def _generate(request: Request, name: str, version: str | None, stream: bool) -> Response:

@@ -191,10 +191,6 @@ class GoldenReport:
     #: The drift was over tolerance and ``--allow-drift`` let the version serve.
     allowed: bool = False
 
-    @property
-    def loss(self) -> float:
-        return max((t.loss for t in self.tasks), default=0.0)
-
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -40,13 +40,6 @@ class Fingerprint:
         """The parts whose hashes differ."""
         return [p for p in PARTS if self.parts.get(p) != other.parts.get(p)]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"digest": self.digest, "parts": dict(self.parts)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
-        return cls(str(data["digest"]), {str(k): str(v) for k, v in data["parts"].items()})
-
 
 def _hash_files(root: Path, files: Iterable[Path]) -> str:
     h = hashlib.sha256()

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.errors import ModelLoadError
+from squeezer.models.fingerprint import Fingerprint
 from squeezer.optimize.precision import held_out_texts
 from squeezer.types import GoldenReport, GoldenTask, Task
 
@@ -213,8 +214,10 @@ def judge(
             continue
         loss, figures = compare(task, pinned, outputs[name])
         tasks.append(GoldenTask(name, loss, tolerance[task], loss <= tolerance[task], figures))
-    pinned_parts = dict(lock.fingerprint.get("parts", {}))
-    changed = tuple(p for p, h in pinned_parts.items() if fingerprint.get("parts", {}).get(p) != h)
+    then = Fingerprint(str(lock.fingerprint.get("digest")), dict(lock.fingerprint.get("parts", {})))
+    changed = tuple(
+        then.differences(Fingerprint(str(fingerprint.get("digest")), fingerprint["parts"]))
+    )
     libraries = {
         k: (lock.versions.get(k), versions.get(k))
         for k in sorted({*lock.versions, *versions})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.engine import DeviceExecutor
 from squeezer.engine.generation import (
@@ -17,7 +18,7 @@ from squeezer.engine.generation import (
     GenerationScheduler,
     GenerationStream,
 )
-from squeezer.errors import InputTooLongError, OverloadedError
+from squeezer.errors import InputTooLongError, InvalidRequestError, OverloadedError
 from tests.unit.test_torch_generation import PROMPTS, _alone, _build
 
 
@@ -96,6 +97,28 @@ async def test_eos_ends_a_sequence_unless_ignored(running: Running, tiny_llama: 
         GenerationRequest(PROMPTS[1], 6, eos_ids=frozenset({first}), ignore_eos=True)
     )
     assert len(await _collect(again)) == 6
+
+
+async def test_a_stop_token_ends_a_sequence_even_with_ignore_eos(
+    running: Running, tiny_llama: Path
+) -> None:
+    third = _alone(tiny_llama, PROMPTS[0], 3)
+    stream = running.scheduler.submit(
+        GenerationRequest(PROMPTS[0], 6, stop_ids=frozenset({third[2]}), ignore_eos=True)
+    )
+    got = await _collect(stream)
+    assert got == third[: third.index(third[2]) + 1]  # the stop token is the last one
+    assert stream.finished is not None and stream.finished.reason is FinishReason.STOP_TOKEN
+    assert stream.finished.stop_token == third[2]
+
+
+async def test_a_logit_bias_outside_the_vocabulary_is_refused_before_queueing(
+    running: Running,
+) -> None:
+    bad = SamplingParams(logit_bias=((running.backend.vocab_size, 5.0),))
+    with pytest.raises(InvalidRequestError, match="logit_bias"):
+        running.scheduler.submit(GenerationRequest(PROMPTS[0], 2, bad))
+    assert running.scheduler.load == (0, 0)
 
 
 async def test_limits_give_429_and_422(tiny_llama: Path) -> None:

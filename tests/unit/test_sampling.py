@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import (
     LogitsProcessorList,
+    MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -13,7 +14,15 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
-from squeezer.backends.sampling import SamplingBatch, SamplingParams, process, sample, uniform
+from squeezer.backends.sampling import (
+    History,
+    SamplingBatch,
+    SamplingParams,
+    process,
+    prompt_logprobs,
+    sample,
+    uniform,
+)
 
 VOCAB = 64
 ROWS = [
@@ -48,7 +57,7 @@ def test_processing_matches_generates_processors_row_by_row() -> None:
     logits = torch.randn(len(ROWS), VOCAB, generator=gen) * 3
     ids = torch.randint(0, VOCAB, (len(ROWS), 12), generator=gen)
     seen = torch.zeros(len(ROWS), VOCAB, dtype=torch.bool).scatter(1, ids, True)
-    ours = process(logits, SamplingBatch.of(ROWS, VOCAB, "cpu"), seen)
+    ours = process(logits, SamplingBatch.of(ROWS, VOCAB, "cpu"), History(seen=seen))
     for row, p in enumerate(ROWS):
         want = _reference(logits[row], ids[row], p)
         assert torch.equal(torch.isinf(ours[row]), torch.isinf(want)), p
@@ -77,7 +86,7 @@ def test_greedy_rows_take_the_penalized_argmax() -> None:
     seen = torch.zeros(3, VOCAB, dtype=torch.bool)
     seen[:, logits[0].argmax()] = True
     params = [SamplingParams(repetition_penalty=3.0, typical_p=0.1)] * 3
-    out = sample(logits, SamplingBatch.of(params, VOCAB, "cpu"), torch.arange(3), seen)
+    out = sample(logits, SamplingBatch.of(params, VOCAB, "cpu"), torch.arange(3), History(seen))
     for row in range(3):
         want = _reference(logits[row], seen[row].nonzero().flatten(), params[row]).argmax()
         assert out.tokens[row] == want
@@ -152,3 +161,128 @@ def test_uniforms_are_in_range_and_even() -> None:
 def test_bad_settings_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SamplingParams(**bad).validate()  # type: ignore[arg-type]
+
+
+# -- the OpenAI and vLLM fields -----------------------------------------------------
+
+
+def test_logit_bias_adds_to_the_logits_and_can_force_or_forbid_a_token() -> None:
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(4))
+    best = int(logits[0].argmax())
+    params = [
+        SamplingParams(logit_bias=((7, 100.0),)),  # greedy, forced
+        SamplingParams(logit_bias=((best, -100.0),)),  # row 1 of the same logits
+        SamplingParams(do_sample=True, seed=3, logit_bias=((9, 100.0),)),
+    ]
+    rows = logits[[0, 0, 0]]
+    batch = SamplingBatch.of(params, VOCAB, "cpu")
+    out = sample(rows, batch, torch.zeros(3, dtype=torch.long))
+    assert out.tokens.tolist()[0] == 7 and out.tokens.tolist()[2] == 9
+    assert int(out.tokens[1]) != best
+    want = rows.clone()
+    want[0, 7] += 100
+    want[1, best] -= 100
+    want[2, 9] += 100
+    torch.testing.assert_close(process(rows, batch), want)
+
+
+def test_presence_and_frequency_penalties_follow_openais_formula() -> None:
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, VOCAB, generator=gen)
+    counts = torch.randint(0, 4, (2, VOCAB), generator=gen, dtype=torch.int32)
+    params = [
+        SamplingParams(presence_penalty=0.7, frequency_penalty=0.3),
+        SamplingParams(presence_penalty=-1.0),  # negative: encourages repeats
+    ]
+    ours = process(logits, SamplingBatch.of(params, VOCAB, "cpu"), History(counts=counts))
+    for row, p in enumerate(params):
+        c = counts[row].float()
+        want = logits[row] - c * p.frequency_penalty - (c > 0).float() * p.presence_penalty
+        torch.testing.assert_close(ours[row], want)
+
+
+def test_min_p_matches_transformers_warper() -> None:
+    logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(8)) * 2
+    params = [
+        SamplingParams(do_sample=True, min_p=0.1, temperature=0.8),
+        SamplingParams(do_sample=True, min_p=0.0),
+    ]
+    ours = process(logits, SamplingBatch.of(params, VOCAB, "cpu"))
+    for row, p in enumerate(params):
+        procs = LogitsProcessorList([TemperatureLogitsWarper(p.temperature)])
+        if p.min_p:
+            procs.append(MinPLogitsWarper(p.min_p))
+        ids = torch.zeros((1, 0), dtype=torch.long)
+        want = procs(ids, logits[row : row + 1].clone())[0]
+        assert torch.equal(torch.isinf(ours[row]), torch.isinf(want))
+        kept = ~torch.isinf(want)
+        torch.testing.assert_close(ours[row][kept], want[kept])
+    assert int(torch.isinf(ours[0]).sum()) > 0 and not bool(torch.isinf(ours[1]).any())
+
+
+def test_logprobs_are_the_models_distribution_whatever_the_filters() -> None:
+    logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(9))
+    filtered = SamplingParams(
+        do_sample=True, temperature=0.3, top_k=2, min_p=0.2, seed=1, top_logprobs=5
+    )
+    params = [filtered, SamplingParams(top_logprobs=5, logit_bias=((3, 50.0),))]
+    out = sample(logits, SamplingBatch.of(params, VOCAB, "cpu"), torch.tensor([0, 0]))
+    raw = torch.log_softmax(logits, dim=-1)
+    for row in range(2):
+        assert float(out.logprobs[row]) == pytest.approx(float(raw[row, out.tokens[row]]), abs=1e-5)
+        torch.testing.assert_close(out.top_logprobs[row], raw[row].topk(5).values)
+    # Five alternatives although top-k kept two: all finite, none a filtered -inf.
+    assert bool(torch.isfinite(out.top_logprobs).all())
+    assert int(out.tokens[1]) == 3  # the bias chose it; its logprob is still the model's
+
+
+def test_prompt_logprobs_score_each_next_token() -> None:
+    logits = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(10))
+    targets = torch.tensor([5, 1, 60, 2])
+    chosen, ids, values = prompt_logprobs(logits, targets, 3)
+    raw = torch.log_softmax(logits, dim=-1)
+    torch.testing.assert_close(chosen, raw.gather(1, targets.unsqueeze(1)).squeeze(1))
+    torch.testing.assert_close(values, raw.topk(3).values)
+    assert torch.equal(ids, raw.topk(3).indices)
+    assert prompt_logprobs(logits, targets, 0)[1].shape == (4, 0)
+
+
+def test_a_penalized_biased_seeded_row_draws_the_same_alone_and_in_any_batch() -> None:
+    gen = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, VOCAB, generator=gen)
+    counts = torch.randint(0, 3, (3, VOCAB), generator=gen, dtype=torch.int32)
+    params = [
+        SamplingParams(do_sample=True, seed=5, presence_penalty=0.5, min_p=0.05),
+        SamplingParams(do_sample=True, seed=6, frequency_penalty=1.0, logit_bias=((2, 3.0),)),
+        SamplingParams(do_sample=False),
+    ]
+    positions = torch.tensor([4, 4, 4])
+    full = sample(logits, SamplingBatch.of(params, VOCAB, "cpu"), positions, History(counts=counts))
+    for row in range(3):
+        alone = sample(
+            logits[row : row + 1],
+            SamplingBatch.of([params[row]], VOCAB, "cpu"),
+            positions[row : row + 1],
+            History(counts=counts[row : row + 1]),
+        )
+        assert alone.tokens[0] == full.tokens[row]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_p": 1.5},
+        {"presence_penalty": 3},
+        {"frequency_penalty": -2.5},
+        {"logit_bias": ((1, 101.0),)},
+    ],
+)
+def test_bad_openai_settings_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        SamplingParams(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_logit_bias_token_ids_must_be_in_the_vocabulary() -> None:
+    SamplingParams(logit_bias=((VOCAB - 1, 1.0),)).check_vocabulary(VOCAB)
+    with pytest.raises(ValueError, match="not in"):
+        SamplingParams(logit_bias=((VOCAB, 1.0),)).check_vocabulary(VOCAB)

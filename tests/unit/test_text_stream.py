@@ -66,3 +66,29 @@ def test_the_earliest_stop_wins() -> None:
     m = StopMatcher(["cd", "b"])
     assert m.push("abcd") == "a" and m.matched == "b"
     assert StopMatcher([]).push("anything") == "anything"
+
+
+def test_include_keeps_the_stop_string_and_cuts_what_follows() -> None:
+    m = StopMatcher(["END"], include=True)
+    out = [m.push(d) for d in ["done E", "ND and more"]]
+    assert "".join(out) == "done END" and m.matched == "END"
+
+
+def test_special_tokens_kept_and_unspaced_as_vllm_renders_them() -> None:
+    """WordPiece's decoder joins tokens with spaces, special ones too; with
+    ``spaces_between_special_tokens`` false two in a row render back to back."""
+    tok = train_wordpiece()
+    tok.add_special_tokens(["[A]", "[B]"])
+    a, b = tok.token_to_id("[A]"), tok.token_to_id("[B]")
+    word = tok.encode("the", add_special_tokens=False).ids
+    ids = [*word, a, b, *word]
+
+    def render(**kw: object) -> str:
+        detok = IncrementalDetokenizer(tok, **kw)  # type: ignore[arg-type]
+        return "".join(detok.push(t) for t in ids) + detok.flush()
+
+    assert render() == "the the"  # skipped
+    spaced = render(skip_special=False)
+    assert spaced == tok.decode(ids, skip_special_tokens=False) == "the [A] [B] the"
+    added = {a: "[A]", b: "[B]"}
+    assert render(skip_special=False, added=added) == "the [A][B] the"

@@ -8,9 +8,12 @@ import pytest
 import torch
 import transformers
 
-from squeezer.backends.base import NewSequence
+from squeezer.backends.base import NewSequence, PromptChunk
 from squeezer.backends.sampling import SamplingParams
-from squeezer.backends.torch_generation import TorchGenerationBackend
+from squeezer.backends.torch_generation import (
+    PagedTorchGenerationBackend,
+    TorchGenerationBackend,
+)
 from squeezer.errors import InputTooLongError, OverloadedError
 from tests.tiny_models import CAUSAL_LM_KINDS, tiny_causal_lm
 from tests.unit.chunked_driver import drive_chunked
@@ -136,3 +139,67 @@ def test_logprobs_come_with_alternatives(tiny_lm: Path) -> None:
     (out,) = backend.prefill([NewSequence("x", [3, 4, 5], SamplingParams(top_logprobs=2))])
     assert len(out.top) == 2 and out.top[0][0] == out.token  # greedy: the best is chosen
     assert out.top[0][1] == pytest.approx(out.logprob) and out.top[1][1] <= out.logprob
+
+
+def _forward_logprobs(path: Path, prompt: list[int]) -> torch.Tensor:
+    """log-softmax of the model's logits at every prompt position, from ``forward``."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), dim=-1)
+
+
+@pytest.mark.parametrize("backend_class", [TorchGenerationBackend, PagedTorchGenerationBackend])
+def test_prompt_logprobs_equal_the_models_forward_in_chunks_and_after_a_cached_prefix(
+    tiny_lm: Path, backend_class: type[TorchGenerationBackend]
+) -> None:
+    prompt = PROMPTS[2]  # 9 tokens, 4 chunks of 3, 3, 3 (the last one samples)
+    want = _forward_logprobs(tiny_lm, prompt)
+    backend = backend_class(tiny_lm, max_slots=2, max_len=32)
+    drive_chunked(backend, {"warm": prompt}, new=2, chunk=4)  # its prefix is now cached
+    params = SamplingParams(top_logprobs=1, prompt_logprobs=2)
+    outs = []
+    start = 0
+    while start < len(prompt):
+        chunk = PromptChunk(NewSequence("x", prompt, params), start, min(start + 3, len(prompt)))
+        outs += backend.step([chunk], {})
+        start = chunk.end
+    (first,) = outs
+    assert first.prompt is not None and len(first.prompt) == len(prompt)
+    assert first.prompt[0] is None  # nothing precedes the first token
+    for position, scored in enumerate(first.prompt[1:], start=1):
+        assert scored is not None and scored.token == prompt[position]
+        expected = want[position - 1]
+        assert scored.logprob == pytest.approx(float(expected[prompt[position]]), abs=1e-4)
+        assert [t for t, _ in scored.top] == expected.topk(2).indices.tolist()
+    assert first.logprob == pytest.approx(float(want[-1, first.token]), abs=1e-4)
+    # "x" could have taken 8 tokens from "warm"'s slot, but scoring runs them all.
+    assert backend.table.prompt_tokens == 2 * len(prompt) and backend.table.cached_tokens == 0
+    decoded = backend.decode({"x": first.token})
+    assert decoded[0].prompt is None  # prompt logprobs come once, with the first token
+
+
+def test_presence_and_frequency_penalties_count_generated_tokens_only(tiny_lm: Path) -> None:
+    """Greedy decoding with OpenAI's penalties == a loop over ``forward`` that
+    subtracts them by hand, counting the output's tokens and not the prompt's."""
+    prompt, new = PROMPTS[0], 10
+    presence, frequency = 0.4, 0.9
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    want: list[int] = []
+    with torch.no_grad():
+        for _ in range(new):
+            logits = model(torch.tensor([prompt + want])).logits[0, -1].float()
+            counts = torch.bincount(torch.tensor(want, dtype=torch.long), minlength=VOCAB)
+            counts = counts[:VOCAB].float()
+            logits = logits - counts * frequency - (counts > 0).float() * presence
+            want.append(int(logits.argmax()))
+    backend = TorchGenerationBackend(tiny_lm, max_slots=2, max_len=64)
+    params = SamplingParams(presence_penalty=presence, frequency_penalty=frequency)
+    # A neighbour without penalties shares every step.
+    outs = backend.prefill([NewSequence("x", prompt, params), NewSequence("y", PROMPTS[1])])
+    last = {o.id: o.token for o in outs}
+    got = [last["x"]]
+    for _ in range(new - 1):
+        last = {o.id: o.token for o in backend.decode(last)}
+        got.append(last["x"])
+    assert got == want
+    assert got != _alone(tiny_lm, prompt, new)  # the penalties changed something

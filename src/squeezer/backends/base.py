@@ -59,6 +59,16 @@ class NewSequence:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptLogprob:
+    """A prompt token's logprob given the tokens before it, and the most likely
+    tokens in its place with theirs."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TokenOut:
     """One sequence's next token, with its logprob and the most likely alternatives."""
 
@@ -66,6 +76,9 @@ class TokenOut:
     token: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    #: With the first token of a sequence that asked for prompt logprobs: one per
+    #: prompt token, None for the first (nothing precedes it).
+    prompt: tuple[PromptLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,13 @@
 
 A backend's cache and forward pass are its own (torch tensors, llama.cpp's memory),
 but what a sequence's next token depends on besides the logits is not: its sampling
-settings, the tokens it has seen (repetition penalty), how many new tokens it has
-(``min_new_tokens`` bans EOS until then) and its position (which, with its seed, fixes
-its random draw). Keeping that here, and sampling here, makes every backend's tokens
-the same function of its logits: a seeded request samples the same text on torch and
-on llama.cpp when their logits agree.
+settings, the tokens it has seen (repetition penalty) and generated how often
+(presence and frequency penalties), how many new tokens it has (``min_new_tokens``
+bans EOS until then), its position (which, with its seed, fixes its random draw) and,
+when it asked for them, its prompt's logprobs as chunks are prefilled. Keeping that
+here, and sampling here, makes every backend's tokens the same function of its
+logits: a seeded request samples the same text on torch and on llama.cpp when their
+logits agree.
 
 It also remembers which tokens each slot's cache holds, after its sequence has left
 too, so that a new prompt sharing a prefix with one of them (every chat request
@@ -23,8 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from squeezer.backends.base import NewSequence, PromptChunk, SeqId, TokenOut
-from squeezer.backends.sampling import SamplingBatch, SamplingParams, sample
+from squeezer.backends.base import NewSequence, PromptChunk, PromptLogprob, SeqId, TokenOut
+from squeezer.backends.sampling import (
+    History,
+    SamplingBatch,
+    SamplingParams,
+    prompt_logprobs,
+    sample,
+)
 from squeezer.errors import InputTooLongError, OverloadedError
 
 
@@ -73,7 +81,14 @@ class SequenceTable:
         self._free = list(range(max_slots))  # a heap
         self._lengths = torch.zeros(max_slots, dtype=torch.long)
         self._seen = torch.zeros(max_slots, vocab_size, dtype=torch.bool, device=device)
+        #: How often each slot's sequence generated each token: made when the first
+        #: sequence with a presence or frequency penalty arrives, kept up from then.
+        self._counts: torch.Tensor | None = None
+        #: Prompt logprobs of sequences that asked, by position (0: None), until their
+        #: first token is sampled.
+        self._prompt_scores: dict[SeqId, list[PromptLogprob | None]] = {}
         self._params: dict[SeqId, SamplingParams] = {}
+        self._prompt_of: dict[SeqId, Sequence[int]] = {}
         self._prompt_lengths: dict[SeqId, int] = {}
         #: Tokens whose keys and values each slot's cache holds, from position 0; kept
         #: when the sequence leaves (backends keep the cache) until overwritten.
@@ -124,6 +139,13 @@ class SequenceTable:
                 raise InputTooLongError(
                     f"prompt of {len(seq.prompt)} tokens; this model holds 1 to {max_len - 1}"
                 )
+        if self._counts is None and any(seq.params.counts_output for seq in seqs):
+            # Not an inference tensor (a step runs in inference mode): ``release``,
+            # outside it, writes to it too.
+            with torch.inference_mode(False):
+                self._counts = torch.zeros(
+                    self.max_slots, self.vocab_size, dtype=torch.int32, device=self.device
+                )
         if slots is not None:
             self._free = [s for s in self._free if s not in slots]
             heapq.heapify(self._free)
@@ -134,11 +156,16 @@ class SequenceTable:
             self._slots[seq.id] = slot
             self._owners[slot] = seq.id
             self._params[seq.id] = seq.params
+            self._prompt_of[seq.id] = seq.prompt
             self._prompt_lengths[seq.id] = len(seq.prompt)
             self._lengths[slot] = len(seq.prompt)
             self._seen[slot] = False
             prompt = torch.tensor(list(seq.prompt), dtype=torch.long, device=self.device)
             self._seen[slot, prompt] = True
+            if self._counts is not None:
+                self._counts[slot] = 0
+            if seq.params.prompt_logprobs is not None:
+                self._prompt_scores[seq.id] = [None]
             self._reused[seq.id] = 0
         return torch.tensor(taken, dtype=torch.long)
 
@@ -153,6 +180,34 @@ class SequenceTable:
         n = min(len(held), len(prompt) - 1)
         differ = np.flatnonzero(np.asarray(held[:n]) != np.asarray(prompt[:n]))
         return int(differ[0]) if len(differ) else n
+
+    def reusable_prefix(self, slot: int, seq: NewSequence) -> int:
+        """``common_prefix``, or 0 for a sequence that wants its prompt's logprobs:
+        they are computed by running every prompt position."""
+        if seq.params.prompt_logprobs is not None:
+            return 0
+        return self.common_prefix(slot, seq.prompt)
+
+    def scores_prompt(self, seq: SeqId) -> bool:
+        return seq in self._prompt_scores
+
+    def score_prompt(self, seq: SeqId, start: int, logits: torch.Tensor) -> None:
+        """Record the logprobs of prompt tokens ``start + 1 ...`` from ``logits`` (N,
+        vocab) at positions ``start ...`` (a rerun step overwrites what it scored)."""
+        scores = self._prompt_scores[seq]
+        del scores[start + 1 :]
+        prompt = self._prompt_of[seq]
+        targets = torch.tensor(
+            prompt[start + 1 : start + 1 + len(logits)], dtype=torch.long, device=logits.device
+        )
+        top = self._params[seq].prompt_logprobs or 0
+        chosen, ids, values = prompt_logprobs(logits[: len(targets)], targets, top)
+        for token, logprob, alt_ids, alt_values in zip(
+            targets.tolist(), chosen.tolist(), ids.tolist(), values.tolist(), strict=True
+        ):
+            scores.append(
+                PromptLogprob(token, logprob, tuple(zip(alt_ids, alt_values, strict=True)))
+            )
 
     def free_slots(self) -> list[int]:
         return sorted(self._free)
@@ -258,6 +313,8 @@ class SequenceTable:
         self._cached = None
         slot = self._slots.pop(seq)
         self._params.pop(seq)
+        self._prompt_of.pop(seq)
+        self._prompt_scores.pop(seq, None)
         self._prompt_lengths.pop(seq)
         self._reused.pop(seq)
         self._owners[slot] = None
@@ -270,6 +327,8 @@ class SequenceTable:
             self._held[slot] = self._held[last][: move.length]
             self._lengths[slot] = self._lengths[last]
             self._seen[slot] = self._seen[last]
+            if self._counts is not None:
+                self._counts[slot] = self._counts[last]
             self._owners[slot], self._owners[last] = moved, None
             self._slots[moved] = slot
             vacated = last
@@ -278,22 +337,38 @@ class SequenceTable:
         return move
 
     def sample(self, seqs: Sequence[SeqId], logits: torch.Tensor) -> list[TokenOut]:
-        """Each sequence's next token from its row of ``logits`` (modified in place:
-        EOS is banned for rows still short of ``min_new_tokens``), chosen at position
-        ``length`` and marked as seen."""
+        """Each sequence's next token from its row of ``logits`` (EOS banned for rows
+        still short of ``min_new_tokens``), chosen at position ``length``, marked as seen
+        and counted. A sequence's first token carries its prompt logprobs, if it asked."""
         rows = self.rows(seqs)
         lengths = self._lengths[rows].tolist()
+        banned_rows: list[int] = []
+        banned_ids: list[int] = []
         for i, seq in enumerate(seqs):  # min_tokens: no EOS yet for these rows
             p = self._params[seq]
             if p.eos_ids and lengths[i] - self._prompt_lengths[seq] < p.min_new_tokens:
-                logits[i, list(p.eos_ids)] = float("-inf")
+                banned_rows += [i] * len(p.eos_ids)
+                banned_ids += p.eos_ids
         batch = self._batch(seqs)
-        # The repetition penalty reads which tokens each row has seen: a (B, vocab) gather,
-        # skipped when no row asks for a penalty.
-        seen = self._seen[rows] if self._penalized(seqs) else None
+        device_rows = rows.to(self.device)
+        # Penalties read (B, vocab) gathers, skipped when no row asks for them.
+        history = History(
+            seen=self._seen[device_rows] if batch.any_repetition else None,
+            counts=self._counts[device_rows]
+            if batch.any_counts and self._counts is not None
+            else None,
+            banned=(
+                torch.tensor(banned_rows, dtype=torch.long, device=self.device),
+                torch.tensor(banned_ids, dtype=torch.long, device=self.device),
+            )
+            if banned_rows
+            else None,
+        )
         # The position of the token being chosen: the sequence's length so far.
-        picked = sample(logits, batch, self._lengths[rows].to(self.device), seen)
-        self._seen[rows.to(self.device), picked.tokens] = True
+        picked = sample(logits, batch, self._lengths[rows].to(self.device), history)
+        self._seen[device_rows, picked.tokens] = True
+        if self._counts is not None:
+            self._counts[device_rows, picked.tokens] += 1
         tokens = picked.tokens.tolist()
         logprobs = picked.logprobs.tolist()
         out = []
@@ -308,7 +383,12 @@ class SequenceTable:
                         strict=True,
                     )
                 )
-            out.append(TokenOut(seq, tokens[i], logprobs[i], top))
+            prompt = self._prompt_scores.pop(seq, None)
+            out.append(
+                TokenOut(
+                    seq, tokens[i], logprobs[i], top, None if prompt is None else tuple(prompt)
+                )
+            )
         return out
 
     def _batch(self, seqs: Sequence[SeqId]) -> SamplingBatch:
@@ -319,6 +399,3 @@ class SequenceTable:
             params = [self._params[s] for s in seqs]
             self._cached = (key, SamplingBatch.of(params, self.vocab_size, self.device))
         return self._cached[1]
-
-    def _penalized(self, seqs: Sequence[SeqId]) -> bool:
-        return any(self._params[s].repetition_penalty != 1.0 for s in seqs)

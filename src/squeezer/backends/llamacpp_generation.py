@@ -211,7 +211,7 @@ class LlamaCppGenerationBackend(StepShortcuts):
         self.table.admit(new, self.max_len, self.table.pick_slots(new))
         for seq in new:  # keep what the slot holds of the prompt, drop the rest
             slot = self.table.slot(seq.id)
-            length = self.table.common_prefix(slot, seq.prompt)
+            length = self.table.reusable_prefix(slot, seq)
             self._lib.llama_memory_seq_rm(self._memory, slot, length, -1)
             self.table.reuse(seq.id, length)
         decoding = list(tokens)
@@ -258,13 +258,14 @@ class LlamaCppGenerationBackend(StepShortcuts):
         parts += [(f.slot, f.tokens, f.start, f.chunk.last, f.chunk.seq.id) for f in feeds]
         parts.sort(key=lambda part: part[0])
         ids, positions, owners, output = [], [], [], []
-        for slot, part_tokens, first, wanted, _ in parts:
+        for slot, part_tokens, first, wanted, seq in parts:
             size = len(part_tokens)
             ids.append(np.asarray(part_tokens, dtype=np.int32))
             positions.append(np.arange(first, first + size, dtype=np.int32))
             owners.append(np.full(size, slot, dtype=np.int32))
-            marks = np.zeros(size, dtype=np.int8)
-            marks[-1] = wanted
+            # A prompt whose logprobs were asked for needs every position's logits.
+            marks = np.full(size, self.table.scores_prompt(seq), dtype=np.int8)
+            marks[-1] |= wanted
             output.append(marks)
         logits = self._run(
             np.concatenate(ids),
@@ -272,7 +273,16 @@ class LlamaCppGenerationBackend(StepShortcuts):
             np.concatenate(owners),
             np.concatenate(output),
         )
-        return logits, [part[4] for part in parts if part[3]]
+        picks, sampled, row = [], [], 0
+        for (_, _, first, wanted, seq), marks in zip(parts, output, strict=True):
+            marked = int(marks.sum())
+            if marked > 1 or (marked and not wanted):  # the prompt's positions, scored
+                self.table.score_prompt(seq, first, logits[row : row + marked])
+            row += marked
+            if wanted:
+                picks.append(row - 1)
+                sampled.append(seq)
+        return logits[picks], sampled
 
     def free(self, seq: SeqId) -> None:
         """Release a sequence's slot (its llama.cpp sequence id). Its cells stay: a

@@ -1,11 +1,17 @@
 """One vectorized sampler for every sequence of a decode step, run inside the backend.
 
 Each row of a batch has its own settings (greedy or sampled, temperature, top-k,
-top-p, typical-p, repetition penalty, seed); all rows are processed with the same
-tensor ops, so a GPU step can include sampling in one graph and only token ids cross
-to the host. Processing follows ``transformers``' ``generate`` order and semantics
-(repetition penalty, then temperature, top-k, top-p, typical-p), so seeded outputs
-can be checked against its logits processors.
+top-p, min-p, typical-p, penalties, logit bias, seed); all rows are processed with the
+same tensor ops, so a GPU step can include sampling in one graph and only token ids
+cross to the host. The order is vLLM's for what it adds to ``generate`` and
+``generate``'s for the rest, so seeded outputs can be checked against ``transformers``'
+logits processors: tokens banned (``min_tokens``), ``logit_bias`` added, repetition
+penalty (prompt and output), presence and frequency penalties (output only, as
+OpenAI defines them), then temperature, top-k, top-p, min-p, typical-p.
+
+Logprobs are the model's own distribution, before any of that (vLLM's default,
+``raw_logprobs``): what a token's probability is, not what this request's settings
+made of it, so they never come out as ``-inf`` for a token a filter removed.
 
 Randomness is counter-based: a row's draw is a hash of (seed, position), not the state
 of a shared generator, so a request's tokens are the same whatever else is in the
@@ -21,6 +27,7 @@ tokens first and sorts only rows whose nucleus is wider.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,6 +74,18 @@ class SamplingParams:
     #: ``eos_ids`` cannot be chosen before this many new tokens (vLLM's ``min_tokens``).
     min_new_tokens: int = 0
     eos_ids: tuple[int, ...] = ()
+    #: Keep tokens at least this share of the most likely one's probability (0 = off).
+    min_p: float = 0.0
+    #: OpenAI's: ``presence`` once for a token already generated, ``frequency`` times
+    #: how often, subtracted from its logit (the prompt does not count).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: (token id, value added to its logit), OpenAI's ``logit_bias``.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: How many most likely alternatives to return per prompt token (vLLM's
+    #: ``prompt_logprobs``; None = no prompt logprobs). The backend scores every prompt
+    #: position, so such a sequence is never prefilled from the prefix cache.
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -85,6 +104,25 @@ class SamplingParams:
             raise ValueError("repetition_penalty must be > 0")
         if self.min_new_tokens < 0:
             raise ValueError("min_tokens must be >= 0")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name} must be in [-2, 2]")
+        for token, bias in self.logit_bias:
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias: the bias of token {token} must be in [-100, 100]")
+
+    @property
+    def counts_output(self) -> bool:
+        """Whether this row's penalties read how often each token was generated."""
+        return bool(self.presence_penalty or self.frequency_penalty)
+
+    def check_vocabulary(self, vocab: int) -> None:
+        """Token ids the settings name must be rows of the model's logits."""
+        for token, _ in self.logit_bias:
+            if not 0 <= token < vocab:
+                raise ValueError(f"logit_bias: token id {token} is not in [0, {vocab})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +135,11 @@ class SamplingBatch:
     top_p: torch.Tensor  # (B, 1) float
     typical_p: torch.Tensor  # (B, 1) float
     penalty: torch.Tensor  # (B, 1) float
+    presence: torch.Tensor  # (B, 1) float
+    frequency: torch.Tensor  # (B, 1) float
+    min_p: torch.Tensor  # (B, 1) float, log(min_p): -inf when off
+    #: ``logit_bias`` as (rows, token ids, values), empty when no row has one.
+    bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     seeds: torch.Tensor  # (B,) int64
     top_logprobs: int  # the batch's largest request, 0 when none asked
     #: What any row asks for, known on the host: deciding which steps to run must not
@@ -106,6 +149,12 @@ class SamplingBatch:
     any_temperature: bool
     any_top_p: bool
     any_typical: bool
+    any_min_p: bool
+    any_bias: bool
+    #: Rows with a repetition penalty (reads ``seen``) and with presence or frequency
+    #: penalties (reads ``counts``).
+    any_repetition: bool
+    any_counts: bool
 
     @staticmethod
     def of(
@@ -114,8 +163,10 @@ class SamplingBatch:
         def col(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
 
-        # Greedy rows get only the repetition penalty, as in ``generate``: the warpers
-        # would not change their argmax, except typical-p, which may drop it.
+        # Greedy rows get only the processors (bias, penalties), as in ``generate``: the
+        # warpers would not change their argmax, except typical-p, which may drop it.
+        bias = [(row, t, b) for row, p in enumerate(params) for t, b in p.logit_bias]
+        rows, ids, values = zip(*bias, strict=True) if bias else ((), (), ())
         return SamplingBatch(
             greedy=torch.tensor([p.greedy for p in params], device=device),
             temperature=col([1.0 if p.greedy else p.temperature for p in params]),
@@ -127,6 +178,16 @@ class SamplingBatch:
             top_p=col([1.0 if p.greedy else p.top_p for p in params]),
             typical_p=col([1.0 if p.greedy else p.typical_p for p in params]),
             penalty=col([p.repetition_penalty for p in params]),
+            presence=col([p.presence_penalty for p in params]),
+            frequency=col([p.frequency_penalty for p in params]),
+            min_p=col(
+                [math.log(p.min_p) if p.min_p and not p.greedy else _NEG_INF for p in params]
+            ),
+            bias=(
+                torch.tensor(rows, dtype=torch.int64, device=device),
+                torch.tensor(ids, dtype=torch.int64, device=device),
+                torch.tensor(values, dtype=torch.float32, device=device),
+            ),
             seeds=torch.tensor(
                 [seed_bits(p.seed) for p in params], dtype=torch.int64, device=device
             ),
@@ -139,13 +200,17 @@ class SamplingBatch:
             any_temperature=any(not p.greedy and p.temperature != 1 for p in params),
             any_top_p=any(not p.greedy and p.top_p < 1 for p in params),
             any_typical=any(not p.greedy and p.typical_p < 1 for p in params),
+            any_min_p=any(not p.greedy and p.min_p > 0 for p in params),
+            any_bias=bool(bias),
+            any_repetition=any(p.repetition_penalty != 1 for p in params),
+            any_counts=any(p.counts_output for p in params),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Sampled:
     tokens: torch.Tensor  # (B,) int64
-    #: log-probability of each chosen token under the processed distribution.
+    #: log-probability of each chosen token under the model's distribution.
     logprobs: torch.Tensor  # (B,) float
     #: (B, N) the N most likely tokens and their logprobs (N = batch.top_logprobs).
     top_ids: torch.Tensor
@@ -166,16 +231,36 @@ def uniform(seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return _logical_shift(z, 11).to(torch.float64) / float(1 << 53)
 
 
+@dataclass(frozen=True, slots=True)
+class History:
+    """What a row's processors read of the sequence so far, (B, vocab) each; None when
+    no row of the batch needs it."""
+
+    #: Tokens of the prompt and the output (the repetition penalty).
+    seen: torch.Tensor | None = None
+    #: How often each token was generated (presence and frequency penalties).
+    counts: torch.Tensor | None = None
+    #: (rows, token ids) that may not be chosen now (EOS before ``min_tokens``).
+    banned: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 def process(
-    logits: torch.Tensor, batch: SamplingBatch, seen: torch.Tensor | None = None
+    logits: torch.Tensor, batch: SamplingBatch, history: History | None = None
 ) -> torch.Tensor:
-    """Logits after repetition penalty, temperature, top-k, top-p and typical-p (removed
-    tokens at -inf), in float32. ``seen`` (B, V) marks tokens of the prompt and output
-    so far, which the repetition penalty applies to."""
+    """Logits after bans, bias, penalties, temperature, top-k, top-p, min-p and
+    typical-p (removed tokens at -inf), in float32. Never writes to ``logits``."""
+    h = history or History()
     scores = logits.float()
-    if seen is not None and bool((batch.penalty != 1).any()):
+    if h.banned is not None:
+        scores = scores.index_put(h.banned, torch.tensor(_NEG_INF, device=scores.device))
+    if batch.any_bias:
+        scores = scores.index_put(batch.bias[:2], batch.bias[2], accumulate=True)
+    if h.seen is not None and batch.any_repetition:
         penalized = torch.where(scores < 0, scores * batch.penalty, scores / batch.penalty)
-        scores = torch.where(seen, penalized, scores)
+        scores = torch.where(h.seen, penalized, scores)
+    if h.counts is not None and batch.any_counts:
+        counts = h.counts.to(scores.dtype)
+        scores = scores - counts * batch.frequency - (counts > 0) * batch.presence
     if batch.any_temperature:  # >= MIN_TEMPERATURE: finite for any finite logits
         scores = scores / batch.temperature
     vocab = scores.shape[-1]
@@ -186,6 +271,9 @@ def process(
         scores = scores.masked_fill(scores < kth, _NEG_INF)
     if batch.any_top_p:
         scores = _top_p(scores, batch.top_p)
+    if batch.any_min_p:  # p < min_p * p_max, as log(p) < log(p_max) + log(min_p)
+        threshold = scores.max(dim=-1, keepdim=True).values + batch.min_p
+        scores = scores.masked_fill(scores < threshold, _NEG_INF)
     # typical-p: tokens whose surprise is closest to the entropy, up to mass p.
     if batch.any_typical:
         scores = _typical(scores, batch.typical_p)
@@ -237,30 +325,49 @@ def sample(
     logits: torch.Tensor,
     batch: SamplingBatch,
     positions: torch.Tensor,
-    seen: torch.Tensor | None = None,
+    history: History | None = None,
 ) -> Sampled:
     """The next token of every row. ``positions`` (B,) is each row's index of the token
-    being chosen (its sequence length so far), which with its seed fixes its draw."""
-    scores = process(logits, batch, seen)
+    being chosen (its sequence length so far), which with its seed fixes its draw.
+    Logprobs are of ``logits`` as they are (the model's distribution)."""
+    scores = process(logits, batch, history)
     best = scores.argmax(dim=-1)
-    # Log-probabilities as score - normalizer, for the few tokens that need one: no
-    # (B, vocab) log-softmax is written.
-    normalizer = scores.logsumexp(dim=-1, keepdim=True)
     if batch.all_greedy:
         tokens = best
     else:
         # Inverse CDF in vocabulary order: one uniform per row.
+        normalizer = scores.logsumexp(dim=-1, keepdim=True)
         cdf = (scores - normalizer).exp().double().cumsum(dim=-1)
         u = uniform(batch.seeds, positions).unsqueeze(1) * cdf[:, -1:]
         pick = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
         tokens = torch.where(batch.greedy, best, pick.squeeze(1))
-    chosen = scores.gather(1, tokens.unsqueeze(1)).squeeze(1) - normalizer.squeeze(1)
+    # Log-probabilities as logit - normalizer, for the few tokens that need one: no
+    # (B, vocab) log-softmax is written.
+    raw = logits.float()
+    normalizer = raw.logsumexp(dim=-1, keepdim=True)
+    chosen = raw.gather(1, tokens.unsqueeze(1)).squeeze(1) - normalizer.squeeze(1)
     n = batch.top_logprobs
-    top = torch.topk(scores, n, dim=-1) if n else None
-    empty = scores.new_empty((scores.shape[0], 0))
+    top = torch.topk(raw, n, dim=-1) if n else None
+    empty = raw.new_empty((raw.shape[0], 0))
     return Sampled(
         tokens=tokens,
         logprobs=chosen,
         top_ids=top.indices if top is not None else empty.long(),
         top_logprobs=top.values - normalizer if top is not None else empty,
     )
+
+
+def prompt_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, top: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each prompt position's logprob of the token that follows it (``logits`` (N,
+    vocab) at positions p, ``targets`` (N,) the tokens at p + 1), and the ``top`` most
+    likely tokens there with theirs: (N,), (N, top), (N, top)."""
+    raw = logits.float()
+    normalizer = raw.logsumexp(dim=-1, keepdim=True)
+    chosen = raw.gather(1, targets.unsqueeze(1)).squeeze(1) - normalizer.squeeze(1)
+    if not top:
+        empty = raw.new_empty((raw.shape[0], 0))
+        return chosen, empty.long(), empty
+    best = torch.topk(raw, top, dim=-1)
+    return chosen, best.indices, best.values - normalizer

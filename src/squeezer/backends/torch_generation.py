@@ -39,6 +39,9 @@ from squeezer.backends.slot_kv import SlotCache, StepPlan, register_slot_attenti
 from squeezer.backends.transformers_hooks import cache_keyword, check_step_contract
 from squeezer.errors import InputTooLongError, ModelLoadError, OverloadedError
 
+#: Prompt positions scored per vocabulary projection (prompt logprobs).
+_SCORE_ROWS = 256
+
 
 def _quantize(model: torch.nn.Module, method: str) -> QuantizeReport:
     """Weight quantization measured in docs/benchmarks.md: int8 weight-only (a quarter
@@ -159,7 +162,7 @@ class TorchGenerationBackend(StepShortcuts):
         it (running or left), into its own slot: those positions are not computed."""
         target = self.table.slot(seq.id)
         length, _, source = max(  # the target itself first among equals: no copy
-            (self.table.common_prefix(slot, seq.prompt), slot == target, slot)
+            (self.table.reusable_prefix(slot, seq), slot == target, slot)
             for slot in range(self.max_slots)
         )
         length = self._take_prefix(source, target, length)
@@ -199,6 +202,8 @@ class TorchGenerationBackend(StepShortcuts):
         picks, sampled = list(range(len(decoding))), list(decoding)
         offset = len(decoding)
         for feed in feeds:
+            if self.table.scores_prompt(feed.chunk.seq.id):
+                self._score_prompt(feed, hidden[offset : offset + feed.chunk.end - feed.start])
             offset += feed.chunk.end - feed.start
             if feed.chunk.last:
                 picks.append(offset - 1)
@@ -207,6 +212,14 @@ class TorchGenerationBackend(StepShortcuts):
         if picks:  # else only prompt chunks with more to come
             logits = self._head(hidden[torch.tensor(picks, dtype=torch.long, device=self.device)])
         return self.table.finish_step(feeds, tokens, rows, start, sampled, logits)
+
+    def _score_prompt(self, feed: Feed, hidden: torch.Tensor) -> None:
+        """The logprobs of the prompt tokens after each of ``feed``'s positions, through
+        the vocabulary projection a slice at a time: a whole chunk's (tokens, vocab)
+        logits would be gigabytes."""
+        for begin in range(0, len(hidden), _SCORE_ROWS):
+            logits = self._head(hidden[begin : begin + _SCORE_ROWS])
+            self.table.score_prompt(feed.chunk.seq.id, feed.start + begin, logits)
 
     def _plan(
         self, rows: torch.Tensor, start: torch.Tensor, feeds: Sequence[Feed]

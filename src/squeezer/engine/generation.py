@@ -10,9 +10,10 @@ token budget allow (chunked prefill: a long prompt or a burst of joins is spread
 several steps, so running streams never stall for all of it). A sequence samples its
 first token in the step its prompt's last chunk runs. Finished sequences leave at once.
 
-It works in token ids only: a request ends at ``max_new_tokens`` or an EOS id; text
-stop sequences are the task layer's, which cancels the stream when it sees one. The
-backend owns the KV cache and the sampler; tensors never reach this module.
+It works in token ids only: a request ends at ``max_new_tokens``, an EOS id or one of
+its ``stop_ids`` (vLLM's ``stop_token_ids``); text stop sequences are the task
+layer's, which cancels the stream when it sees one. The backend owns the KV cache and
+the sampler; tensors never reach this module.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from squeezer.errors import (
 class FinishReason(str, Enum):
     LENGTH = "length"  # max_new_tokens reached
     EOS = "eos"  # the model ended the sequence
+    STOP_TOKEN = "stop_token"  # one of the request's stop_ids was generated
     CANCELLED = "cancelled"  # the client went away, or a stop sequence was seen
 
 
@@ -56,6 +58,8 @@ class GenerationRequest:
     eos_ids: frozenset[int] = frozenset()
     #: Benchmark clients (vLLM's ``ignore_eos``) ask for exactly max_new_tokens.
     ignore_eos: bool = False
+    #: Tokens that end the request when generated, ``ignore_eos`` or not.
+    stop_ids: frozenset[int] = frozenset()
     #: ``time.monotonic()`` by which the request must have been admitted
     #: (``--request-timeout``); one still waiting then fails with a deadline error and
     #: never takes a slot. None: it waits as long as it takes.
@@ -66,6 +70,8 @@ class GenerationRequest:
 class Finished:
     reason: FinishReason
     generated: int
+    #: The stop id that ended it (``STOP_TOKEN``).
+    stop_token: int | None = None
     #: Seconds it waited for a sequence slot (for its access-log line and trace).
     queued_s: float = 0.0
 
@@ -182,6 +188,10 @@ class GenerationScheduler:
                 f"({self.max_batch_total_tokens})"
             )
         vocab = self.backend.vocab_size
+        try:
+            request.params.check_vocabulary(vocab)
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from None
         if min(request.prompt) < 0 or max(request.prompt) >= vocab:
             # A tokenizer may know ids the model has no embedding for (added tokens),
             # and token-id prompts come from clients: refused here, not in a step.
@@ -274,12 +284,13 @@ class GenerationScheduler:
                 used += cost
         return chunks
 
-    def _retire(self, seq: _Sequence, reason: FinishReason) -> None:
+    def _retire(self, seq: _Sequence, reason: FinishReason, stop_token: int | None = None) -> None:
         self.backend.free(seq.stream.id)
         with self._lock:
             self._running.pop(seq.stream.id, None)
         admitted = seq.admitted if seq.admitted is not None else seq.submitted
-        seq.stream._push(Finished(reason, seq.generated, max(0.0, admitted - seq.submitted)))
+        queued = max(0.0, admitted - seq.submitted)
+        seq.stream._push(Finished(reason, seq.generated, stop_token, queued))
 
     def _deliver(self, outs: list[TokenOut]) -> None:
         for out in outs:
@@ -289,7 +300,9 @@ class GenerationScheduler:
             seq.generated += 1
             seq.last = out.token
             seq.stream._push(out)
-            if not seq.request.ignore_eos and out.token in seq.request.eos_ids:
+            if out.token in seq.request.stop_ids:
+                self._retire(seq, FinishReason.STOP_TOKEN, out.token)
+            elif not seq.request.ignore_eos and out.token in seq.request.eos_ids:
                 self._retire(seq, FinishReason.EOS)
             elif seq.generated >= seq.request.max_new_tokens:
                 self._retire(seq, FinishReason.LENGTH)

@@ -227,6 +227,7 @@ class TaskCalls:
                 plan.params,
                 task.eos_ids,
                 ignore_eos=request.ignore_eos,
+                stop_ids=frozenset(request.stop_token_ids),
                 deadline=self._deadline(),
             ),
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol
 
+from squeezer.backends.base import PromptLogprob
 from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InputTooLongError, InvalidRequestError
 from squeezer.models import ModelFolder
@@ -48,6 +49,14 @@ class GenerateRequest:
     ignore_eos: bool = False
     #: Keep only the prompt's last ``truncate`` tokens (TGI's ``truncate``).
     truncate: int | None = None
+    #: Token ids that end the text when generated (vLLM's ``stop_token_ids``).
+    stop_token_ids: list[int] = field(default_factory=list)
+    #: vLLM's detokenization options: special tokens left out of the text, and (when
+    #: they are not) whether two in a row may be separated by the decoder's space.
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    #: The stop string, or the stop or EOS token's text, ends the text too.
+    include_stop_str_in_output: bool = False
 
     @property
     def text_size(self) -> int:
@@ -71,6 +80,9 @@ class TextDelta:
     token: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    #: The prompt's logprobs (None for its first token), with the first delta of a
+    #: request that asked for them.
+    prompt: tuple[PromptLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +90,8 @@ class TextDone:
     finish: Finish
     prompt_tokens: int
     completion_tokens: int
-    #: The stop sequence that ended the text, when one did.
-    stop: str | None = None
+    #: The stop sequence or stop token id that ended the text, when one did.
+    stop: str | int | None = None
 
 
 class TokenEvent(Protocol):
@@ -89,6 +101,8 @@ class TokenEvent(Protocol):
     def logprob(self) -> float: ...
     @property
     def top(self) -> tuple[tuple[int, float], ...]: ...
+    @property
+    def prompt(self) -> tuple[PromptLogprob | None, ...] | None: ...
 
 
 class TokenStream(Protocol):
@@ -148,6 +162,7 @@ class GenerateTask:
         self.tokenizer = self.hf_tokenizer.backend_tokenizer  # the Rust tokenizer
         self.eos_ids = frozenset(self._eos_ids())
         self._special_ids = frozenset(self.hf_tokenizer.all_special_ids)
+        self._added: dict[int, str] | None = None
 
     def _eos_ids(self) -> list[int]:
         found: list[int] = []
@@ -244,8 +259,11 @@ class GenerateTask:
                 f"min_tokens ({params.min_new_tokens}) must be <= max_new_tokens ({new})",
                 param="min_tokens",
             )
-        if params.min_new_tokens and not params.eos_ids:
-            params = replace(params, eos_ids=tuple(sorted(self.eos_ids)))
+        if any(t < 0 for t in request.stop_token_ids):
+            raise InvalidRequestError("stop_token_ids must be >= 0", param="stop_token_ids")
+        if params.min_new_tokens and not params.eos_ids:  # stop tokens wait for it too
+            ends = self.eos_ids | set(request.stop_token_ids)
+            params = replace(params, eos_ids=tuple(sorted(ends)))
         return Plan(prompt, new, params)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -259,6 +277,12 @@ class GenerateTask:
 
     def is_special(self, token: int) -> bool:
         return token in self._special_ids
+
+    def _added_tokens(self) -> dict[int, str]:
+        if self._added is None:
+            decoder = self.tokenizer.get_added_tokens_decoder()
+            self._added = {token: added.content for token, added in decoder.items()}
+        return self._added
 
     async def text(
         self,
@@ -282,15 +306,26 @@ class GenerateTask:
         request: GenerateRequest,
         prompt: Sequence[int],
     ) -> AsyncGenerator[TextDelta | TextDone, None]:
-        detok = IncrementalDetokenizer(self.tokenizer, prompt)
-        stops = StopMatcher(request.stop)
+        detok = IncrementalDetokenizer(
+            self.tokenizer,
+            prompt,
+            skip_special=request.skip_special_tokens,
+            added=None
+            if request.skip_special_tokens or request.spaces_between_special_tokens
+            else self._added_tokens(),
+        )
+        stops = StopMatcher(request.stop, include=request.include_stop_str_in_output)
+        # The token that ends a text is not part of it (vLLM): EOS (unless ignored: then
+        # it is text like any other), or a stop token id.
+        enders = set(request.stop_token_ids) | (set() if request.ignore_eos else self.eos_ids)
         generated = 0
         async for event in stream:
             generated += 1
-            piece = "" if event.token in self.eos_ids else detok.push(event.token)
+            hidden = event.token in enders and not request.include_stop_str_in_output
+            piece = "" if hidden else detok.push(event.token)
             # One delta per token (its text may be "" while a character or a possible
             # stop sequence is incomplete): dialects report every token.
-            yield TextDelta(stops.push(piece), event.token, event.logprob, event.top)
+            yield TextDelta(stops.push(piece), event.token, event.logprob, event.top, event.prompt)
             if stops.matched is not None:
                 yield TextDone(Finish.STOP_SEQUENCE, len(prompt), generated, stops.matched)
                 return
@@ -301,6 +336,10 @@ class GenerateTask:
         if stops.matched is not None:
             yield TextDone(Finish.STOP_SEQUENCE, len(prompt), generated, stops.matched)
             return
-        reason = getattr(stream.finished, "reason", None)
-        finish = Finish.EOS_TOKEN if getattr(reason, "value", "") == "eos" else Finish.LENGTH
+        reason = getattr(getattr(stream.finished, "reason", None), "value", "")
+        if reason == "stop_token":
+            token = stream.finished.stop_token
+            yield TextDone(Finish.STOP_SEQUENCE, len(prompt), generated, token)
+            return
+        finish = Finish.EOS_TOKEN if reason == "eos" else Finish.LENGTH
         yield TextDone(finish, len(prompt), generated)

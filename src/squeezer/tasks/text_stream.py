@@ -10,7 +10,7 @@ a stop is held back until it either completes one or cannot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tokenizers import Tokenizer
 
@@ -21,13 +21,25 @@ _CONTEXT = 5
 
 
 class IncrementalDetokenizer:
-    """Text deltas of a growing token sequence."""
+    """Text deltas of a growing token sequence.
+
+    ``added`` (token id: content), given when special tokens are kept and must not be
+    spaced (vLLM's ``spaces_between_special_tokens=False``): an added token right after
+    another renders as its content alone, without the space a decoder may put before
+    it, as vLLM's fast detokenizer does it."""
 
     def __init__(
-        self, tokenizer: Tokenizer, prompt: Sequence[int] = (), *, skip_special: bool = True
+        self,
+        tokenizer: Tokenizer,
+        prompt: Sequence[int] = (),
+        *,
+        skip_special: bool = True,
+        added: Mapping[int, str] | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._skip = skip_special
+        self._added = added
+        self._last_added = False  # the last generated token was an added one
         self._ids = list(prompt[-_CONTEXT:])
         self._prefix = 0  # start of the decoding window
         self._read = len(self._ids)  # tokens before this are emitted
@@ -37,6 +49,13 @@ class IncrementalDetokenizer:
 
     def push(self, token: int) -> str:
         """The text ``token`` completes ("" while a character is still incomplete)."""
+        added = self._added
+        follows_added, self._last_added = self._last_added, added is not None and token in added
+        if added is not None and follows_added and token in added:
+            pending = self.flush()  # what the tokens before it left unsaid
+            self._ids.append(token)
+            self._prefix, self._read = len(self._ids) - 1, len(self._ids)
+            return pending + added[token]
         self._ids.append(token)
         before = self._decode(self._ids[self._prefix : self._read])
         after = self._decode(self._ids[self._prefix :])
@@ -56,8 +75,11 @@ class IncrementalDetokenizer:
 class StopMatcher:
     """Finds the first of ``stops`` in streamed text; emits only text that precedes it."""
 
-    def __init__(self, stops: Sequence[str]) -> None:
+    def __init__(self, stops: Sequence[str], *, include: bool = False) -> None:
+        """``include``: the stop string ends the text emitted (vLLM's
+        ``include_stop_str_in_output``) instead of being cut with what follows."""
         self.stops = [s for s in stops if s]
+        self._include = include
         self._held = ""
         self.matched: str | None = None
 
@@ -70,7 +92,7 @@ class StopMatcher:
         if hits:
             index, stop = min(hits, key=lambda hit: hit[0])
             self.matched, self._held = stop, ""
-            return text[:index]
+            return text[: index + len(stop) if self._include else index]
         keep = self._partial(text)
         self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]

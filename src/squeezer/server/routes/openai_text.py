@@ -3,8 +3,13 @@
 Streams are server-sent chunks ending with ``data: [DONE]``; ``stream_options.
 include_usage`` adds a last chunk with the usage. Sampling follows OpenAI (and vLLM):
 temperature 1 samples by default, temperature 0 is greedy. vLLM's extra fields
-(``top_k``, ``repetition_penalty``, ``ignore_eos``, ``min_tokens``, ...) are
-accepted; unknown fields are refused, as OpenAI refuses them.
+(``top_k``, ``min_p``, ``repetition_penalty``, ``stop_token_ids``, ``ignore_eos``,
+``min_tokens``, ``prompt_logprobs``, ...) are accepted; unknown fields are refused, as
+OpenAI refuses them.
+
+Completions with ``echo`` and ``logprobs`` return the prompt's logprobs before the
+generated tokens' (the first is null: nothing precedes it), and ``max_tokens: 0``
+returns the prompt alone: the loglikelihood call of evaluation harnesses.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from squeezer.backends.base import PromptLogprob
 from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InvalidRequestError
 from squeezer.server.errors import error_responses
@@ -46,7 +52,25 @@ _ERRORS = error_responses("/v1/completions")
 _SEED_MASK = (1 << 63) - 1
 
 
-def _sampling(body: oa._Sampling, choice: int, top_logprobs: int | None) -> SamplingParams:
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias`` (token ids as JSON keys, so strings) as (id, bias)."""
+    out = []
+    for key, value in (bias or {}).items():
+        try:
+            out.append((int(key), float(value)))
+        except ValueError:
+            raise InvalidRequestError(
+                f"logit_bias: keys are token ids, got {key[:40]!r}", param="logit_bias"
+            ) from None
+    return tuple(out)
+
+
+def _sampling(
+    body: oa._Sampling,
+    choice: int,
+    top_logprobs: int | None,
+    prompt_logprobs: int | None = None,
+) -> SamplingParams:
     temperature = 1.0 if body.temperature is None else body.temperature
     seed = body.seed if body.seed is not None else random_seed()
     return SamplingParams(
@@ -60,7 +84,23 @@ def _sampling(body: oa._Sampling, choice: int, top_logprobs: int | None) -> Samp
         seed=(seed + choice) & _SEED_MASK,
         top_logprobs=top_logprobs,
         min_new_tokens=body.min_tokens,
+        min_p=body.min_p or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=_logit_bias(body.logit_bias),
+        prompt_logprobs=prompt_logprobs if prompt_logprobs is not None else body.prompt_logprobs,
     )
+
+
+def _text_request(req: GenerateRequest, body: oa._Sampling) -> GenerateRequest:
+    """``req`` with what both APIs say about stopping and detokenizing."""
+    req.stop = _stops(body.stop)
+    req.ignore_eos = body.ignore_eos
+    req.stop_token_ids = list(body.stop_token_ids or [])
+    req.skip_special_tokens = body.skip_special_tokens
+    req.spaces_between_special_tokens = body.spaces_between_special_tokens
+    req.include_stop_str_in_output = body.include_stop_str_in_output
+    return req
 
 
 def _refuse(names: list[str]) -> None:
@@ -81,15 +121,29 @@ class _Choice:
     #: Completions' ``echo``: the prompt's text before the generated text.
     echo: str = ""
     want_logprobs: bool = False
+    #: ``max_tokens: 0``: one token is generated (the prompt's logprobs come with it)
+    #: and left out.
+    prompt_only: bool = False
     text: list[str] = field(default_factory=list)
     logprobs: list[TextDelta] = field(default_factory=list)
+    #: The prompt's logprobs, when asked for (from the first delta).
+    prompt: tuple[PromptLogprob | None, ...] | None = None
     done: TextDone | None = None
 
     def add(self, delta: TextDelta, done: TextDone | None) -> None:
-        self.text.append(delta.text)
-        if self.want_logprobs:
-            self.logprobs.append(delta)
+        if delta.prompt is not None:
+            self.prompt = delta.prompt
+        if not self.prompt_only:
+            self.text.append(delta.text)
+            if self.want_logprobs:
+                self.logprobs.append(delta)
         self.done = done
+
+    @property
+    def completion_tokens(self) -> int:
+        if self.done is None or self.prompt_only:
+            return 0
+        return self.done.completion_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +154,7 @@ class _Start:
     params: SamplingParams
     prompt_index: int = 0
     echo: str = ""
+    prompt_only: bool = False
 
 
 async def _start_all(runtime: Runtime, model: ServedModel, starts: list[_Start]) -> list[_Choice]:
@@ -108,7 +163,8 @@ async def _start_all(runtime: Runtime, model: ServedModel, starts: list[_Start])
     try:
         for index, s in enumerate(starts):
             generation = await runtime.generate(model, s.request, s.params)
-            choices.append(_Choice(index, generation, s.echo, s.params.top_logprobs is not None))
+            want = s.params.top_logprobs is not None
+            choices.append(_Choice(index, generation, s.echo, want, s.prompt_only))
     except BaseException:
         for choice in choices:
             await _close(choice.generation.events)
@@ -131,7 +187,7 @@ def _usage(choices: list[_Choice], starts: list[_Start]) -> dict[str, int]:
         s.prompt_index: len(c.generation.prompt) for s, c in zip(starts, choices, strict=True)
     }
     prompt = sum(prompts.values())
-    completion = sum(c.done.completion_tokens for c in choices if c.done is not None)
+    completion = sum(c.completion_tokens for c in choices)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -139,19 +195,29 @@ def _usage(choices: list[_Choice], starts: list[_Start]) -> dict[str, int]:
     }
 
 
-def _finish(done: TextDone | None) -> dict[str, Any]:
-    if done is None:
+def _finish(c: _Choice) -> dict[str, Any]:
+    if c.done is None:
         return {"finish_reason": None}
-    return {"finish_reason": done.finish.openai, "stop_reason": done.stop}
+    if c.prompt_only:
+        return {"finish_reason": "length", "stop_reason": None}
+    return {"finish_reason": c.done.finish.openai, "stop_reason": c.done.stop}
 
 
 # -- logprobs ----------------------------------------------------------------------
+
+#: What a logprob of -inf (a token the model itself rules out) is written as, as vLLM
+#: writes it: JSON has no infinity, and null would read as "not computed".
+_LOGPROB_FLOOR = -9999.0
+
+
+def _lp(value: float) -> float:
+    return max(value, _LOGPROB_FLOOR)
 
 
 def _chat_logprobs(task: GenerateTask, deltas: list[TextDelta]) -> dict[str, Any]:
     def entry(token: int, logprob: float) -> dict[str, Any]:
         text = task.token_text(token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"token": text, "logprob": _lp(logprob), "bytes": list(text.encode())}
 
     return {
         "content": [
@@ -161,19 +227,60 @@ def _chat_logprobs(task: GenerateTask, deltas: list[TextDelta]) -> dict[str, Any
     }
 
 
-def _completion_logprobs(
-    task: GenerateTask, deltas: list[TextDelta], offset: int
-) -> dict[str, Any]:
-    offsets = []
-    for d in deltas:
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """One token of a completions ``logprobs`` object: a prompt token (logprob None
+    for the first) or a generated one, with its text's length in the answer."""
+
+    token: int
+    logprob: float | None
+    top: tuple[tuple[int, float], ...]
+    length: int
+
+
+def _completion_logprobs(task: GenerateTask, scored: list[_Scored], offset: int) -> dict[str, Any]:
+    """OpenAI's legacy logprobs object. ``top_logprobs`` has the ``logprobs`` most
+    likely tokens and the chosen one (so up to one more), as OpenAI and vLLM do."""
+    tokens: list[str] = []
+    logprobs: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    for s in scored:
+        text = task.token_text(s.token)
+        tokens.append(text)
         offsets.append(offset)
-        offset += len(d.text)
+        offset += s.length
+        if s.logprob is None:
+            logprobs.append(None)
+            tops.append(None)
+            continue
+        logprobs.append(_lp(s.logprob))
+        top = {task.token_text(i): _lp(lp) for i, lp in s.top}
+        top.setdefault(text, _lp(s.logprob))
+        tops.append(top)
     return {
-        "tokens": [task.token_text(d.token) for d in deltas],
-        "token_logprobs": [d.logprob for d in deltas],
-        "top_logprobs": [{task.token_text(i): lp for i, lp in d.top} for d in deltas],
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": tops,
         "text_offset": offsets,
     }
+
+
+def _prompt_scored(task: GenerateTask, c: _Choice) -> list[_Scored]:
+    out = []
+    for i, p in enumerate(c.prompt or ()):
+        token = p.token if p is not None else c.generation.prompt[i]
+        length = len(task.token_text(token))
+        out.append(
+            _Scored(token, None, (), length)
+            if p is None
+            else _Scored(token, p.logprob, p.top, length)
+        )
+    return out
+
+
+def _generated_scored(deltas: list[TextDelta]) -> list[_Scored]:
+    return [_Scored(d.token, d.logprob, d.top, len(d.text)) for d in deltas]
 
 
 # -- one handler for both APIs ------------------------------------------------------
@@ -245,7 +352,7 @@ async def _respond(
             piece = api.delta(task, choice, delta)
             if piece is not None:
                 yield chunk([piece])
-        yield chunk([{**api.closing(choice), **_finish(choice.done)}])
+        yield chunk([{**api.closing(choice), **_finish(choice)}])
 
     async def events() -> AsyncGenerator[bytes, None]:
         streams = merge([per_choice(c) for c in choices])
@@ -270,20 +377,32 @@ def _model(runtime: Runtime, name: str | None) -> ServedModel:
 
 
 def _completion_choice(task: GenerateTask, c: _Choice) -> dict[str, Any]:
-    logprobs = _completion_logprobs(task, c.logprobs, len(c.echo)) if c.want_logprobs else None
+    logprobs = None
+    if c.want_logprobs:
+        prompt = _prompt_scored(task, c)
+        offset = 0 if prompt else len(c.echo)
+        logprobs = _completion_logprobs(task, prompt + _generated_scored(c.logprobs), offset)
     return {
         "index": c.index,
         "text": c.echo + "".join(c.text),
         "logprobs": logprobs,
-        **_finish(c.done),
+        **_finish(c),
     }
 
 
 def _completion_delta(task: GenerateTask, c: _Choice, d: TextDelta) -> dict[str, Any] | None:
-    text = (c.echo if len(c.text) == 1 else "") + d.text
+    first = d.prompt is not None or (len(c.text) == 1 and not c.prompt_only)
+    if c.prompt_only and not first:
+        return None
+    text = (c.echo if first else "") + ("" if c.prompt_only else d.text)
     if not text and not c.want_logprobs:
         return None
-    logprobs = _completion_logprobs(task, [d], 0) if c.want_logprobs else None
+    logprobs = None
+    if c.want_logprobs:
+        scored = _prompt_scored(task, c) if d.prompt is not None else []
+        if not c.prompt_only:
+            scored += _generated_scored([d])
+        logprobs = _completion_logprobs(task, scored, 0)
     return {"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": None}
 
 
@@ -312,7 +431,7 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[Gene
 async def _completions(request: Request, name: str | None) -> Response:
     runtime = runtime_of(request)
     body = await read_json(request, oa.CompletionRequest)
-    refused = body.unsupported()
+    refused = []
     if body.suffix:
         refused.append("suffix")
     if body.best_of not in (None, body.n):
@@ -322,18 +441,24 @@ async def _completions(request: Request, name: str | None) -> Response:
     task = model.generator
     assert task is not None
     starts = []
+    prompt_only = body.max_tokens == 0
+    if prompt_only and not body.echo:
+        raise InvalidRequestError(
+            "max_tokens 0 returns the prompt alone, so it needs echo: true", param="max_tokens"
+        )
+    # With echo, logprobs cover the prompt's tokens too (vLLM's prompt_logprobs).
+    prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
     for i, req in enumerate(_prompts(body.prompt)):
-        req.max_new_tokens = body.max_tokens
-        req.stop = _stops(body.stop)
-        req.ignore_eos = body.ignore_eos
+        req.max_new_tokens = 1 if prompt_only else body.max_tokens
+        _text_request(req, body)
         echo = ""
         if body.echo:
             # Token ids are checked (in the vocabulary, not empty) before they are
             # decoded: a negative id made the tokenizer raise OverflowError, a 500.
             echo = req.prompt if req.prompt is not None else task.decode(task.prompt_ids(req))
         for j in range(body.n):
-            params = _sampling(body, j, body.logprobs)
-            starts.append(_Start(req, params, i, echo))
+            params = _sampling(body, j, body.logprobs, prompt_logprobs)
+            starts.append(_Start(req, params, i, echo, prompt_only))
     return await _respond(request, runtime, model, body, _COMPLETIONS, starts)
 
 
@@ -365,7 +490,7 @@ def _chat_choice(task: GenerateTask, c: _Choice) -> dict[str, Any]:
         "index": c.index,
         "message": {"role": "assistant", "content": "".join(c.text), "tool_calls": []},
         "logprobs": _chat_logprobs(task, c.logprobs) if c.want_logprobs else None,
-        **_finish(c.done),
+        **_finish(c),
     }
 
 
@@ -416,11 +541,12 @@ async def _chat(request: Request, name: str | None) -> Response:
     body = await read_json(request, oa.ChatCompletionRequest)
     _refuse(body.chat_unsupported())
     model = _model(runtime, body.model if name is None else name)
-    req = GenerateRequest(
-        messages=[_message(m) for m in body.messages],
-        max_new_tokens=body.max_completion_tokens or body.max_tokens,
-        stop=_stops(body.stop),
-        ignore_eos=body.ignore_eos,
+    req = _text_request(
+        GenerateRequest(
+            messages=[_message(m) for m in body.messages],
+            max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        ),
+        body,
     )
     top = (body.top_logprobs or 0) if body.logprobs else None
     starts = [_Start(req, _sampling(body, j, top)) for j in range(body.n)]

@@ -108,26 +108,18 @@ class _Sampling(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0)
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
+    stop_token_ids: list[int] | None = Field(default=None, max_length=64)
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-
-    def unsupported(self) -> list[str]:
-        """Fields set to something squeezer does not do (refused, never ignored)."""
-        refused = {
-            "presence_penalty": bool(self.presence_penalty),
-            "frequency_penalty": bool(self.frequency_penalty),
-            "logit_bias": bool(self.logit_bias),
-            "min_p": bool(self.min_p),
-            "include_stop_str_in_output": self.include_stop_str_in_output,
-            "skip_special_tokens": not self.skip_special_tokens,
-        }
-        return [name for name, set_ in refused.items() if set_]
+    #: vLLM's: logprobs of the prompt's tokens, with this many alternatives each.
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)
+    #: 0 with ``echo``: the prompt alone (its logprobs, for evaluation harnesses).
+    max_tokens: int | None = Field(default=16, ge=0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = Field(default=None, ge=1)
@@ -165,4 +157,4 @@ class ChatCompletionRequest(_Sampling):
             "response_format": (self.response_format or {}).get("type", "text") != "text",
             "modalities": bool(self.modalities and self.modalities != ["text"]),
         }
-        return [*self.unsupported(), *(name for name, set_ in refused.items() if set_)]
+        return [name for name, set_ in refused.items() if set_]

@@ -38,7 +38,15 @@ async def test_infer_parameters_are_typed(
 
 @pytest.mark.parametrize(
     "extra",
-    [{"stop": 5}, {"temperature": -1}, {"max_tokens": "x"}, {"seed": "s"}, {"beam_width": 2}],
+    [
+        {"stop": 5},
+        {"temperature": -1},
+        {"max_tokens": "x"},
+        {"seed": "s"},
+        {"beam_width": 2},
+        {"min_p": 2},
+        {"stop_token_ids": ["a"]},
+    ],
 )
 async def test_generate_parameters_are_typed(
     make_async_client: Any, tiny_bert: Path, tiny_llama: Path, extra: dict[str, Any]
@@ -52,3 +60,26 @@ async def test_generate_parameters_are_typed(
         "/v2/models/llama/generate", json={"text_input": "hi", "max_tokens": 2, "temperature": 0}
     )
     assert ok.status_code == 200 and isinstance(ok.json()["text_output"], str)
+
+
+async def test_generate_takes_vllms_sampling_parameters(
+    make_async_client: Any, tiny_bert: Path, tiny_llama: Path
+) -> None:
+    """Triton's vLLM backend passes vLLM's sampling fields as parameters; so does
+    squeezer: a stop token id ends the text unless min_tokens holds it back."""
+    client = await make_async_client(bert_and_llama(tiny_bert, tiny_llama))
+    tgi = {"max_new_tokens": 6, "details": True, "ignore_eos": True}
+    greedy = await client.post("/generate", json={"inputs": "hi", "parameters": tgi})
+    tokens = greedy.json()["details"]["tokens"]
+    base = {"text_input": "hi", "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    params = {"presence_penalty": 0.5, "frequency_penalty": 0.5, "min_p": 0.1, "seed": 1}
+    r = await client.post("/v2/models/llama/generate", json={**base, "parameters": params})
+    assert r.status_code == 200, r.text
+    ids = [t["id"] for t in tokens]
+    at = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])  # its first time
+    stop = {"stop_token_ids": [ids[at]], "include_stop_str_in_output": True}
+    stopped = await client.post("/v2/models/llama/generate", json={**base, "parameters": stop})
+    assert stopped.json()["text_output"] == "".join(t["text"] for t in tokens[: at + 1])
+    held = {**stop, "min_tokens": at + 1}  # the stop id is banned where it came
+    late = await client.post("/v2/models/llama/generate", json={**base, "parameters": held})
+    assert late.status_code == 200 and late.json()["text_output"] != stopped.json()["text_output"]

@@ -154,13 +154,42 @@ async def test_streamed_echo_carries_the_same_logprobs(client: httpx.AsyncClient
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
-async def test_vllms_prompt_logprobs_field_on_chat_is_accepted(client: httpx.AsyncClient) -> None:
-    messages = [{"role": "user", "content": "hi"}]
-    r = await client.post(
-        "/v1/chat/completions",
-        json={"messages": messages, "prompt_logprobs": 1, "max_tokens": 2},
+async def test_vllms_prompt_logprobs_field_in_completions_and_chat(
+    client: httpx.AsyncClient, reference: tuple[Any, Any]
+) -> None:
+    tok, model = reference
+    ids = tok(CONTEXT).input_ids
+    want = _forward_logprobs(model, ids)
+    out = await _complete(client, prompt=CONTEXT, max_tokens=1, prompt_logprobs=2)
+    scored = out["choices"][0]["prompt_logprobs"]
+    assert len(scored) == len(ids) and scored[0] is None
+    for position in range(1, len(ids)):
+        expected = want[position - 1]
+        own = scored[position][str(ids[position])]
+        assert own["logprob"] == pytest.approx(float(expected[ids[position]]), abs=TOL)
+        assert own["rank"] == int((expected > expected[ids[position]]).sum()) + 1
+        assert own["decoded_token"] == tok.decode([ids[position]])
+        best = expected.topk(2).indices.tolist()
+        assert {str(i) for i in best} <= set(scored[position])
+        assert [scored[position][str(i)]["rank"] for i in best] == [1, 2]
+    # With echo and logprobs 1 as well: each output keeps its own number of alternatives.
+    both = await _complete(
+        client, prompt=CONTEXT, max_tokens=1, prompt_logprobs=2, echo=True, logprobs=0
     )
-    assert r.status_code == 200, r.text
+    assert both["choices"][0]["prompt_logprobs"] == scored
+    assert all(len(top) == 1 for top in both["choices"][0]["logprobs"]["top_logprobs"][1:])
+    messages = [{"role": "user", "content": "hi"}]
+    chat = await client.post(
+        "/v1/chat/completions", json={"messages": messages, "prompt_logprobs": 0, "max_tokens": 2}
+    )
+    assert chat.status_code == 200, chat.text
+    chat_scored = chat.json()["prompt_logprobs"]
+    assert chat_scored[0] is None and all(len(p) == 1 for p in chat_scored[1:])
+    streamed = await client.post(
+        "/v1/chat/completions",
+        json={"messages": messages, "prompt_logprobs": 0, "stream": True},
+    )
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"
 
 
 # -- sampling fields ----------------------------------------------------------------
@@ -285,3 +314,22 @@ async def test_bad_sampling_fields_are_400s_naming_them(
         assert error["param"] == param, error
     else:
         assert "logit_bias" in error["message"]
+
+
+async def test_tgi_decoder_input_details_score_the_prefill(
+    client: httpx.AsyncClient, reference: tuple[Any, Any]
+) -> None:
+    tok, model = reference
+    ids = tok(CONTEXT).input_ids
+    want = _forward_logprobs(model, ids)
+    params = {"details": True, "decoder_input_details": True, "max_new_tokens": 2}
+    r = await client.post("/generate", json={"inputs": CONTEXT, "parameters": params})
+    assert r.status_code == 200, r.text
+    prefill = r.json()["details"]["prefill"]
+    assert [t["id"] for t in prefill] == ids and prefill[0]["logprob"] is None
+    for position in range(1, len(ids)):
+        assert prefill[position]["logprob"] == pytest.approx(
+            float(want[position - 1, ids[position]]), abs=TOL
+        )
+    stream = await client.post("/generate_stream", json={"inputs": CONTEXT, "parameters": params})
+    assert stream.status_code == 422 and "decoder_input_details" in stream.json()["error"]

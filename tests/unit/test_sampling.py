@@ -239,12 +239,14 @@ def test_logprobs_are_the_models_distribution_whatever_the_filters() -> None:
 def test_prompt_logprobs_score_each_next_token() -> None:
     logits = torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(10))
     targets = torch.tensor([5, 1, 60, 2])
-    chosen, ids, values = prompt_logprobs(logits, targets, 3)
+    chosen, ranks, ids, values = prompt_logprobs(logits, targets, 3)
     raw = torch.log_softmax(logits, dim=-1)
     torch.testing.assert_close(chosen, raw.gather(1, targets.unsqueeze(1)).squeeze(1))
+    order = raw.argsort(dim=-1, descending=True)
+    assert ranks.tolist() == [int((order[i] == t).nonzero()) + 1 for i, t in enumerate(targets)]
     torch.testing.assert_close(values, raw.topk(3).values)
     assert torch.equal(ids, raw.topk(3).indices)
-    assert prompt_logprobs(logits, targets, 0)[1].shape == (4, 0)
+    assert prompt_logprobs(logits, targets, 0)[2].shape == (4, 0)
 
 
 def test_a_penalized_biased_seeded_row_draws_the_same_alone_and_in_any_batch() -> None:

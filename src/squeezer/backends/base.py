@@ -66,6 +66,8 @@ class PromptLogprob:
     token: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    #: 1 + how many tokens the model found more likely in its place (vLLM's rank).
+    rank: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,13 +201,17 @@ class SequenceTable:
             prompt[start + 1 : start + 1 + len(logits)], dtype=torch.long, device=logits.device
         )
         top = self._params[seq].prompt_logprobs or 0
-        chosen, ids, values = prompt_logprobs(logits[: len(targets)], targets, top)
-        for token, logprob, alt_ids, alt_values in zip(
-            targets.tolist(), chosen.tolist(), ids.tolist(), values.tolist(), strict=True
+        chosen, ranks, ids, values = prompt_logprobs(logits[: len(targets)], targets, top)
+        for token, logprob, rank, alt_ids, alt_values in zip(
+            targets.tolist(),
+            chosen.tolist(),
+            ranks.tolist(),
+            ids.tolist(),
+            values.tolist(),
+            strict=True,
         ):
-            scores.append(
-                PromptLogprob(token, logprob, tuple(zip(alt_ids, alt_values, strict=True)))
-            )
+            alternatives = tuple(zip(alt_ids, alt_values, strict=True))
+            scores.append(PromptLogprob(token, logprob, alternatives, rank))
 
     def free_slots(self) -> list[int]:
         return sorted(self._free)

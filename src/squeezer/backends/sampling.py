@@ -359,15 +359,18 @@ def sample(
 
 def prompt_logprobs(
     logits: torch.Tensor, targets: torch.Tensor, top: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each prompt position's logprob of the token that follows it (``logits`` (N,
-    vocab) at positions p, ``targets`` (N,) the tokens at p + 1), and the ``top`` most
-    likely tokens there with theirs: (N,), (N, top), (N, top)."""
+    vocab) at positions p, ``targets`` (N,) the tokens at p + 1), its rank there (1 +
+    how many tokens are more likely), and the ``top`` most likely tokens with theirs:
+    (N,), (N,), (N, top), (N, top)."""
     raw = logits.float()
     normalizer = raw.logsumexp(dim=-1, keepdim=True)
-    chosen = raw.gather(1, targets.unsqueeze(1)).squeeze(1) - normalizer.squeeze(1)
+    target_logits = raw.gather(1, targets.unsqueeze(1))
+    chosen = target_logits.squeeze(1) - normalizer.squeeze(1)
+    ranks = (raw > target_logits).sum(dim=-1) + 1
     if not top:
         empty = raw.new_empty((raw.shape[0], 0))
-        return chosen, empty.long(), empty
+        return chosen, ranks, empty.long(), empty
     best = torch.topk(raw, top, dim=-1)
-    return chosen, best.indices, best.values - normalizer
+    return chosen, ranks, best.indices, best.values - normalizer

@@ -73,6 +73,8 @@ def _sampling(
 ) -> SamplingParams:
     temperature = 1.0 if body.temperature is None else body.temperature
     seed = body.seed if body.seed is not None else random_seed()
+    # Echo's logprobs and vLLM's prompt_logprobs are scored once, with the larger N.
+    asked = [n for n in (prompt_logprobs, body.prompt_logprobs) if n is not None]
     return SamplingParams(
         do_sample=temperature > 0,
         temperature=temperature or 1.0,
@@ -88,7 +90,7 @@ def _sampling(
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=_logit_bias(body.logit_bias),
-        prompt_logprobs=prompt_logprobs if prompt_logprobs is not None else body.prompt_logprobs,
+        prompt_logprobs=max(asked, default=None),
     )
 
 
@@ -124,6 +126,8 @@ class _Choice:
     #: ``max_tokens: 0``: one token is generated (the prompt's logprobs come with it)
     #: and left out.
     prompt_only: bool = False
+    #: vLLM's ``prompt_logprobs``: alternatives per prompt token in its own field.
+    vllm_prompt_logprobs: int | None = None
     text: list[str] = field(default_factory=list)
     logprobs: list[TextDelta] = field(default_factory=list)
     #: The prompt's logprobs, when asked for (from the first delta).
@@ -155,6 +159,7 @@ class _Start:
     prompt_index: int = 0
     echo: str = ""
     prompt_only: bool = False
+    vllm_prompt_logprobs: int | None = None
 
 
 async def _start_all(runtime: Runtime, model: ServedModel, starts: list[_Start]) -> list[_Choice]:
@@ -164,7 +169,9 @@ async def _start_all(runtime: Runtime, model: ServedModel, starts: list[_Start])
         for index, s in enumerate(starts):
             generation = await runtime.generate(model, s.request, s.params)
             want = s.params.top_logprobs is not None
-            choices.append(_Choice(index, generation, s.echo, want, s.prompt_only))
+            choices.append(
+                _Choice(index, generation, s.echo, want, s.prompt_only, s.vllm_prompt_logprobs)
+            )
     except BaseException:
         for choice in choices:
             await _close(choice.generation.events)
@@ -267,6 +274,7 @@ def _completion_logprobs(task: GenerateTask, scored: list[_Scored], offset: int)
 
 
 def _prompt_scored(task: GenerateTask, c: _Choice) -> list[_Scored]:
+    n = c.generation.params.top_logprobs or 0  # the request's logprobs: N alternatives
     out = []
     for i, p in enumerate(c.prompt or ()):
         token = p.token if p is not None else c.generation.prompt[i]
@@ -274,13 +282,36 @@ def _prompt_scored(task: GenerateTask, c: _Choice) -> list[_Scored]:
         out.append(
             _Scored(token, None, (), length)
             if p is None
-            else _Scored(token, p.logprob, p.top, length)
+            else _Scored(token, p.logprob, p.top[:n], length)
         )
     return out
 
 
 def _generated_scored(deltas: list[TextDelta]) -> list[_Scored]:
     return [_Scored(d.token, d.logprob, d.top, len(d.text)) for d in deltas]
+
+
+def _vllm_prompt_logprobs(
+    task: GenerateTask, c: _Choice, top: int | None
+) -> list[dict[str, dict[str, Any]] | None] | None:
+    """vLLM's ``prompt_logprobs`` answer: per prompt token (None for the first), its
+    own and its ``top`` most likely alternatives' logprobs, ranks and texts, keyed by
+    token id."""
+    if top is None or c.prompt is None:
+        return None
+
+    def entry(logprob: float, rank: int, token: int) -> dict[str, Any]:
+        return {"logprob": _lp(logprob), "rank": rank, "decoded_token": task.token_text(token)}
+
+    out: list[dict[str, dict[str, Any]] | None] = []
+    for p in c.prompt:
+        if p is None:
+            out.append(None)
+            continue
+        position = {str(t): entry(lp, rank, t) for rank, (t, lp) in enumerate(p.top[:top], 1)}
+        position[str(p.token)] = entry(p.logprob, p.rank, p.token)
+        out.append(position)
+    return out
 
 
 # -- one handler for both APIs ------------------------------------------------------
@@ -323,14 +354,16 @@ async def _respond(
         gathered = asyncio.gather(*(_run_choice(c) for c in choices))
         if await unless_disconnected(request, gathered) is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
-        return json_response(
-            {
-                **head,
-                "object": api.object,
-                "choices": [api.choice(task, c) for c in choices],
-                "usage": _usage(choices, starts),
-            }
-        )
+        out = {
+            **head,
+            "object": api.object,
+            "choices": [api.choice(task, c) for c in choices],
+            "usage": _usage(choices, starts),
+        }
+        if api.object == "chat.completion" and body.prompt_logprobs is not None:
+            # vLLM's chat answers carry them once, for the one prompt.
+            out["prompt_logprobs"] = _vllm_prompt_logprobs(task, choices[0], body.prompt_logprobs)
+        return json_response(out)
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     path = request.url.path
@@ -382,12 +415,15 @@ def _completion_choice(task: GenerateTask, c: _Choice) -> dict[str, Any]:
         prompt = _prompt_scored(task, c)
         offset = 0 if prompt else len(c.echo)
         logprobs = _completion_logprobs(task, prompt + _generated_scored(c.logprobs), offset)
-    return {
+    out = {
         "index": c.index,
         "text": c.echo + "".join(c.text),
         "logprobs": logprobs,
         **_finish(c),
     }
+    if c.vllm_prompt_logprobs is not None:
+        out["prompt_logprobs"] = _vllm_prompt_logprobs(task, c, c.vllm_prompt_logprobs)
+    return out
 
 
 def _completion_delta(task: GenerateTask, c: _Choice, d: TextDelta) -> dict[str, Any] | None:
@@ -428,9 +464,19 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[Gene
     return [GenerateRequest(prompt_tokens=list(p)) for p in prompt]  # type: ignore[arg-type]
 
 
+def _check_prompt_logprobs(body: oa._Sampling) -> None:
+    if body.stream and body.prompt_logprobs is not None:
+        raise InvalidRequestError(
+            "prompt_logprobs are not returned when streaming (as in vLLM); with "
+            "completions, echo with logprobs streams them",
+            param="prompt_logprobs",
+        )
+
+
 async def _completions(request: Request, name: str | None) -> Response:
     runtime = runtime_of(request)
     body = await read_json(request, oa.CompletionRequest)
+    _check_prompt_logprobs(body)
     refused = []
     if body.suffix:
         refused.append("suffix")
@@ -458,7 +504,7 @@ async def _completions(request: Request, name: str | None) -> Response:
             echo = req.prompt if req.prompt is not None else task.decode(task.prompt_ids(req))
         for j in range(body.n):
             params = _sampling(body, j, body.logprobs, prompt_logprobs)
-            starts.append(_Start(req, params, i, echo, prompt_only))
+            starts.append(_Start(req, params, i, echo, prompt_only, body.prompt_logprobs))
     return await _respond(request, runtime, model, body, _COMPLETIONS, starts)
 
 
@@ -539,6 +585,7 @@ def _message(m: oa.ChatMessage) -> dict[str, Any]:
 async def _chat(request: Request, name: str | None) -> Response:
     runtime = runtime_of(request)
     body = await read_json(request, oa.ChatCompletionRequest)
+    _check_prompt_logprobs(body)
     _refuse(body.chat_unsupported())
     model = _model(runtime, body.model if name is None else name)
     req = _text_request(
@@ -549,7 +596,10 @@ async def _chat(request: Request, name: str | None) -> Response:
         body,
     )
     top = (body.top_logprobs or 0) if body.logprobs else None
-    starts = [_Start(req, _sampling(body, j, top)) for j in range(body.n)]
+    starts = [
+        _Start(req, _sampling(body, j, top), vllm_prompt_logprobs=body.prompt_logprobs)
+        for j in range(body.n)
+    ]
     return await _respond(request, runtime, model, body, _CHAT, starts)
 
 

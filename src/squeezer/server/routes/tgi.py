@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from squeezer.backends.base import PromptLogprob
 from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InvalidRequestError
 from squeezer.server.errors import error_responses
@@ -58,14 +59,18 @@ def sampling_params(p: tgi.GenerateParameters) -> SamplingParams:
         repetition_penalty=p.repetition_penalty or 1.0,
         seed=p.seed if p.seed is not None else random_seed(),
         top_logprobs=p.top_n_tokens or 0,
+        # details.prefill: each prompt token's logprob (TGI's decoder_input_details).
+        prompt_logprobs=0 if p.details and p.decoder_input_details else None,
     )
 
 
 async def _start(
-    runtime: Runtime, model: ServedModel, body: tgi.GenerateRequest
+    runtime: Runtime, model: ServedModel, body: tgi.GenerateRequest, *, stream: bool = False
 ) -> tuple[Generation, GenerateTask]:
     p = body.parameters
     unsupported = p.unsupported()
+    if stream and p.decoder_input_details:
+        unsupported.append("decoder_input_details")  # as TGI: not when streaming
     if unsupported:
         raise InvalidRequestError(
             f"not supported by this server: {', '.join(unsupported)}", param=unsupported[0]
@@ -92,6 +97,24 @@ def _token(task: GenerateTask, delta: TextDelta) -> dict[str, Any]:
     }
 
 
+def _prefill(
+    task: GenerateTask, prompt: list[int], scored: tuple[PromptLogprob | None, ...] | None
+) -> list[dict[str, Any]]:
+    """TGI's ``details.prefill``: the prompt's tokens, each with its logprob given the
+    ones before it (null for the first) when ``decoder_input_details`` asked."""
+    if scored is None:
+        return []
+    return [
+        {
+            "id": token,
+            "text": task.token_text(token),
+            "logprob": None if s is None else s.logprob,
+            "special": task.is_special(token),
+        }
+        for token, s in zip(prompt, scored, strict=True)
+    ]
+
+
 def _top_tokens(task: GenerateTask, delta: TextDelta) -> list[dict[str, Any]]:
     return [
         {
@@ -114,8 +137,11 @@ async def _generate(
         text: list[str] = []
         tokens: list[dict[str, Any]] = []
         top: list[list[dict[str, Any]]] = []
+        prefill: list[dict[str, Any]] = []
         async for delta, done in token_steps(generation.events):
             text.append(delta.text)
+            if delta.prompt is not None:
+                prefill = _prefill(task, generation.prompt, delta.prompt)
             if p.details:
                 tokens.append(_token(task, delta))
                 top.append(_top_tokens(task, delta))
@@ -130,7 +156,7 @@ async def _generate(
                     "finish_reason": done.finish.value,
                     "generated_tokens": done.completion_tokens,
                     "seed": generation.seed,
-                    "prefill": [],
+                    "prefill": prefill,
                     "tokens": tokens,
                     "top_tokens": top if p.top_n_tokens else None,
                     "best_of_sequences": None,
@@ -144,7 +170,7 @@ async def _generate(
 async def _stream(
     runtime: Runtime, model: ServedModel, body: tgi.GenerateRequest, path: str
 ) -> Response:
-    generation, task = await _start(runtime, model, body)
+    generation, task = await _start(runtime, model, body, stream=True)
 
     async def events() -> AsyncGenerator[bytes, None]:
         text: list[str] = []

@@ -47,6 +47,10 @@ def _generate_request(body: Any) -> tuple[GenerateRequest, SamplingParams, bool]
         max_new_tokens=p.max_tokens,
         stop=[p.stop] if isinstance(p.stop, str) else list(p.stop),
         ignore_eos=p.ignore_eos,
+        stop_token_ids=p.stop_token_ids,
+        skip_special_tokens=p.skip_special_tokens,
+        spaces_between_special_tokens=p.spaces_between_special_tokens,
+        include_stop_str_in_output=p.include_stop_str_in_output,
     )
     params = SamplingParams(
         do_sample=p.temperature > 0,
@@ -55,6 +59,10 @@ def _generate_request(body: Any) -> tuple[GenerateRequest, SamplingParams, bool]
         top_p=p.top_p,
         repetition_penalty=p.repetition_penalty,
         seed=p.seed if p.seed is not None else random_seed(),
+        min_p=p.min_p,
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
+        min_new_tokens=p.min_tokens,
     )
     return request, params, not p.exclude_input_in_output
 

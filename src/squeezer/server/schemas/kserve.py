@@ -43,5 +43,13 @@ class GenerateParameters(BaseModel):
     stop: StrictStr | list[StrictStr] = Field(default_factory=list)
     ignore_eos: StrictBool = False
     repetition_penalty: float = Field(default=1.0, gt=0)
+    min_p: float = Field(default=0.0, ge=0, le=1)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    min_tokens: StrictInt = Field(default=0, ge=0)
+    stop_token_ids: list[StrictInt] = Field(default_factory=list, max_length=64)
+    skip_special_tokens: StrictBool = True
+    spaces_between_special_tokens: StrictBool = True
+    include_stop_str_in_output: StrictBool = False
     stream: StrictBool | None = None
     exclude_input_in_output: StrictBool = True

@@ -47,7 +47,6 @@ class GenerateParameters(BaseModel):
         """Parameters set to something squeezer does not do."""
         refused = {
             "best_of": (self.best_of or 1) > 1,
-            "decoder_input_details": self.decoder_input_details,
             "watermark": self.watermark,
             "grammar": self.grammar is not None,
             "adapter_id": self.adapter_id is not None,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from squeezer.backends.base import NewSequence
+from squeezer.backends.paged_generation import PagedTorchGenerationBackend
 from squeezer.backends.paged_kv import BlockPool
-from squeezer.backends.torch_generation import PagedTorchGenerationBackend
 from squeezer.engine import DeviceExecutor
 from squeezer.engine.generation import GenerationRequest, GenerationScheduler
 from squeezer.errors import OverloadedError

@@ -9,11 +9,9 @@ import torch
 import transformers
 
 from squeezer.backends.base import NewSequence, PromptChunk
+from squeezer.backends.paged_generation import PagedTorchGenerationBackend
 from squeezer.backends.sampling import SamplingParams
-from squeezer.backends.torch_generation import (
-    PagedTorchGenerationBackend,
-    TorchGenerationBackend,
-)
+from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.errors import InputTooLongError, OverloadedError
 from tests.tiny_models import CAUSAL_LM_KINDS, tiny_causal_lm
 from tests.unit.chunked_driver import drive_chunked

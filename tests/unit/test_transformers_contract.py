@@ -17,8 +17,9 @@ import torch
 import transformers
 
 from squeezer.backends import transformers_hooks
+from squeezer.backends.paged_generation import PagedTorchGenerationBackend
 from squeezer.backends.slot_kv import SlotCache, StepPlan
-from squeezer.backends.torch_generation import PagedTorchGenerationBackend, TorchGenerationBackend
+from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.backends.transformers_hooks import StepCache, cache_keyword
 from squeezer.errors import ModelLoadError
 from tests.tiny_models import CAUSAL_LM_KINDS, tiny_causal_lm

@@ -10,10 +10,8 @@ here, and sampling here, makes every backend's tokens the same function of its
 logits: a seeded request samples the same text on torch and on llama.cpp when their
 logits agree.
 
-It also remembers which tokens each slot's cache holds, after its sequence has left
-too, so that a new prompt sharing a prefix with one of them (every chat request
-starts with the same template and system prompt) is prefilled from where they part:
-prefix caching, as llama-server's slots and vLLM's block hashes do it.
+It also keeps which tokens each slot's cache holds (``held_tokens``), after its
+sequence has left too, and matches new prompts against them: prefix caching.
 """
 
 from __future__ import annotations
@@ -22,10 +20,10 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from squeezer.backends.base import NewSequence, PromptChunk, PromptLogprob, SeqId, TokenOut
+from squeezer.backends.held_tokens import HeldTokens
 from squeezer.backends.sampling import (
     History,
     SamplingBatch,
@@ -90,9 +88,8 @@ class SequenceTable:
         self._params: dict[SeqId, SamplingParams] = {}
         self._prompt_of: dict[SeqId, Sequence[int]] = {}
         self._prompt_lengths: dict[SeqId, int] = {}
-        #: Tokens whose keys and values each slot's cache holds, from position 0; kept
-        #: when the sequence leaves (backends keep the cache) until overwritten.
-        self._held: list[list[int]] = [[] for _ in range(max_slots)]
+        #: Tokens whose keys and values each slot's cache holds (prefix caching).
+        self.held = HeldTokens(max_slots)
         #: Prompt tokens of each sequence found in its slot's cache at admission.
         self._reused: dict[SeqId, int] = {}
         #: Prompt tokens admitted, and of those found cached, since start.
@@ -172,14 +169,7 @@ class SequenceTable:
     # -- prefix caching -------------------------------------------------------------
 
     def common_prefix(self, slot: int, prompt: Sequence[int]) -> int:
-        """Leading prompt tokens whose keys and values ``slot``'s cache holds, at most
-        all but the last (whose logits pick the first new token)."""
-        held = self._held[slot]
-        if not held or held[0] != prompt[0]:
-            return 0
-        n = min(len(held), len(prompt) - 1)
-        differ = np.flatnonzero(np.asarray(held[:n]) != np.asarray(prompt[:n]))
-        return int(differ[0]) if len(differ) else n
+        return self.held.common_prefix(slot, prompt)
 
     def reusable_prefix(self, slot: int, seq: NewSequence) -> int:
         """``common_prefix``, or 0 for a sequence that wants its prompt's logprobs:
@@ -231,19 +221,19 @@ class SequenceTable:
 
     def forget(self, slot: int) -> None:
         """``slot``'s cache no longer holds what it did (a backend reclaimed it)."""
-        self._held[slot] = []
+        self.held.forget(slot)
 
     def reuse(self, seq: SeqId, tokens: int) -> None:
         """``seq``'s first ``tokens`` prompt tokens are in its slot's cache already."""
         slot = self._slots[seq]
-        del self._held[slot][tokens:]
+        self.held.keep(slot, tokens)
         self._reused[seq] = tokens
         self.prompt_tokens += self._prompt_lengths[seq]
         self.cached_tokens += tokens
 
     def copied(self, source: int, target: int, tokens: int) -> None:
         """The first ``tokens`` positions of ``source``'s cache were copied to ``target``."""
-        self._held[target] = self._held[source][:tokens]
+        self.held.copy(source, target, tokens)
 
     def feeds(self, chunks: Sequence[PromptChunk]) -> list[Feed]:
         """What of each chunk a forward pass must compute: its tokens not already in
@@ -266,18 +256,11 @@ class SequenceTable:
         """A step's forward pass stored its feeds and decode ``tokens`` (at ``rows``,
         ``positions``) in the cache."""
         for feed in feeds:
-            self._write(feed.slot, feed.start, feed.tokens)
+            self.held.write(feed.slot, feed.start, feed.tokens)
         for token, slot, position in zip(
             tokens.values(), rows.tolist(), positions.tolist(), strict=True
         ):
-            self._write(slot, position, (token,))
-
-    def _write(self, slot: int, start: int, tokens: Sequence[int]) -> None:
-        held = self._held[slot]
-        if start > len(held):  # a gap: claim nothing past what is known
-            return
-        del held[start:]
-        held.extend(tokens)
+            self.held.write(slot, position, (token,))
 
     def advance(self, rows: torch.Tensor) -> None:
         """One more token in the cache of each row."""
@@ -306,9 +289,9 @@ class SequenceTable:
         except BaseException:
             self._lengths[rows] -= 1
             for slot, position in zip(rows.tolist(), start.tolist(), strict=True):
-                del self._held[slot][position:]  # a backend may drop what it wrote
+                self.held.keep(slot, position)  # a backend may drop what it wrote
             for feed in feeds:
-                del self._held[feed.slot][feed.start :]
+                self.held.keep(feed.slot, feed.start)
             raise
 
     def release(self, seq: SeqId) -> Move | None:
@@ -328,7 +311,7 @@ class SequenceTable:
             moved = self._owners[last]
             assert moved is not None
             move = Move(last, slot, int(self._lengths[last]))
-            self._held[slot] = self._held[last][: move.length]
+            self.held.copy(last, slot, move.length)
             self._lengths[slot] = self._lengths[last]
             self._seen[slot] = self._seen[last]
             if self._counts is not None:

@@ -27,10 +27,8 @@ from squeezer.backends.device import (
     resolve_dtype,
 )
 from squeezer.backends.llamacpp_generation import LlamaCppGenerationBackend
-from squeezer.backends.torch_generation import (
-    PagedTorchGenerationBackend,
-    TorchGenerationBackend,
-)
+from squeezer.backends.paged_generation import PagedTorchGenerationBackend
+from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.config import ModelSettings, Settings
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder, locate, read_folder

@@ -69,6 +69,25 @@ def test_openai_client_completions_and_chat(gen_server: ServerProcess) -> None:
         extra_body={"ignore_eos": True, "min_tokens": 8, "top_k": 20, "repetition_penalty": 1.1},
     )
     assert extra.usage is not None and extra.usage.completion_tokens == 8
+    # OpenAI's own sampling fields, and the loglikelihood call (echo + logprobs).
+    sampled = client.completions.create(
+        model="llama",
+        prompt=PROMPT,
+        max_tokens=6,
+        seed=7,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        logit_bias={"70": 3},
+        logprobs=2,
+        extra_body={"min_p": 0.05, "stop_token_ids": [1]},
+    )
+    assert sampled.choices[0].logprobs is not None
+    scored = client.completions.create(
+        model="llama", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1
+    )
+    lp = scored.choices[0].logprobs
+    assert lp is not None and lp.token_logprobs is not None and lp.token_logprobs[0] is None
+    assert scored.choices[0].text == PROMPT and all(x < 0 for x in lp.token_logprobs[1:])
     with pytest.raises(openai.BadRequestError, match="max-total-tokens"):
         client.completions.create(model="llama", prompt=PROMPT, max_tokens=5000)
 
@@ -81,6 +100,11 @@ def test_inference_client_text_generation_via_root_and_chat(gen_server: ServerPr
     details = client.text_generation(PROMPT, max_new_tokens=12, details=True)
     assert details.generated_text == text and details.details is not None
     assert details.details.generated_tokens == len(details.details.tokens)
+    scored = client.text_generation(
+        PROMPT, max_new_tokens=2, details=True, decoder_input_details=True
+    )
+    assert scored.details is not None and scored.details.prefill[0].logprob is None
+    assert all(t.logprob is not None and t.logprob < 0 for t in scored.details.prefill[1:])
     events = list(client.text_generation(PROMPT, max_new_tokens=12, details=True, stream=True))
     assert events[-1].generated_text == text and events[-1].details is not None
     assert len(client.feature_extraction("the same server still embeds")[0]) == 32

@@ -51,6 +51,14 @@ def _forward_logprobs(model: Any, ids: list[int]) -> torch.Tensor:
         return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
 
 
+@pytest.fixture(scope="module")
+def context(reference: tuple[Any, Any]) -> tuple[list[int], torch.Tensor]:
+    """CONTEXT's token ids and ``forward``'s log-softmax at each of its positions."""
+    tok, model = reference
+    ids = tok(CONTEXT).input_ids
+    return ids, _forward_logprobs(model, ids)
+
+
 async def _complete(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     r = await client.post("/v1/completions", json={"model": "llama", **body})
     assert r.status_code == 200, r.text
@@ -155,11 +163,10 @@ async def test_streamed_echo_carries_the_same_logprobs(client: httpx.AsyncClient
 
 
 async def test_vllms_prompt_logprobs_field_in_completions_and_chat(
-    client: httpx.AsyncClient, reference: tuple[Any, Any]
+    client: httpx.AsyncClient, reference: tuple[Any, Any], context: tuple[list[int], torch.Tensor]
 ) -> None:
-    tok, model = reference
-    ids = tok(CONTEXT).input_ids
-    want = _forward_logprobs(model, ids)
+    tok = reference[0]
+    ids, want = context
     out = await _complete(client, prompt=CONTEXT, max_tokens=1, prompt_logprobs=2)
     scored = out["choices"][0]["prompt_logprobs"]
     assert len(scored) == len(ids) and scored[0] is None
@@ -317,11 +324,9 @@ async def test_bad_sampling_fields_are_400s_naming_them(
 
 
 async def test_tgi_decoder_input_details_score_the_prefill(
-    client: httpx.AsyncClient, reference: tuple[Any, Any]
+    client: httpx.AsyncClient, context: tuple[list[int], torch.Tensor]
 ) -> None:
-    tok, model = reference
-    ids = tok(CONTEXT).input_ids
-    want = _forward_logprobs(model, ids)
+    ids, want = context
     params = {"details": True, "decoder_input_details": True, "max_new_tokens": 2}
     r = await client.post("/generate", json={"inputs": CONTEXT, "parameters": params})
     assert r.status_code == 200, r.text

@@ -190,8 +190,8 @@ class GenerationScheduler:
         vocab = self.backend.vocab_size
         try:
             request.params.check_vocabulary(vocab)
-        except ValueError as e:
-            raise InvalidRequestError(str(e)) from None
+        except ValueError as e:  # only logit_bias names token ids today
+            raise InvalidRequestError(str(e), param="logit_bias") from None
         if min(request.prompt) < 0 or max(request.prompt) >= vocab:
             # A tokenizer may know ids the model has no embedding for (added tokens),
             # and token-id prompts come from clients: refused here, not in a step.

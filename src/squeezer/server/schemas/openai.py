@@ -99,7 +99,9 @@ class _Sampling(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    #: Token id (as a string) -> bias in [-100, 100]; bounded so that one request cannot
+    #: make every step of its batch index a vocabulary's worth of entries.
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=4096)
     user: str | None = None
     # vLLM's extra sampling parameters.
     top_k: int | None = Field(default=None, ge=-1)

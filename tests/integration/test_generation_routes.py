@@ -168,7 +168,7 @@ async def test_tgi_errors_have_tgi_statuses_and_types(client: httpx.AsyncClient)
         ({"inputs": "x", "parameters": {"temperature": 0}}, 422, "validation"),
         ({"inputs": "x", "parameters": {"top_p": 1.0}}, 422, "validation"),
         (
-            {"inputs": "x", "parameters": {"grammar": {"type": "json", "value": {}}}},
+            {"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "("}}},
             422,
             "validation",
         ),

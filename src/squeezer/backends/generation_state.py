@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from squeezer.backends.base import NewSequence, PromptChunk, PromptLogprob, SeqId, TokenOut
+from squeezer.backends.constraints import ConstrainedSequences
 from squeezer.backends.held_tokens import HeldTokens
 from squeezer.backends.sampling import (
     History,
@@ -85,6 +86,9 @@ class SequenceTable:
         #: Prompt logprobs of sequences that asked, by position (0: None), until their
         #: first token is sampled.
         self._prompt_scores: dict[SeqId, list[PromptLogprob | None]] = {}
+        #: Grammar matchers of constrained sequences; the loader gives it the model's
+        #: ``GrammarBook``.
+        self.grammars = ConstrainedSequences()
         self._params: dict[SeqId, SamplingParams] = {}
         self._prompt_of: dict[SeqId, Sequence[int]] = {}
         self._prompt_lengths: dict[SeqId, int] = {}
@@ -302,6 +306,7 @@ class SequenceTable:
         self._params.pop(seq)
         self._prompt_of.pop(seq)
         self._prompt_scores.pop(seq, None)
+        self.grammars.release(seq)
         self._prompt_lengths.pop(seq)
         self._reused.pop(seq)
         self._owners[slot] = None
@@ -338,8 +343,10 @@ class SequenceTable:
                 banned_ids += p.eos_ids
         batch = self._batch(seqs)
         device_rows = rows.to(self.device)
+        constraints = [self._params[seq].constraint for seq in seqs]
         # Penalties read (B, vocab) gathers, skipped when no row asks for them.
         history = History(
+            allowed=self.grammars.mask(seqs, constraints, self.device),
             seen=self._seen[device_rows] if batch.any_repetition else None,
             counts=self._counts[device_rows]
             if batch.any_counts and self._counts is not None
@@ -357,6 +364,8 @@ class SequenceTable:
         if self._counts is not None:
             self._counts[device_rows, picked.tokens] += 1
         tokens = picked.tokens.tolist()
+        if history.allowed is not None:
+            self.grammars.advance(history.allowed[0].tolist(), seqs, tokens)
         logprobs = picked.logprobs.tolist()
         out = []
         for i, seq in enumerate(seqs):

@@ -5,9 +5,10 @@ top-p, min-p, typical-p, penalties, logit bias, seed); all rows are processed wi
 same tensor ops, so a GPU step can include sampling in one graph and only token ids
 cross to the host. The order is vLLM's for what it adds to ``generate`` and
 ``generate``'s for the rest, so seeded outputs can be checked against ``transformers``'
-logits processors: tokens banned (``min_tokens``), ``logit_bias`` added, repetition
-penalty (prompt and output), presence and frequency penalties (output only, as
-OpenAI defines them), then temperature, top-k, top-p, min-p, typical-p.
+logits processors: a grammar's mask (structured outputs, ``constraints``), tokens
+banned (``min_tokens``), ``logit_bias`` added, repetition penalty (prompt and
+output), presence and frequency penalties (output only, as OpenAI defines them),
+then temperature, top-k, top-p, min-p, typical-p.
 
 Logprobs are the model's own distribution, before any of that (vLLM's default,
 ``raw_logprobs``): what a token's probability is, not what this request's settings
@@ -32,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from squeezer.backends.constraints import Constraint
 
 #: splitmix64 constants, as signed int64 (torch has no uint64 arithmetic).
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
@@ -86,6 +89,8 @@ class SamplingParams:
     #: ``prompt_logprobs``; None = no prompt logprobs). The backend scores every prompt
     #: position, so such a sequence is never prefilled from the prefix cache.
     prompt_logprobs: int | None = None
+    #: The grammar its text must match (structured outputs), enforced as a mask.
+    constraint: Constraint | None = None
 
     @property
     def greedy(self) -> bool:
@@ -242,15 +247,22 @@ class History:
     counts: torch.Tensor | None = None
     #: (rows, token ids) that may not be chosen now (EOS before ``min_tokens``).
     banned: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: (rows, (len(rows), vocab) bool): the only tokens those rows' grammars allow.
+    allowed: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def process(
     logits: torch.Tensor, batch: SamplingBatch, history: History | None = None
 ) -> torch.Tensor:
-    """Logits after bans, bias, penalties, temperature, top-k, top-p, min-p and
-    typical-p (removed tokens at -inf), in float32. Never writes to ``logits``."""
+    """Logits after grammar masks, bans, bias, penalties, temperature, top-k, top-p,
+    min-p and typical-p (removed tokens at -inf), in float32. Never writes to
+    ``logits``."""
     h = history or History()
     scores = logits.float()
+    if h.allowed is not None:  # only the constrained rows are touched
+        rows, allowed = h.allowed
+        masked = scores.index_select(0, rows).masked_fill(~allowed, _NEG_INF)
+        scores = scores.index_put((rows,), masked)
     if h.banned is not None:
         scores = scores.index_put(h.banned, torch.tensor(_NEG_INF, device=scores.device))
     if batch.any_bias:

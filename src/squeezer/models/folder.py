@@ -72,6 +72,21 @@ class ModelFolder:
     def model_type(self) -> str:
         return str(self.config.get("model_type", "unknown"))
 
+    def eos_token_ids(self, tokenizer_eos: int | None) -> list[int]:
+        """Every id that ends generation: config.json's, generation_config.json's (a
+        chat model's end-of-turn token is often only there), then the tokenizer's."""
+        sources: list[Any] = [self.config.get("eos_token_id")]
+        generation = self.path / "generation_config.json"
+        if generation.is_file():
+            sources.append(json.loads(generation.read_text(encoding="utf-8")).get("eos_token_id"))
+        sources.append(tokenizer_eos)
+        found: list[int] = []
+        for value in sources:
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, int) and v not in found:
+                    found.append(v)
+        return found
+
     @property
     def architectures(self) -> tuple[str, ...]:
         return tuple(self.config.get("architectures") or ())

@@ -19,6 +19,7 @@ from typing import Any
 
 from squeezer.backends import Backend, load_backend
 from squeezer.backends.base import GenerationBackend
+from squeezer.backends.constraints import GrammarBook
 from squeezer.backends.device import (
     cap_gpu_memory,
     compute_threads,
@@ -296,6 +297,7 @@ class ModelLoader:
                 spec.name,
                 quantize,
             )
+        backend.table.grammars.book = GrammarBook(folder, backend.vocab_size)
         limits = GenerationLimits(
             max_input_tokens=min(s.input_token_limit, backend.max_len - 1),
             max_total_tokens=backend.max_len,

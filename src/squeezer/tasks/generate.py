@@ -8,7 +8,6 @@ the engine as soon as they appear), and the finish reason the dialects report.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -160,22 +159,9 @@ class GenerateTask:
         self.limits = limits or GenerationLimits()
         self.hf_tokenizer = AutoTokenizer.from_pretrained(folder.path, local_files_only=True)
         self.tokenizer = self.hf_tokenizer.backend_tokenizer  # the Rust tokenizer
-        self.eos_ids = frozenset(self._eos_ids())
+        self.eos_ids = frozenset(folder.eos_token_ids(self.hf_tokenizer.eos_token_id))
         self._special_ids = frozenset(self.hf_tokenizer.all_special_ids)
         self._added: dict[int, str] | None = None
-
-    def _eos_ids(self) -> list[int]:
-        found: list[int] = []
-        sources: list[Any] = [self.folder.config.get("eos_token_id")]
-        gen = self.folder.path / "generation_config.json"
-        if gen.is_file():
-            sources.append(json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id"))
-        sources.append(self.hf_tokenizer.eos_token_id)
-        for value in sources:
-            for v in value if isinstance(value, list) else [value]:
-                if isinstance(v, int) and v not in found:
-                    found.append(v)
-        return found
 
     @property
     def has_chat_template(self) -> bool:

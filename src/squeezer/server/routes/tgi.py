@@ -25,6 +25,7 @@ from squeezer.server.registry import ServedModel
 from squeezer.server.routes import runtime_of
 from squeezer.server.runtime import Runtime
 from squeezer.server.schemas import tgi
+from squeezer.server.schemas.structured import one_constraint
 from squeezer.server.streaming import (
     error_event,
     random_seed,
@@ -61,6 +62,9 @@ def sampling_params(p: tgi.GenerateParameters) -> SamplingParams:
         top_logprobs=p.top_n_tokens or 0,
         # details.prefill: each prompt token's logprob (TGI's decoder_input_details).
         prompt_logprobs=0 if p.details and p.decoder_input_details else None,
+        constraint=one_constraint(
+            {"grammar": None if p.grammar is None else p.grammar.constraint()}
+        ),
     )
 
 

@@ -6,6 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from squeezer.backends.constraints import Constraint
+from squeezer.server.schemas.structured import (
+    ResponseFormat,
+    StructuredOutputs,
+    one_constraint,
+    schema_text,
+)
 from squeezer.types import PrecisionReport
 
 
@@ -116,6 +123,39 @@ class _Sampling(BaseModel):
     include_stop_str_in_output: bool = False
     #: vLLM's: logprobs of the prompt's tokens, with this many alternatives each.
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Structured outputs: OpenAI's, vLLM's current and older fields (one at most).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+
+    def constraint(self) -> Constraint | None:
+        """The request's structured-output constraint, checked (400 when bad)."""
+        guided_json = None
+        if self.guided_json is not None:
+            guided_json = Constraint("json_schema", schema_text(self.guided_json, "guided_json"))
+        return one_constraint(
+            {
+                "response_format": None
+                if self.response_format is None
+                else self.response_format.constraint(),
+                "structured_outputs": None
+                if self.structured_outputs is None
+                else self.structured_outputs.constraint(),
+                "guided_json": guided_json,
+                "guided_regex": None
+                if self.guided_regex is None
+                else Constraint("regex", self.guided_regex),
+                "guided_choice": None
+                if self.guided_choice is None
+                else Constraint.choice(self.guided_choice),
+                "guided_grammar": None
+                if self.guided_grammar is None
+                else Constraint("grammar", self.guided_grammar),
+            }
+        )
 
 
 class CompletionRequest(_Sampling):
@@ -142,7 +182,6 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -156,7 +195,6 @@ class ChatCompletionRequest(_Sampling):
         refused = {
             "tools": bool(self.tools),
             "tool_choice": self.tool_choice not in (None, "none", "auto"),
-            "response_format": (self.response_format or {}).get("type", "text") != "text",
             "modalities": bool(self.modalities and self.modalities != ["text"]),
         }
         return [name for name, set_ in refused.items() if set_]

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from squeezer.server.schemas.structured import TgiGrammar
+
 
 class GenerateParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -38,7 +40,7 @@ class GenerateParameters(BaseModel):
     top_n_tokens: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = Field(default=None, ge=1)
     watermark: bool = False
-    grammar: Any = None
+    grammar: TgiGrammar | None = None
     adapter_id: str | None = None
     #: Not TGI's: vLLM's, which benchmark clients send to get exactly max_new_tokens.
     ignore_eos: bool = False
@@ -48,7 +50,6 @@ class GenerateParameters(BaseModel):
         refused = {
             "best_of": (self.best_of or 1) > 1,
             "watermark": self.watermark,
-            "grammar": self.grammar is not None,
             "adapter_id": self.adapter_id is not None,
             "frequency_penalty": bool(self.frequency_penalty),
         }

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny_models import build_bert, build_chat_llama
+from tests.tiny_models import TOOLS_CHAT_TEMPLATE, build_bert, build_chat_llama
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,14 @@ def tiny_bert_cls(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random Llama with a BPE tokenizer and a chat template; 256 positions."""
     return build_chat_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_tool_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_llama`` with a chat template that takes tools (Hermes' format), and 1024
+    positions: a byte-level vocabulary of 300 spends many tokens on a tool's schema."""
+    path = tmp_path_factory.mktemp("models") / "tiny-tool-llama"
+    return build_chat_llama(path, template=TOOLS_CHAT_TEMPLATE, positions=1024)
 
 
 @pytest.fixture(scope="session")

@@ -132,7 +132,26 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_chat_llama(path: Path, template: str | None = CHAT_TEMPLATE, seed: int = 0) -> Path:
+#: A Hermes-style template with tools, as Qwen's and Hermes' work: the tools listed in
+#: the system turn, calls answered as <tool_call> JSON blocks, results as tool turns.
+TOOLS_CHAT_TEMPLATE = (
+    "{% if tools %}<|system|>You may call these functions:\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    'Call one as <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call></s>{% endif %}'
+    "{% for m in messages %}"
+    "{% if m['role'] == 'tool' %}<|user|><tool_response>{{ m['content'] }}</tool_response></s>"
+    "{% elif m['role'] == 'assistant' and m.get('tool_calls') %}<|assistant|>"
+    "{% for call in m['tool_calls'] %}<tool_call>\n"
+    '{{ {"name": call["function"]["name"], "arguments": call["function"]["arguments"]} | tojson }}'
+    "\n</tool_call>{% endfor %}</s>"
+    "{% else %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_chat_llama(
+    path: Path, template: str | None = CHAT_TEMPLATE, seed: int = 0, positions: int = 256
+) -> Path:
     """A tiny Llama (grouped-query attention, as SmolLM2) with a byte-level BPE
     tokenizer trained here and a chat template; ``</s>`` is its EOS. ``seed``: its
     weights (the tokenizer is the same for every seed)."""
@@ -155,7 +174,7 @@ def build_chat_llama(path: Path, template: str | None = CHAT_TEMPLATE, seed: int
     torch.manual_seed(seed)
     config = tiny_llama_config(
         tok.get_vocab_size(),
-        max_position_embeddings=256,
+        max_position_embeddings=positions,
         bos_token_id=None,
         architectures=["LlamaForCausalLM"],
     )

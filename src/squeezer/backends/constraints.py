@@ -35,12 +35,13 @@ _CACHED_GRAMMARS = 256
 ConstraintKind = Literal["json_schema", "regex", "choice", "grammar"]
 
 #: JSON may be compact or pretty-printed, but between two of its tokens there is at
-#: most one line break and bounded indentation: with unbounded whitespace (the
-#: engines' default) a model can spin in it until max_tokens, a known failure of
-#: constrained JSON. A schema's own ``x-guidance`` options override this.
+#: most one space, or one line break and an indentation of up to 20 spaces or tabs:
+#: with unbounded whitespace (the engines' default) a model can spin in it until
+#: max_tokens, a known failure of constrained JSON. A schema's own ``x-guidance``
+#: options override this.
 JSON_OPTIONS: dict[str, Any] = {
     "whitespace_flexible": True,
-    "whitespace_pattern": r"[\x20\x09]{0,16}(\x0A[\x20\x09]{0,64})?",
+    "whitespace_pattern": r"(\x20|\x0A[\x20\x09]{0,20})?",
 }
 
 

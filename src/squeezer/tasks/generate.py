@@ -18,6 +18,7 @@ from squeezer.backends.sampling import SamplingParams
 from squeezer.errors import InputTooLongError, InvalidRequestError
 from squeezer.models import ModelFolder
 from squeezer.tasks.text_stream import IncrementalDetokenizer, StopMatcher
+from squeezer.tasks.tool_calls import ToolFormat
 
 
 class Finish(str, Enum):
@@ -42,6 +43,8 @@ class GenerateRequest:
     prompt_tokens: list[int] | None = None
     #: Chat messages ({"role", "content"}); the model's chat template renders them.
     messages: list[dict[str, Any]] | None = None
+    #: Tools the chat template presents to the model (OpenAI's function definitions).
+    tools: list[dict[str, Any]] | None = None
     #: None: up to the server's max_total_tokens.
     max_new_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
@@ -167,6 +170,11 @@ class GenerateTask:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.hf_tokenizer, "chat_template", None))
 
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How this model writes tool calls, read off its chat template."""
+        return ToolFormat.detect(getattr(self.hf_tokenizer, "chat_template", None))
+
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         """The prompt as token ids: the chat template's rendering, or the text as is."""
         if request.messages is not None:
@@ -176,9 +184,19 @@ class GenerateTask:
                     "prompt (completions) instead of messages",
                     param="messages",
                 )
+            if request.tools and "tools" not in str(self.hf_tokenizer.chat_template):
+                raise InvalidRequestError(
+                    f"model {self.folder.path.name!r}: its chat template does not take "
+                    "tools, so the model would never see them",
+                    param="tools",
+                )
+            tools: Any = request.tools or None
             try:
                 text = self.hf_tokenizer.apply_chat_template(
-                    request.messages, tokenize=False, add_generation_prompt=True
+                    request.messages,
+                    tools=tools,
+                    tokenize=False,
+                    add_generation_prompt=True,
                 )
             except Exception as e:  # jinja errors on malformed messages
                 raise InvalidRequestError(f"messages: {e}", param="messages") from e

@@ -45,6 +45,7 @@ from squeezer.server.streaming import (
     unless_disconnected,
 )
 from squeezer.tasks.generate import GenerateRequest, GenerateTask, Generation, TextDelta, TextDone
+from squeezer.tasks.tool_calls import ToolCall, ToolFormat, ToolStream
 from squeezer.types import Task
 
 _SEED_MASK = (1 << 63) - 1
@@ -133,6 +134,9 @@ class Choice:
     #: The prompt's logprobs, when asked for (from the first delta).
     prompt: tuple[PromptLogprob | None, ...] | None = None
     done: TextDone | None = None
+    #: Chat with tools: the text as it may turn into calls, and the calls it made.
+    tools: ToolStream | None = None
+    calls: list[ToolCall] = field(default_factory=list)
 
     def add(self, delta: TextDelta, done: TextDone | None) -> None:
         if delta.prompt is not None:
@@ -160,6 +164,8 @@ class Start:
     echo: str = ""
     prompt_only: bool = False
     vllm_prompt_logprobs: int | None = None
+    #: Chat with tools (and tool_choice not ``none``): the model's format, the names.
+    tools: tuple[ToolFormat, frozenset[str]] | None = None
 
 
 async def _start_all(runtime: Runtime, model: ServedModel, starts: list[Start]) -> list[Choice]:
@@ -169,9 +175,10 @@ async def _start_all(runtime: Runtime, model: ServedModel, starts: list[Start]) 
         for index, s in enumerate(starts):
             generation = await runtime.generate(model, s.request, s.params)
             want = s.params.top_logprobs is not None
-            choices.append(
-                Choice(index, generation, s.echo, want, s.prompt_only, s.vllm_prompt_logprobs)
-            )
+            choice = Choice(index, generation, s.echo, want, s.prompt_only, s.vllm_prompt_logprobs)
+            if s.tools is not None:
+                choice.tools = ToolStream(s.tools[0], set(s.tools[1]))
+            choices.append(choice)
     except BaseException:
         for choice in choices:
             await _close(choice.generation.events)
@@ -207,6 +214,8 @@ def finish(c: Choice) -> dict[str, Any]:
         return {"finish_reason": None}
     if c.prompt_only:
         return {"finish_reason": "length", "stop_reason": None}
+    if c.calls:
+        return {"finish_reason": "tool_calls", "stop_reason": c.done.stop}
     return {"finish_reason": c.done.finish.openai, "stop_reason": c.done.stop}
 
 
@@ -264,6 +273,9 @@ class Api:
     #: The per-choice body of a choice's first chunk (chat's role), and of its last.
     opening: Callable[[Choice], dict[str, Any] | None]
     closing: Callable[[Choice], dict[str, Any]]
+    #: Per-choice bodies sent after its last token, before the closing chunk (chat's
+    #: held-back text and tool calls).
+    ending: Callable[[GenerateTask, Choice], list[dict[str, Any]]] = lambda task, c: []
 
 
 async def respond(
@@ -319,6 +331,8 @@ async def respond(
             piece = api.delta(task, choice, delta)
             if piece is not None:
                 yield chunk([piece])
+        for piece in api.ending(task, choice):
+            yield chunk([piece])
         yield chunk([{**api.closing(choice), **finish(choice)}])
 
     async def events() -> AsyncGenerator[bytes, None]:

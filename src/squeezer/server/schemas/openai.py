@@ -168,6 +168,36 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    #: The arguments' JSON schema.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -182,8 +212,10 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ChatTool] | None = Field(default=None, max_length=128)
+    #: ``auto`` (the default with tools): the model may call them; ``required`` or a
+    #: named function: it must (the call's syntax and arguments are enforced).
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: str | None = None
     metadata: dict[str, str] | None = None
@@ -192,9 +224,5 @@ class ChatCompletionRequest(_Sampling):
     modalities: list[str] | None = None
 
     def chat_unsupported(self) -> list[str]:
-        refused = {
-            "tools": bool(self.tools),
-            "tool_choice": self.tool_choice not in (None, "none", "auto"),
-            "modalities": bool(self.modalities and self.modalities != ["text"]),
-        }
+        refused = {"modalities": bool(self.modalities and self.modalities != ["text"])}
         return [name for name, set_ in refused.items() if set_]

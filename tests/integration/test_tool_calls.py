@@ -138,7 +138,8 @@ async def test_auto_finds_a_call_in_the_text_and_streams_it_as_a_delta(
 ) -> None:
     """The random model never calls on its own, so a regex makes it write a call
     as text; ``auto`` must find it, whole and streamed."""
-    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lima", "days": 2}}\n</tool_call>'
+    call = '{"name": "get_weather", "arguments": {"city": "Lima", "days": 2}}'
+    text = f"<tool_call>\n{call}\n</tool_call>"
     regex = "Checking\\. " + "".join(f"\\{c}" if c in "{}()[].*+?|^$\\" else c for c in text)
     body = {"tools": [WEATHER], "structured_outputs": {"regex": regex}}
     out = await _chat(client, **body)

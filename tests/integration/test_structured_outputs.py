@@ -122,6 +122,13 @@ async def test_every_constrained_completion_matches_its_constraint(
         assert check(choice["text"]), choice["text"]
 
 
+async def test_min_tokens_never_pushes_a_text_past_its_grammar(
+    client: httpx.AsyncClient,
+) -> None:
+    out = await _complete(client, guided_choice=CHOICES, min_tokens=6, max_tokens=10)
+    assert out["choices"][0]["text"] in CHOICES
+
+
 async def test_chat_and_streams_are_constrained_too(client: httpx.AsyncClient) -> None:
     messages = [{"role": "user", "content": "Describe a person."}]
     response_format = {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}}

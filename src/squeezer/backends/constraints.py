@@ -15,6 +15,7 @@ once.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -28,6 +29,8 @@ from squeezer.models import ModelFolder
 
 if TYPE_CHECKING:
     import llguidance
+
+log = logging.getLogger(__name__)
 
 #: Compiled grammars kept per model (each is a template matcher, copied per sequence).
 _CACHED_GRAMMARS = 256
@@ -105,6 +108,16 @@ class GrammarBook:
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._templates: OrderedDict[Constraint, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Build the tokenizer now (the loader calls this on a thread of its own, so
+        that the first constrained request does not stall its device's steps). A
+        tokenizer llguidance cannot take fails each constrained request instead."""
+        try:
+            with self._lock:
+                self._llg_tokenizer()
+        except Exception as e:  # logged here; the requests that need it say why
+            log.warning("structured outputs unavailable for %s: %s", self.folder.path, e)
 
     def _llg_tokenizer(self) -> llguidance.LLTokenizer:
         if self._tokenizer is None:

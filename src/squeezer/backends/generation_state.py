@@ -338,7 +338,10 @@ class SequenceTable:
         banned_ids: list[int] = []
         for i, seq in enumerate(seqs):  # min_tokens: no EOS yet for these rows
             p = self._params[seq]
-            if p.eos_ids and lengths[i] - self._prompt_lengths[seq] < p.min_new_tokens:
+            # A constrained row's grammar says where its text may end: banning EOS
+            # after a complete grammar would leave no token it allows.
+            early = lengths[i] - self._prompt_lengths[seq] < p.min_new_tokens
+            if p.eos_ids and early and p.constraint is None:
                 banned_rows += [i] * len(p.eos_ids)
                 banned_ids += p.eos_ids
         batch = self._batch(seqs)

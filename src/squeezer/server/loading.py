@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +298,9 @@ class ModelLoader:
                 spec.name,
                 quantize,
             )
-        backend.table.grammars.book = GrammarBook(folder, backend.vocab_size)
+        book = GrammarBook(folder, backend.vocab_size)
+        backend.table.grammars.book = book
+        threading.Thread(target=book.warm, name=f"grammars-{spec.name}", daemon=True).start()
         limits = GenerationLimits(
             max_input_tokens=min(s.input_token_limit, backend.max_len - 1),
             max_total_tokens=backend.max_len,

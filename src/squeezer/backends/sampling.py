@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -341,25 +341,33 @@ def sample(
 ) -> Sampled:
     """The next token of every row. ``positions`` (B,) is each row's index of the token
     being chosen (its sequence length so far), which with its seed fixes its draw.
-    Logprobs are of ``logits`` as they are (the model's distribution)."""
-    scores = process(logits, batch, history)
+    Logprobs are of ``logits`` as they are (the model's distribution).
+
+    Grammar masks are written into the constrained rows of ``logits`` (float32
+    logits are not copied): only those rows are touched, and a chosen token is one its
+    mask allows, so its logit, read for its logprob afterwards, is the model's."""
+    raw = logits.float()
+    # Log-probabilities as logit - normalizer, for the few tokens that need one: no
+    # (B, vocab) log-softmax is written. Taken before any mask.
+    normalizer = raw.logsumexp(dim=-1, keepdim=True)
+    n = batch.top_logprobs
+    top = torch.topk(raw, n, dim=-1) if n else None
+    if history is not None and history.allowed is not None:
+        rows, allowed = history.allowed
+        raw.index_copy_(0, rows, raw.index_select(0, rows).masked_fill_(~allowed, _NEG_INF))
+        history = replace(history, allowed=None)
+    scores = process(raw, batch, history)
     best = scores.argmax(dim=-1)
     if batch.all_greedy:
         tokens = best
     else:
         # Inverse CDF in vocabulary order: one uniform per row.
-        normalizer = scores.logsumexp(dim=-1, keepdim=True)
-        cdf = (scores - normalizer).exp().double().cumsum(dim=-1)
+        processed = scores.logsumexp(dim=-1, keepdim=True)
+        cdf = (scores - processed).exp().double().cumsum(dim=-1)
         u = uniform(batch.seeds, positions).unsqueeze(1) * cdf[:, -1:]
         pick = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
         tokens = torch.where(batch.greedy, best, pick.squeeze(1))
-    # Log-probabilities as logit - normalizer, for the few tokens that need one: no
-    # (B, vocab) log-softmax is written.
-    raw = logits.float()
-    normalizer = raw.logsumexp(dim=-1, keepdim=True)
     chosen = raw.gather(1, tokens.unsqueeze(1)).squeeze(1) - normalizer.squeeze(1)
-    n = batch.top_logprobs
-    top = torch.topk(raw, n, dim=-1) if n else None
     empty = raw.new_empty((raw.shape[0], 0))
     return Sampled(
         tokens=tokens,

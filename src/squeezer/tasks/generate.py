@@ -282,6 +282,11 @@ class GenerateTask:
     def is_special(self, token: int) -> bool:
         return token in self._special_ids
 
+    def is_special_text(self, text: str) -> bool:
+        """Whether ``text`` is one special token (skipped when special tokens are)."""
+        token = self.tokenizer.token_to_id(text)
+        return token is not None and token in self._special_ids
+
     def _added_tokens(self) -> dict[int, str]:
         if self._added is None:
             decoder = self.tokenizer.get_added_tokens_decoder()

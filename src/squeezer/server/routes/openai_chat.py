@@ -191,6 +191,11 @@ async def _chat(request: Request, name: str | None) -> Response:
         ),
         body,
     )
+    # A tokenizer that marks <tool_call> special would skip it from the text the calls
+    # are parsed from (vLLM's hermes parser keeps special tokens too).
+    hermes = parsing is not None and parsing[0] is ToolFormat.HERMES
+    if hermes and task.is_special_text("<tool_call>"):
+        req.skip_special_tokens = False
     top = (body.top_logprobs or 0) if body.logprobs else None
     starts = [
         Start(

@@ -51,3 +51,11 @@ async def make_async_client() -> AsyncIterator[Any]:
     yield make
     for runtime in started:
         await runtime.stop()
+
+
+@pytest_asyncio.fixture
+async def llama_client(make_async_client: Any, tiny_llama: Path) -> httpx.AsyncClient:
+    """The generation model ``llama`` alone: 256 tokens, 8 sequences."""
+    settings = settings_for({"llama": tiny_llama}, max_total_tokens=256, max_num_seqs=8)
+    c: httpx.AsyncClient = await make_async_client(settings)
+    return c

@@ -18,7 +18,6 @@ import pytest
 import torch
 import transformers
 
-from squeezer.config import ModelSettings, Settings
 from tests.integration.test_generation_routes import _events
 
 CONTEXT = "Functions are objects that"
@@ -29,14 +28,8 @@ TOL = 1e-4
 
 
 @pytest.fixture
-async def client(make_async_client: Any, tiny_llama: Path) -> httpx.AsyncClient:
-    settings = Settings(
-        models=[ModelSettings(name="llama", path=str(tiny_llama))],
-        max_total_tokens=256,
-        max_num_seqs=8,
-    )
-    c: httpx.AsyncClient = await make_async_client(settings)
-    return c
+def client(llama_client: httpx.AsyncClient) -> httpx.AsyncClient:
+    return llama_client
 
 
 @pytest.fixture(scope="module")

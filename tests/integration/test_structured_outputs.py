@@ -17,7 +17,6 @@ import jsonschema_rs
 import pytest
 import transformers
 
-from squeezer.config import ModelSettings, Settings
 from tests.integration.test_generation_routes import _events
 
 PROMPT = "Functions are objects"
@@ -39,14 +38,8 @@ GBNF = 'root ::= "(" [a-c]+ ")"'
 
 
 @pytest.fixture
-async def client(make_async_client: Any, tiny_llama: Path) -> httpx.AsyncClient:
-    settings = Settings(
-        models=[ModelSettings(name="llama", path=str(tiny_llama))],
-        max_total_tokens=256,
-        max_num_seqs=8,
-    )
-    c: httpx.AsyncClient = await make_async_client(settings)
-    return c
+def client(llama_client: httpx.AsyncClient) -> httpx.AsyncClient:
+    return llama_client
 
 
 async def _complete(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Offline batch inference: ``squeezer batch`` over files, resumable (``job``)."""

@@ -1,0 +1,223 @@
+"""A batch job from input file to output file: resumable, with progress and a report.
+
+The models load as ``serve`` loads them (the same settings, sources and artifacts);
+rows not yet committed run through them a window at a time, and every
+``part_size`` results are committed as one part (``store``). Bad rows become error
+rows and the job goes on, until ``max_errors``. When every row is committed, the
+parts are merged into the output (JSONL, or Parquet with embeddings as a fixed-size
+list column) and a report is written beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from squeezer.batch.rows import InputFormat, file_hash, read_rows
+from squeezer.batch.store import JobKey, PartStore
+from squeezer.batch.work import OPENAI_URLS, TaskOptions, Worker, openai_worker, task_worker
+from squeezer.config import Settings
+from squeezer.errors import InvalidRequestError
+from squeezer.server.app import create_app
+from squeezer.server.runtime import Runtime
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    input: Path
+    output: Path
+    settings: Settings
+    format: InputFormat
+    #: None for an OpenAI batch file (each line names its model and route).
+    options: TaskOptions | None = None
+    model: str | None = None
+    id_column: str | None = None
+    #: Rows run at once (the engine batches them); results per committed part.
+    window: int = 256
+    part_size: int = 512
+    max_errors: int | None = None
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass(slots=True)
+class BatchReport:
+    rows: int = 0
+    #: Rows already committed by an earlier run of this job, skipped in this one.
+    resumed: int = 0
+    errors: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+    stopped_early: bool = False
+    first_errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return (self.rows - self.resumed) / self.wall_s if self.wall_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        tokens_per_s = self.tokens / self.wall_s if self.wall_s else 0.0
+        return {
+            **asdict(self),
+            "rows_per_s": round(self.rows_per_s, 2),
+            "tokens_per_s": round(tokens_per_s, 1),
+        }
+
+
+def _parameters(job: BatchJob) -> str:
+    """A hash of what decides the results besides the model and the input."""
+    described = {
+        "options": None if job.options is None else asdict(job.options),
+        "model": job.model,
+        "id_column": job.id_column,
+        "format": job.format.value,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _writer(job: BatchJob) -> Any:
+    """How merged records become the output file."""
+    if job.output.suffix.lower() in (".parquet", ".pq"):
+        if job.format is InputFormat.OPENAI:
+            raise InvalidRequestError("an OpenAI batch job writes JSONL, not Parquet")
+        return _write_parquet
+    if job.format is InputFormat.OPENAI:
+        return _write_openai_jsonl
+    return _write_jsonl
+
+
+def _write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            line = {"id": r["id"], **(r["result"] or {}), "error": r["error"]}
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def _write_openai_jsonl(records: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r["result"], ensure_ascii=False) + "\n")
+
+
+def _write_parquet(records: list[dict[str, Any]], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, Any] = {"id": pa.array([r["id"] for r in records], pa.string())}
+    results = [r["result"] or {} for r in records]
+    vectors = [res.get("embedding") for res in results]
+    dims = {len(v) for v in vectors if v is not None}
+    if dims:  # embeddings: one fixed-size list column
+        (dim,) = dims
+        columns["embedding"] = pa.array(vectors, pa.list_(pa.float32(), dim))
+    else:
+        keys = sorted({k for res in results for k in res})
+        for key in keys:
+            columns[key] = pa.array([res.get(key) for res in results])
+    columns["error"] = pa.array([r["error"] for r in records], pa.string())
+    pq.write_table(pa.table(columns), path)
+
+
+async def _run(job: BatchJob, report: BatchReport) -> None:
+    app = create_app(job.settings)
+    runtime: Runtime = app.state.runtime
+    await runtime.start()
+    try:
+        store = PartStore(job.output)
+        key = JobKey(
+            model_fingerprint=",".join(
+                sorted(f"{m.key}:{m.info.content_hash}" for m in runtime.registry.loaded())
+            ),
+            parameters=_parameters(job),
+            input=file_hash(job.input),
+        )
+        done = store.open(key, force=job.force)
+        report.resumed = len(done)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://batch", timeout=None
+        ) as client:
+            worker = _worker(job, runtime, client)
+            await _drive(job, store, worker, done, report)
+    finally:
+        await runtime.stop()
+
+
+def _worker(job: BatchJob, runtime: Runtime, client: httpx.AsyncClient) -> Worker:
+    if job.format is InputFormat.OPENAI:
+        return openai_worker(client)
+    assert job.options is not None
+    model = runtime.registry.get(job.model, job.options.task)
+    return task_worker(runtime, model, job.options)
+
+
+async def _drive(
+    job: BatchJob, store: PartStore, worker: Worker, done: set[str], report: BatchReport
+) -> None:
+    rows = list(read_rows(job.input, job.format, job.id_column))
+    report.rows = len(rows)
+    todo = [r for r in rows if r.id not in done]
+    window = asyncio.Semaphore(job.window)
+
+    async def one(row: Any) -> dict[str, Any]:
+        async with window:
+            outcome = await worker(row)
+        report.tokens += outcome.tokens
+        if outcome.error is not None:
+            report.errors += 1
+            if len(report.first_errors) < 10:
+                report.first_errors.append({"id": row.id, "error": outcome.error})
+        return outcome.record(row)
+
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    ]
+    started, processed = time.perf_counter(), 0
+    with Progress(*columns, disable=not job.progress) as bar:
+        task = bar.add_task("rows", total=len(rows), completed=len(done), rate="")
+        for start in range(0, len(todo), job.part_size):
+            part = todo[start : start + job.part_size]
+            store.commit(list(await asyncio.gather(*(one(r) for r in part))))
+            processed += len(part)
+            elapsed = time.perf_counter() - started
+            rate = f"{processed / elapsed:.1f} rows/s, {report.tokens / elapsed:.0f} tokens/s"
+            bar.update(task, advance=len(part), rate=rate)
+            if job.max_errors is not None and report.errors > job.max_errors:
+                report.stopped_early = True
+                return
+
+
+def run_batch(job: BatchJob) -> BatchReport:
+    """Run (or resume) ``job``; the output and ``OUTPUT.report.json`` when it
+    completes. A job stopped by ``max_errors`` keeps its parts for a rerun."""
+    return asyncio.run(run_batch_async(job))
+
+
+async def run_batch_async(job: BatchJob) -> BatchReport:
+    """``run_batch`` on a running event loop."""
+    if job.format is not InputFormat.OPENAI and job.options is None:
+        raise InvalidRequestError("a task job needs its task and columns")
+    writer = _writer(job)
+    report = BatchReport()
+    started = time.perf_counter()
+    await _run(job, report)
+    report.wall_s = round(time.perf_counter() - started, 3)
+    if not report.stopped_early:
+        PartStore(job.output).merge(writer)
+    report_path = job.output.with_name(job.output.name + ".report.json")
+    report_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+__all__ = ["OPENAI_URLS", "BatchJob", "BatchReport", "run_batch", "run_batch_async"]

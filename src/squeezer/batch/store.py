@@ -1,0 +1,99 @@
+"""Where a batch job's results go, so that a crash loses only the rows in flight.
+
+Results are written as part files (``OUT.parts/part-NNNNNN.jsonl``), each written to a
+temporary name, flushed and fsynced, then renamed: a part either exists whole or not
+at all, whatever killed the writer (a Parquet file half-written has no footer, so
+nothing is ever appended to an open file). The directory's ``manifest.json`` holds
+the job's key: the model fingerprint, a hash of the task's parameters and the input's
+identity. A rerun with the same key skips every id a committed part holds; another
+key is refused unless the job is started anew. When the job completes, the parts are
+merged into the requested file (in input order, each row once) and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from squeezer.errors import ConflictError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True, slots=True)
+class JobKey:
+    """What must not change between a job and its resumption."""
+
+    model_fingerprint: str
+    parameters: str
+    input: str
+
+
+def _atomic_write(path: Path, lines: Iterable[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line)
+            f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class PartStore:
+    """The committed results of one job's output."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.parts = output.with_name(output.name + ".parts")
+
+    def open(self, key: JobKey, *, force: bool) -> set[str]:
+        """Start or resume; the ids already done. A different job's parts are a
+        conflict (``force`` discards them)."""
+        manifest = self.parts / MANIFEST
+        if manifest.is_file():
+            found = JobKey(**json.loads(manifest.read_text(encoding="utf-8")))
+            if found != key and not force:
+                changed = [f for f in asdict(key) if getattr(found, f) != getattr(key, f)]
+                raise ConflictError(
+                    f"{self.parts} holds a job with another {', '.join(changed)}; "
+                    "rerun with --force to discard it and start anew"
+                )
+            if found != key:
+                shutil.rmtree(self.parts)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        for stale in self.parts.glob(".*.tmp"):  # a part that was being written
+            stale.unlink()
+        _atomic_write(manifest, [json.dumps(asdict(key))])
+        return {str(rec["id"]) for rec in self.records()}
+
+    def _part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("part-*.jsonl"))
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for part in self._part_files():
+            with part.open(encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)
+
+    def commit(self, records: list[dict[str, Any]]) -> None:
+        """One part, whole or not at all."""
+        number = len(self._part_files())
+        path = self.parts / f"part-{number:06d}.jsonl"
+        _atomic_write(path, (json.dumps(r, ensure_ascii=False) for r in records))
+
+    def merge(self, write: Any) -> int:
+        """Every committed record in input order, through ``write(records, path)``
+        into the output, atomically; then the parts are removed. Returns the count."""
+        records = sorted(self.records(), key=lambda r: int(r["index"]))
+        tmp = self.output.with_name(f".{self.output.name}.tmp")
+        write(records, tmp)
+        os.replace(tmp, self.output)
+        shutil.rmtree(self.parts)
+        return len(records)

@@ -83,7 +83,14 @@ def _parameters(job: BatchJob) -> str:
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _writer(job: BatchJob) -> Any:
+def job_key(job: BatchJob, fingerprints: dict[str, str]) -> JobKey:
+    """The job's identity: its models' fingerprints (by name), its parameters and its
+    input's hash. The same for a local and a Ray run of one job."""
+    models = ",".join(sorted(f"{name}:{digest}" for name, digest in fingerprints.items()))
+    return JobKey(models, _parameters(job), file_hash(job.input))
+
+
+def writer_for(job: BatchJob) -> Any:
     """How merged records become the output file."""
     if job.output.suffix.lower() in (".parquet", ".pq"):
         if job.format is InputFormat.OPENAI:
@@ -132,25 +139,19 @@ async def _run(job: BatchJob, report: BatchReport) -> None:
     await runtime.start()
     try:
         store = PartStore(job.output)
-        key = JobKey(
-            model_fingerprint=",".join(
-                sorted(f"{m.key}:{m.info.content_hash}" for m in runtime.registry.loaded())
-            ),
-            parameters=_parameters(job),
-            input=file_hash(job.input),
-        )
+        key = job_key(job, {m.name: m.info.content_hash for m in runtime.registry.loaded()})
         done = store.open(key, force=job.force)
         report.resumed = len(done)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://batch", timeout=None
         ) as client:
-            worker = _worker(job, runtime, client)
+            worker = make_worker(job, runtime, client)
             await _drive(job, store, worker, done, report)
     finally:
         await runtime.stop()
 
 
-def _worker(job: BatchJob, runtime: Runtime, client: httpx.AsyncClient) -> Worker:
+def make_worker(job: BatchJob, runtime: Runtime, client: httpx.AsyncClient) -> Worker:
     if job.format is InputFormat.OPENAI:
         return openai_worker(client)
     assert job.options is not None
@@ -208,16 +209,21 @@ async def run_batch_async(job: BatchJob) -> BatchReport:
     """``run_batch`` on a running event loop."""
     if job.format is not InputFormat.OPENAI and job.options is None:
         raise InvalidRequestError("a task job needs its task and columns")
-    writer = _writer(job)
+    writer = writer_for(job)
     report = BatchReport()
     started = time.perf_counter()
     await _run(job, report)
     report.wall_s = round(time.perf_counter() - started, 3)
     if not report.stopped_early:
         PartStore(job.output).merge(writer)
-    report_path = job.output.with_name(job.output.name + ".report.json")
-    report_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+    write_report(job, report)
     return report
+
+
+def write_report(job: BatchJob, report: BatchReport) -> None:
+    """``OUTPUT.report.json``: rows, errors, tokens, wall time and throughput."""
+    path = job.output.with_name(job.output.name + ".report.json")
+    path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 __all__ = ["OPENAI_URLS", "BatchJob", "BatchReport", "run_batch", "run_batch_async"]

@@ -1,6 +1,6 @@
 """Where a batch job's results go, so that a crash loses only the rows in flight.
 
-Results are written as part files (``OUT.parts/part-NNNNNN.jsonl``), each written to a
+Results are written as part files (``OUT.parts/part-*.jsonl``), each written to a
 temporary name, flushed and fsynced, then renamed: a part either exists whole or not
 at all, whatever killed the writer (a Parquet file half-written has no footer, so
 nothing is ever appended to an open file). The directory's ``manifest.json`` holds
@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,15 +85,20 @@ class PartStore:
                         yield json.loads(line)
 
     def commit(self, records: list[dict[str, Any]]) -> None:
-        """One part, whole or not at all."""
-        number = len(self._part_files())
-        path = self.parts / f"part-{number:06d}.jsonl"
+        """One part, whole or not at all. Named uniquely, not by count, so that many
+        writers (Ray Data's actors) can commit into one directory."""
+        path = self.parts / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.jsonl"
         _atomic_write(path, (json.dumps(r, ensure_ascii=False) for r in records))
 
-    def merge(self, write: Any) -> int:
-        """Every committed record in input order, through ``write(records, path)``
-        into the output, atomically; then the parts are removed. Returns the count."""
-        records = sorted(self.records(), key=lambda r: int(r["index"]))
+    def merge(self, write: Any, order: dict[str, int] | None = None) -> int:
+        """Every committed record in input order (``order``: each id's position, for
+        writers that did not know it), through ``write(records, path)`` into the
+        output, atomically; then the parts are removed. Returns the count."""
+        records = list(self.records())
+        if order is not None:
+            for r in records:
+                r["index"] = order[str(r["id"])]
+        records.sort(key=lambda r: int(r["index"]))
         tmp = self.output.with_name(f".{self.output.name}.tmp")
         write(records, tmp)
         os.replace(tmp, self.output)

@@ -53,12 +53,22 @@ def batch(
         int, typer.Option(help="Rows per committed part: what a crash can lose at most.")
     ] = 512,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run on Ray Data (pip install 'squeezer[ray]').")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A running Ray cluster (default: a local Ray).")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="--ray: actors, each with its own models.")] = 1,
+    cpus_per_actor: Annotated[float, typer.Option(help="--ray: CPUs per actor.")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="--ray: GPUs per actor.")] = 0.0,
 ) -> None:
     """Run every row through a model and write the results; rerun to resume.
 
     Results are committed in parts as rows finish; after a crash (SIGKILL included) the
     same command skips the rows already committed, and the output holds each row once.
-    A rerun with another model, parameters or input is refused unless --force."""
+    A rerun with another model, parameters or input is refused unless --force. With
+    --ray the job runs on Ray Data, with the same output and resume."""
     from squeezer.batch.job import BatchJob, run_batch
     from squeezer.batch.rows import InputFormat
     from squeezer.batch.work import TaskOptions
@@ -107,7 +117,18 @@ def batch(
         progress=progress,
     )
     try:
-        report = run_batch(job)
+        if ray:
+            from squeezer.batch.ray_job import run_batch_ray
+
+            report = run_batch_ray(
+                job,
+                actors=actors,
+                cpus_per_actor=cpus_per_actor,
+                gpus_per_actor=gpus_per_actor,
+                address=ray_address,
+            )
+        else:
+            report = run_batch(job)
     except SqueezerError as e:
         typer.echo(f"squeezer batch: {e.message}", err=True)
         raise typer.Exit(2) from None

@@ -120,6 +120,8 @@ def task_worker(runtime: Runtime, model: ServedModel, options: TaskOptions) -> W
     )
 
     async def work(row: Row) -> Outcome:
+        if "_unreadable" in row.record:
+            return Outcome(None, str(row.record["_unreadable"]))
         try:
             return await run(row)
         except SqueezerError as e:

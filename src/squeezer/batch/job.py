@@ -59,6 +59,13 @@ class BatchReport:
     stopped_early: bool = False
     first_errors: list[dict[str, Any]] = field(default_factory=list)
 
+    def count(self, row_id: str, error: str | None, tokens: int) -> None:
+        self.tokens += tokens
+        if error is not None:
+            self.errors += 1
+            if len(self.first_errors) < 10:
+                self.first_errors.append({"id": row_id, "error": error})
+
     @property
     def rows_per_s(self) -> float:
         return (self.rows - self.resumed) / self.wall_s if self.wall_s else 0.0
@@ -170,33 +177,50 @@ async def _drive(
     async def one(row: Any) -> dict[str, Any]:
         async with window:
             outcome = await worker(row)
-        report.tokens += outcome.tokens
-        if outcome.error is not None:
-            report.errors += 1
-            if len(report.first_errors) < 10:
-                report.first_errors.append({"id": row.id, "error": outcome.error})
+        report.count(row.id, outcome.error, outcome.tokens)
         return outcome.record(row)
 
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-    ]
-    started, processed = time.perf_counter(), 0
-    with Progress(*columns, disable=not job.progress) as bar:
-        task = bar.add_task("rows", total=len(rows), completed=len(done), rate="")
+    with RowProgress(job, report) as progress:
         for start in range(0, len(todo), job.part_size):
             part = todo[start : start + job.part_size]
             store.commit(list(await asyncio.gather(*(one(r) for r in part))))
-            processed += len(part)
-            elapsed = time.perf_counter() - started
-            rate = f"{processed / elapsed:.1f} rows/s, {report.tokens / elapsed:.0f} tokens/s"
-            bar.update(task, advance=len(part), rate=rate)
-            if job.max_errors is not None and report.errors > job.max_errors:
-                report.stopped_early = True
+            if progress.advance(len(part)):
                 return
+
+
+class RowProgress:
+    """The job's progress bar (rows/s, tokens/s), and whether ``max_errors`` stops it."""
+
+    def __init__(self, job: BatchJob, report: BatchReport, label: str = "rows") -> None:
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+        ]
+        self.job, self.report = job, report
+        self.bar = Progress(*columns, disable=not job.progress)
+        self.task = self.bar.add_task(label, total=report.rows, completed=report.resumed, rate="")
+        self.started, self.processed = time.perf_counter(), 0
+
+    def __enter__(self) -> RowProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def advance(self, rows: int) -> bool:
+        """``rows`` more are done; True when the job must stop (``max_errors``)."""
+        self.processed += rows
+        elapsed = time.perf_counter() - self.started
+        tokens = self.report.tokens / elapsed
+        rate = f"{self.processed / elapsed:.1f} rows/s, {tokens:.0f} tokens/s"
+        self.bar.update(self.task, advance=rows, rate=rate)
+        limit = self.job.max_errors
+        self.report.stopped_early = limit is not None and self.report.errors > limit
+        return self.report.stopped_early
 
 
 def run_batch(job: BatchJob) -> BatchReport:

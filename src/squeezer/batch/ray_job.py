@@ -20,9 +20,14 @@ import os
 import time
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from squeezer.batch.job import BatchJob, BatchReport, job_key, write_report, writer_for
+from squeezer.batch.job import (
+    BatchJob,
+    BatchReport,
+    RowProgress,
+    job_key,
+    write_report,
+    writer_for,
+)
 from squeezer.batch.rows import InputFormat, Row, read_rows
 from squeezer.batch.store import PartStore
 from squeezer.errors import InvalidRequestError
@@ -165,29 +170,15 @@ def _fingerprints(job: BatchJob) -> dict[str, str]:
 
 
 def _follow(job: BatchJob, results: Any, report: BatchReport) -> None:
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-    ]
-    started, processed = time.perf_counter(), 0
-    with Progress(*columns, disable=not job.progress) as bar:
-        task = bar.add_task("rows (ray)", total=report.rows, completed=report.resumed, rate="")
+    """Drive the dataset, counting what the actors report."""
+    with RowProgress(job, report, "rows (ray)") as progress:
         for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
             stats = batch.to_pydict()
-            for row_id, error in zip(stats["id"], stats["error"], strict=True):
-                if error is not None:
-                    report.errors += 1
-                    if len(report.first_errors) < 10:
-                        report.first_errors.append({"id": row_id, "error": error})
-            report.tokens += sum(stats["tokens"])
-            processed += len(stats["id"])
-            elapsed = time.perf_counter() - started
-            bar.update(task, advance=len(stats["id"]), rate=f"{processed / elapsed:.1f} rows/s")
-            if job.max_errors is not None and report.errors > job.max_errors:
-                report.stopped_early = True
+            for row_id, error, tokens in zip(
+                stats["id"], stats["error"], stats["tokens"], strict=True
+            ):
+                report.count(row_id, error, tokens)
+            if progress.advance(len(stats["id"])):
                 return
 
 

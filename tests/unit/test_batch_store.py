@@ -63,3 +63,50 @@ def test_rows_get_ids_and_duplicates_are_refused(tmp_path: Path) -> None:
     openai = tmp_path / "batch.jsonl"
     openai.write_text('{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {}}\n')
     assert InputFormat.of(openai) is InputFormat.OPENAI
+
+
+def test_many_unsorted_parts_merge_in_rounds_into_input_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts as Ray's actors leave them (unordered, positions unknown) merge k-way in
+    rounds of at most _FAN_IN open runs, into input order."""
+    from squeezer.batch import store as store_module
+
+    monkeypatch.setattr(store_module, "_FAN_IN", 3)
+    out = tmp_path / "out.jsonl"
+    store = PartStore(out)
+    store.open(KEY, force=False)
+    ids = [f"r{i}" for i in range(50)]
+    shuffled = ids[::7] + [i for i in ids if i not in ids[::7]]
+    for start in range(0, 50, 4):
+        chunk = shuffled[start : start + 4][::-1]
+        store.commit([{"id": i, "index": -1, "result": {}, "error": None} for i in chunk])
+    written: list[str] = []
+
+    def write(records: object, path: Path) -> None:
+        written.extend(r["id"] for r in records)  # type: ignore[attr-defined]
+        path.write_text("done")
+
+    assert store.merge(write, {i: n for n, i in enumerate(ids)}) == 50
+    assert written == ids and not store.parts.exists()
+
+
+def test_parquet_is_written_in_row_groups_with_error_rows_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    from squeezer.batch import job
+
+    monkeypatch.setattr(job, "_ROW_GROUP", 4)
+    records = [
+        {"id": f"r{i}", "index": i, "result": None if i < 6 else {"embedding": [float(i)] * 3},
+         "error": "bad" if i < 6 else None}
+        for i in range(13)
+    ]  # fmt: skip
+    job._write_parquet(iter(records), tmp_path / "out.parquet")
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.num_rows == 13 and table.schema.field("embedding").type.list_size == 3
+    assert table.column("embedding").to_pylist()[12] == [12.0] * 3
+    assert table.column("error").to_pylist()[:6] == ["bad"] * 6
+    assert pq.ParquetFile(tmp_path / "out.parquet").num_row_groups >= 3

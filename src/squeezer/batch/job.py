@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,36 +115,81 @@ def writer_for(job: BatchJob) -> Any:
     return _write_jsonl
 
 
-def _write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
+def _write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> None:
     with path.open("w", encoding="utf-8") as f:
         for r in records:
             line = {"id": r["id"], **(r["result"] or {}), "error": r["error"]}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
-def _write_openai_jsonl(records: list[dict[str, Any]], path: Path) -> None:
+def _write_openai_jsonl(records: Iterable[dict[str, Any]], path: Path) -> None:
     with path.open("w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r["result"], ensure_ascii=False) + "\n")
 
 
-def _write_parquet(records: list[dict[str, Any]], path: Path) -> None:
-    import pyarrow as pa
+def _write_parquet(records: Iterable[dict[str, Any]], path: Path) -> None:
+    """Row groups of ``_ROW_GROUP`` records, so that memory holds one group. The
+    schema is the first group's with a result in it (embeddings: a fixed-size list
+    column); groups of error rows before it wait for it."""
     import pyarrow.parquet as pq
 
-    columns: dict[str, Any] = {"id": pa.array([r["id"] for r in records], pa.string())}
+    writer: Any = None
+    waiting: list[list[dict[str, Any]]] = []
+    try:
+        for group in _groups(records, _ROW_GROUP):
+            if writer is None and not any(r["result"] for r in group):
+                waiting.append(group)
+                continue
+            if writer is None:
+                schema = _table(group).schema
+                writer = pq.ParquetWriter(path, schema)
+                for early in waiting:
+                    writer.write_table(_table(early, schema))
+                waiting = []
+            writer.write_table(_table(group, writer.schema))
+        if writer is None:  # no result at all: ids and errors
+            rows = [r for group in waiting for r in group]
+            pq.write_table(_table(rows), path)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+#: Records per Parquet row group.
+_ROW_GROUP = 8192
+
+
+def _groups(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    group: list[dict[str, Any]] = []
+    for record in records:
+        group.append(record)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _table(records: list[dict[str, Any]], schema: Any = None) -> Any:
+    import pyarrow as pa
+
     results = [r["result"] or {} for r in records]
+    columns: dict[str, Any] = {"id": pa.array([r["id"] for r in records], pa.string())}
     vectors = [res.get("embedding") for res in results]
     dims = {len(v) for v in vectors if v is not None}
-    if dims:  # embeddings: one fixed-size list column
+    if schema is not None and "embedding" in schema.names:
+        columns["embedding"] = pa.array(vectors, schema.field("embedding").type)
+    elif dims:  # embeddings: one fixed-size list column
         (dim,) = dims
         columns["embedding"] = pa.array(vectors, pa.list_(pa.float32(), dim))
     else:
-        keys = sorted({k for res in results for k in res})
+        keys = schema.names[1:-1] if schema is not None else sorted({k for r in results for k in r})
         for key in keys:
-            columns[key] = pa.array([res.get(key) for res in results])
+            kind = schema.field(key).type if schema is not None else None
+            columns[key] = pa.array([res.get(key) for res in results], kind)
     columns["error"] = pa.array([r["error"] for r in records], pa.string())
-    pq.write_table(pa.table(columns), path)
+    return pa.table(columns)
 
 
 async def _run(job: BatchJob, report: BatchReport) -> None:

@@ -12,6 +12,7 @@ merged into the requested file (in input order, each row once) and removed.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
@@ -69,7 +70,8 @@ class PartStore:
             if found != key:
                 shutil.rmtree(self.parts)
         self.parts.mkdir(parents=True, exist_ok=True)
-        for stale in self.parts.glob(".*.tmp"):  # a part that was being written
+        # A part that was being written, and the runs of a merge that was cut short.
+        for stale in [*self.parts.glob(".*.tmp"), *self.parts.glob("run-*.jsonl")]:
             stale.unlink()
         _atomic_write(manifest, [json.dumps(asdict(key))])
         return {str(rec["id"]) for rec in self.records()}
@@ -79,10 +81,7 @@ class PartStore:
 
     def records(self) -> Iterator[dict[str, Any]]:
         for part in self._part_files():
-            with part.open(encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        yield json.loads(line)
+            yield from _read(part)
 
     def commit(self, records: list[dict[str, Any]]) -> None:
         """One part, whole or not at all. Named uniquely, not by count, so that many
@@ -92,15 +91,67 @@ class PartStore:
 
     def merge(self, write: Any, order: dict[str, int] | None = None) -> int:
         """Every committed record in input order (``order``: each id's position, for
-        writers that did not know it), through ``write(records, path)`` into the
-        output, atomically; then the parts are removed. Returns the count."""
-        records = list(self.records())
+        writers that did not know it), streamed through ``write(records, path)`` into
+        the output, atomically; then the parts are removed. Returns the count.
+
+        Memory holds one part at a time, then one record per run: each part is sorted
+        on its own, and the sorted runs are merged k-way (in rounds of at most
+        ``_FAN_IN`` open files), so a job of millions of rows merges in what one part
+        takes, not in what the whole output takes."""
+        runs = [self._sorted_run(part, order) for part in self._part_files()]
+        round_ = 0
+        while len(runs) > _FAN_IN:
+            round_ += 1
+            merged = []
+            for start in range(0, len(runs), _FAN_IN):
+                group = runs[start : start + _FAN_IN]
+                path = self.parts / f"run-{round_}-{start // _FAN_IN:06d}.jsonl"
+                _atomic_write(path, (json.dumps(r) for r in _merged(group)))
+                merged.append(path)
+            runs = merged
+        count = 0
+
+        def counted() -> Iterator[dict[str, Any]]:
+            nonlocal count
+            for record in _merged(runs):
+                count += 1
+                yield record
+
+        tmp = self.output.with_name(f".{self.output.name}.tmp")
+        write(counted(), tmp)
+        os.replace(tmp, self.output)
+        shutil.rmtree(self.parts)
+        return count
+
+    def _sorted_run(self, part: Path, order: dict[str, int] | None) -> Path:
+        """``part`` sorted by input position (the part itself when it already is)."""
+        records = list(_read(part))
         if order is not None:
             for r in records:
                 r["index"] = order[str(r["id"])]
-        records.sort(key=lambda r: int(r["index"]))
-        tmp = self.output.with_name(f".{self.output.name}.tmp")
-        write(records, tmp)
-        os.replace(tmp, self.output)
-        shutil.rmtree(self.parts)
-        return len(records)
+        positions = [int(r["index"]) for r in records]
+        if order is None and positions == sorted(positions):
+            return part
+        records.sort(key=_position)
+        path = part.with_name("run-0-" + part.name)
+        _atomic_write(path, (json.dumps(r, ensure_ascii=False) for r in records))
+        return path
+
+
+#: Sorted runs merged at once (each an open file).
+_FAN_IN = 128
+
+
+def _position(record: dict[str, Any]) -> int:
+    return int(record["index"])
+
+
+def _read(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _merged(runs: list[Path]) -> Iterator[dict[str, Any]]:
+    return heapq.merge(*(_read(run) for run in runs), key=_position)

@@ -91,7 +91,6 @@ class SequenceTable:
         self.grammars = ConstrainedSequences()
         self._params: dict[SeqId, SamplingParams] = {}
         self._prompt_of: dict[SeqId, Sequence[int]] = {}
-        self._prompt_lengths: dict[SeqId, int] = {}
         #: Tokens whose keys and values each slot's cache holds (prefix caching).
         self.held = HeldTokens(max_slots)
         #: Prompt tokens of each sequence found in its slot's cache at admission.
@@ -158,7 +157,6 @@ class SequenceTable:
             self._owners[slot] = seq.id
             self._params[seq.id] = seq.params
             self._prompt_of[seq.id] = seq.prompt
-            self._prompt_lengths[seq.id] = len(seq.prompt)
             self._lengths[slot] = len(seq.prompt)
             self._seen[slot] = False
             prompt = torch.tensor(list(seq.prompt), dtype=torch.long, device=self.device)
@@ -232,7 +230,7 @@ class SequenceTable:
         slot = self._slots[seq]
         self.held.keep(slot, tokens)
         self._reused[seq] = tokens
-        self.prompt_tokens += self._prompt_lengths[seq]
+        self.prompt_tokens += len(self._prompt_of[seq])
         self.cached_tokens += tokens
 
     def copied(self, source: int, target: int, tokens: int) -> None:
@@ -307,7 +305,6 @@ class SequenceTable:
         self._prompt_of.pop(seq)
         self._prompt_scores.pop(seq, None)
         self.grammars.release(seq)
-        self._prompt_lengths.pop(seq)
         self._reused.pop(seq)
         self._owners[slot] = None
         vacated, move = slot, None
@@ -340,7 +337,7 @@ class SequenceTable:
             p = self._params[seq]
             # A constrained row's grammar says where its text may end: banning EOS
             # after a complete grammar would leave no token it allows.
-            early = lengths[i] - self._prompt_lengths[seq] < p.min_new_tokens
+            early = lengths[i] - len(self._prompt_of[seq]) < p.min_new_tokens
             if p.eos_ids and early and p.constraint is None:
                 banned_rows += [i] * len(p.eos_ids)
                 banned_ids += p.eos_ids
@@ -348,8 +345,8 @@ class SequenceTable:
         device_rows = rows.to(self.device)
         constraints = [self._params[seq].constraint for seq in seqs]
         # Penalties read (B, vocab) gathers, skipped when no row asks for them.
+        allowed = self.grammars.mask(seqs, constraints, self.device)
         history = History(
-            allowed=self.grammars.mask(seqs, constraints, self.device),
             seen=self._seen[device_rows] if batch.any_repetition else None,
             counts=self._counts[device_rows]
             if batch.any_counts and self._counts is not None
@@ -362,13 +359,13 @@ class SequenceTable:
             else None,
         )
         # The position of the token being chosen: the sequence's length so far.
-        picked = sample(logits, batch, self._lengths[rows].to(self.device), history)
+        picked = sample(logits, batch, self._lengths[rows].to(self.device), history, allowed)
         self._seen[device_rows, picked.tokens] = True
         if self._counts is not None:
             self._counts[device_rows, picked.tokens] += 1
         tokens = picked.tokens.tolist()
-        if history.allowed is not None:
-            self.grammars.advance(history.allowed[0].tolist(), seqs, tokens)
+        if allowed is not None:
+            self.grammars.advance(allowed[0].tolist(), seqs, tokens)
         logprobs = picked.logprobs.tolist()
         out = []
         for i, seq in enumerate(seqs):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -247,22 +247,16 @@ class History:
     counts: torch.Tensor | None = None
     #: (rows, token ids) that may not be chosen now (EOS before ``min_tokens``).
     banned: tuple[torch.Tensor, torch.Tensor] | None = None
-    #: (rows, (len(rows), vocab) bool): the only tokens those rows' grammars allow.
-    allowed: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def process(
     logits: torch.Tensor, batch: SamplingBatch, history: History | None = None
 ) -> torch.Tensor:
-    """Logits after grammar masks, bans, bias, penalties, temperature, top-k, top-p,
-    min-p and typical-p (removed tokens at -inf), in float32. Never writes to
-    ``logits``."""
+    """Logits after bans, bias, penalties, temperature, top-k, top-p, min-p and
+    typical-p (removed tokens at -inf), in float32. Never writes to ``logits``
+    (grammar masks are ``sample``'s)."""
     h = history or History()
     scores = logits.float()
-    if h.allowed is not None:  # only the constrained rows are touched
-        rows, allowed = h.allowed
-        masked = scores.index_select(0, rows).masked_fill(~allowed, _NEG_INF)
-        scores = scores.index_put((rows,), masked)
     if h.banned is not None:
         scores = scores.index_put(h.banned, torch.tensor(_NEG_INF, device=scores.device))
     if batch.any_bias:
@@ -338,12 +332,14 @@ def sample(
     batch: SamplingBatch,
     positions: torch.Tensor,
     history: History | None = None,
+    allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Sampled:
     """The next token of every row. ``positions`` (B,) is each row's index of the token
     being chosen (its sequence length so far), which with its seed fixes its draw.
     Logprobs are of ``logits`` as they are (the model's distribution).
 
-    Grammar masks are written into the constrained rows of ``logits`` (float32
+    ``allowed`` (rows, (len(rows), vocab) bool): the only tokens those rows' grammars
+    allow. The masks are written into the constrained rows of ``logits`` (float32
     logits are not copied): only those rows are touched, and a chosen token is one its
     mask allows, so its logit, read for its logprob afterwards, is the model's."""
     raw = logits.float()
@@ -352,10 +348,9 @@ def sample(
     normalizer = raw.logsumexp(dim=-1, keepdim=True)
     n = batch.top_logprobs
     top = torch.topk(raw, n, dim=-1) if n else None
-    if history is not None and history.allowed is not None:
-        rows, allowed = history.allowed
-        raw.index_copy_(0, rows, raw.index_select(0, rows).masked_fill_(~allowed, _NEG_INF))
-        history = replace(history, allowed=None)
+    if allowed is not None:
+        rows, mask = allowed
+        raw.index_copy_(0, rows, raw.index_select(0, rows).masked_fill_(~mask, _NEG_INF))
     scores = process(raw, batch, history)
     best = scores.argmax(dim=-1)
     if batch.all_greedy:

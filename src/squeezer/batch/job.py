@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from squeezer.batch.rows import InputFormat, file_hash, read_rows
 from squeezer.batch.store import JobKey, PartStore
-from squeezer.batch.work import OPENAI_URLS, TaskOptions, Worker, openai_worker, task_worker
+from squeezer.batch.work import TaskOptions, Worker, openai_worker, task_worker
 from squeezer.config import Settings
 from squeezer.errors import InvalidRequestError
 from squeezer.server.app import create_app
@@ -304,4 +304,4 @@ def write_report(job: BatchJob, report: BatchReport) -> None:
     path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-__all__ = ["OPENAI_URLS", "BatchJob", "BatchReport", "run_batch", "run_batch_async"]
+__all__ = ["BatchJob", "BatchReport", "run_batch", "run_batch_async"]

@@ -57,8 +57,8 @@ def _chat_logprobs(task: GenerateTask, deltas: list[TextDelta]) -> dict[str, Any
 
 def _chat_choice(task: GenerateTask, c: Choice) -> dict[str, Any]:
     content: str | None = "".join(c.text)
-    if c.tools is not None and content is not None:
-        content, c.calls = parse(c.tools.fmt, content, c.tools.names)
+    if c.tools is not None:
+        content, c.calls = parse(c.tools.fmt, "".join(c.text), c.tools.names)
     calls = [
         {k: v for k, v in call.openai(i).items() if k != "index"} for i, call in enumerate(c.calls)
     ]

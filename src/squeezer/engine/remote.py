@@ -100,6 +100,25 @@ class EngineCalls(Protocol):
     ) -> GenerationStream | RemoteStream: ...
 
 
+class EngineLink(EngineCalls, Protocol):
+    """An API tier's whole tie to an engine it does not hold: the engine process's
+    socket (``RemoteEngine``), or Ray Serve engine deployments
+    (``squeezer.cluster.ray_engine.RayEngine``)."""
+
+    #: Answers what the engine side pushes (new catalogs, retirements).
+    on_push: Callable[..., Awaitable[Any]] | None
+    #: Set when the engine is gone for good: the API process should exit.
+    lost: asyncio.Event
+
+    async def connect(self, attempts: int = 1, delay: float = 0.1) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def call(self, name: str, *args: Any) -> Any: ...
+
+    def note(self, name: str, *args: Any) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Hooks:
     """What the engine process answers besides compute: ``calls`` by name (model

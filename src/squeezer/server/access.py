@@ -131,7 +131,7 @@ def _unauthorized(token: bytes | None, *, admin: bool = False) -> UnauthorizedEr
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                         "/redoc"})  # fmt: skip
 OPEN_PREFIXES = ("/v2/health/",)
-ADMIN_READ_PATHS = frozenset({"/metrics"})
+ADMIN_READ_PATHS = frozenset({"/metrics", "/metrics/targets"})
 #: Routes that change what is served (model management: issue 25 adds them here).
 ADMIN_WRITE_PREFIXES = ("/admin/", "/v2/repository/")
 

@@ -22,7 +22,7 @@ from squeezer.backends.device import (
 )
 from squeezer.config import Settings
 from squeezer.engine import Engine, EngineLimits, EngineObserver
-from squeezer.engine.remote import EngineCalls, RemoteEngine
+from squeezer.engine.remote import EngineCalls, EngineLink, RemoteEngine
 from squeezer.errors import UnavailableError
 from squeezer.server.lifecycle import ADMIN_OPS, Mirror, ModelManager
 from squeezer.server.registry import ModelRegistry
@@ -74,11 +74,12 @@ class Runtime(TaskCalls):
         settings: Settings,
         *,
         observer: EngineObserver | None = None,
-        remote: str | None = None,
+        remote: str | EngineLink | None = None,
     ) -> None:
-        """``remote``: the engine process's socket. This runtime is then an API
-        process's (``--api-workers``): it loads no weights, tokenizes and answers HTTP
-        here, and sends the engine's calls there."""
+        """``remote``: the engine process's socket, or another link to an engine held
+        elsewhere (Ray Serve engine deployments). This runtime is then an API
+        process's (``--api-workers``, a Ray Serve ingress): it loads no weights,
+        tokenizes and answers HTTP here, and sends the engine's calls there."""
         self.settings = settings
         self.registry = ModelRegistry(settings.default_models)
         self.engine = Engine(
@@ -90,7 +91,7 @@ class Runtime(TaskCalls):
             ),
             observer=observer,
         )
-        self.remote = RemoteEngine(remote) if remote is not None else None
+        self.remote: EngineLink | None = RemoteEngine(remote) if isinstance(remote, str) else remote
         #: Loads, swaps and unloads versions (the process that runs the models); an
         #: API process mirrors the engine process's versions instead.
         self.models = ModelManager(settings, self.registry, self.engine)

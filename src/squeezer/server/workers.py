@@ -220,9 +220,8 @@ def api_worker(path: str, fd: int) -> None:
     """One API process: the app on the inherited socket, the engine over ``path``."""
     settings = Settings.model_validate_json(os.environ.pop(_SETTINGS_ENV))
     start_observing(settings, worker=f"api {os.getpid()}")
-    runtime = Runtime(settings, remote=path)
-    assert runtime.remote is not None
-    remote = runtime.remote
+    remote = RemoteEngine(path)
+    runtime = Runtime(settings, remote=remote)
     app = create_app(settings, runtime=runtime, metrics=RemoteMetrics(remote.note))
     config = uvicorn_config(app, settings)
     server = DrainingServer(

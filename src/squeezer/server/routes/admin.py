@@ -67,8 +67,14 @@ async def metrics(request: Request) -> Response:
 
 
 def render_metrics(runtime: Runtime, metrics: Metrics) -> bytes:
-    """Gauges read at scrape time (generation load, prefix cache, GPU memory), then
-    the whole registry."""
+    """Gauges read at scrape time, then the whole registry."""
+    refresh_gauges(runtime, metrics)
+    return metrics.render()
+
+
+def refresh_gauges(runtime: Runtime, metrics: Metrics) -> None:
+    """The gauges read from the runtime rather than counted as things happen:
+    generation load, prefix cache, KV blocks, golden losses, GPU memory."""
     for model in runtime.registry:  # each name's default version
         if model.generator is None:
             continue
@@ -83,7 +89,6 @@ def render_metrics(runtime: Runtime, metrics: Metrics) -> bytes:
             metrics.set_golden(loaded.name, loaded.version, task.task, task.loss)
     devices = {m.device for m in runtime.model_infos()}
     metrics.set_gpu_memory(gpu_memory(devices, runtime.settings.gpu_memory_fraction))
-    return metrics.render()
 
 
 def _model_type(info: ModelInfo) -> dict[str, Any]:

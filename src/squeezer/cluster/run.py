@@ -1,0 +1,58 @@
+"""``squeezer serve --ray``: deploy the application on Ray Serve and hold it until a
+signal, then let Ray Serve drain it.
+
+With no ``--ray-address`` a local Ray starts for the process (a one-machine
+deployment, or a try-out of what a cluster runs); with one, the application deploys
+onto that cluster and this process is its driver: it stays in front, and SIGTERM
+deletes the application (Ray Serve drains each replica: what it accepted completes).
+For a cluster run by its operators (KubeRay's RayService), ``squeezer ray-config``
+writes the config instead, and no squeezer process stays in front.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from squeezer.cluster.application import Scaling, build, http_options, local_cpus, prepare
+from squeezer.cluster.targets import kill_board
+from squeezer.config import Settings
+
+log = logging.getLogger("squeezer")
+
+
+def serve_on_ray(settings: Settings, scaling: Scaling, *, address: str | None = None) -> None:
+    import ray
+    from ray import serve
+
+    from squeezer.server.serve import announce_serving
+
+    t0 = time.perf_counter()
+    prepared = prepare(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    local = address is None
+    ray.init(
+        address=address,
+        num_cpus=local_cpus(scaling) if local else None,
+        include_dashboard=False,
+        log_to_driver=True,
+    )
+    try:
+        serve.start(http_options=http_options(settings))
+        serve.run(build(prepared, scaling), name=scaling.name, route_prefix="/")
+        announce_serving(settings, settings.port, time.perf_counter() - t0)
+        stop.wait()
+        log.info("draining the Ray Serve application %s", scaling.name)
+        serve.delete(scaling.name)  # each replica drains what it accepted
+        kill_board(scaling.name)
+        if local:
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+__all__ = ["serve_on_ray"]

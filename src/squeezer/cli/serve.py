@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from squeezer.cli.app import app, option, parse_device, task_pair
+from squeezer.cli import ray_flags as rf
+from squeezer.cli.app import app, option, parse_device
 
 
 @app.command()
@@ -332,94 +333,48 @@ def serve(
     ssl_keyfile: Annotated[
         Path | None, option("TLS private key (PEM); with --ssl-certfile.", "SSL_KEYFILE")
     ] = None,
+    ray: Annotated[
+        bool,
+        option(
+            "Serve on Ray Serve: an ingress deployment (this HTTP app) in front of engine "
+            "deployments (the models), on --ray-address or a local Ray "
+            "(docs/scale-out.md; pip install 'squeezer[ray]').",
+            "RAY",
+        ),
+    ] = False,
+    ray_address: rf.RayAddress = None,
+    replicas: rf.Replicas = None,
+    min_replicas: rf.MinReplicas = None,
+    max_replicas: rf.MaxReplicas = None,
+    target_ongoing_requests: rf.TargetOngoing = None,
+    max_ongoing_requests: rf.MaxOngoing = None,
+    max_queued_requests: rf.MaxQueued = None,
+    replica_cpus: rf.ReplicaCpus = None,
+    replica_gpus: rf.ReplicaGpus = None,
+    ingress_replicas: rf.IngressReplicas = None,
+    engine_per_model: rf.EnginePerModel = None,
+    replica_metrics_port: rf.ReplicaMetricsPort = None,
 ) -> None:
     """Serve models over HTTP (TEI, OpenAI and HF Inference API dialects)."""
     from squeezer.backends.device import configure_threads
-    from squeezer.config import load_settings, parse_alias_arg, read_keys
+    from squeezer.cli.serve_settings import settings_from_flags
     from squeezer.errors import SqueezerError
-    from squeezer.server.serve import run_server
 
-    overrides: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "backend": backend,
-        "device": device,
-        "dtype": dtype,
-        "precision_check": precision_check,
-        "gpu_memory_fraction": gpu_memory_fraction,
-        "api_workers": api_workers,
-        "threads": threads,
-        "tokenizer_workers": tokenizer_workers,
-        "max_batch_tokens": max_batch_tokens,
-        "max_batch_requests": max_batch_requests,
-        "max_wait_ms": max_wait_ms,
-        "batch_overhead_tokens": batch_overhead_tokens,
-        "max_concurrent_requests": max_concurrent_requests,
-        "max_client_batch_size": max_client_batch_size,
-        "max_input_windows": max_input_windows,
-        "max_body_bytes": max_body_bytes,
-        "request_timeout": request_timeout,
-        "shutdown_timeout": shutdown_timeout,
-        "drain_delay": drain_delay,
-        "warmup": warmup,
-        "optimize": optimize,
-        "optimize_max_loss": optimize_max_loss,
-        "optimize_cache": optimize_cache,
-        "max_total_tokens": max_total_tokens,
-        "max_input_tokens": max_input_tokens,
-        "max_batch_total_tokens": max_batch_total_tokens,
-        "max_num_seqs": max_num_seqs,
-        "max_batch_prefill_tokens": max_batch_prefill_tokens,
-        "kv_cache": kv_cache,
-        "kv_block_size": kv_block_size,
-        "max_stop_sequences": max_stop_sequences,
-        "quantize": quantize,
-        "log_level": log_level,
-        "log_format": log_format,
-        "access_log": access_log,
-        "cors_allow_origins": cors_allow_origin or None,
-        "ssl_certfile": ssl_certfile,
-        "ssl_keyfile": ssl_keyfile,
-        "model_repository": model_repository,
-        "repository_load_all": repository_load_all,
-        "mlflow_tracking_uri": mlflow_tracking_uri,
-        "unload_timeout": unload_timeout,
-        "max_loaded_models": max_loaded_models,
-        "max_loaded_memory_mib": max_loaded_memory_mib,
-        "allow_drift": allow_drift,
-    }
-    keys = [*(api_key or []), *(read_keys(api_key_file) if api_key_file else [])]
-    if keys:
-        overrides["api_keys"] = keys
-    if admin_api_key_file is not None:
-        admin = read_keys(admin_api_key_file)
-        if len(admin) != 1:
-            raise typer.BadParameter(
-                f"{admin_api_key_file} holds {len(admin)} keys; the admin key is one",
-                param_hint="--admin-api-key-file",
-            )
-        admin_api_key = admin[0]
-    overrides["admin_api_key"] = admin_api_key
-    if default_model:
-        overrides["default_models"] = dict(task_pair(arg) for arg in default_model)
-    if drift_tolerance:
-        pairs = (task_pair(arg, "--drift-tolerance") for arg in drift_tolerance)
-        overrides["drift_tolerance"] = {task: float(loss) for task, loss in pairs}
-    try:
-        aliases: dict[str, dict[str, str]] = {}
-        for arg in alias or []:
-            name, label, version = parse_alias_arg(arg)
-            aliases.setdefault(name, {})[label] = version
-        if aliases:
-            overrides["aliases"] = aliases
-        settings = load_settings(config, overrides, model)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+    flags = dict(locals())
+    settings = settings_from_flags(flags)
     for device in {settings.device, *(m.device for m in settings.models if m.device)}:
         parse_device(device)  # a device that is not there: a usage error, before any load
     configure_threads(settings.threads)
     try:
-        run_server(settings)
+        if ray:
+            from squeezer.cli.ray_flags import scaling_from
+            from squeezer.cluster.run import serve_on_ray
+
+            serve_on_ray(settings, scaling_from(flags), address=ray_address)
+        else:
+            from squeezer.server.serve import run_server
+
+            run_server(settings)
     except SqueezerError as e:
         typer.echo(f"squeezer: {e.message}", err=True)
         raise typer.Exit(2) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -160,9 +161,31 @@ def build(settings: Settings, scaling: Scaling, *, setup: ReplicaSetup | None = 
 def app_builder(args: dict[str, Any]) -> Any:
     """``serve deploy``'s entry: ``args`` is ``{"settings": {...}, "scaling": {...}}``
     as ``squeezer ray-config`` writes them."""
-    settings = Settings.model_validate(args.get("settings", {}))
+    settings = Settings.model_validate({**keys_from_environment(), **args.get("settings", {})})
     scaling = Scaling.model_validate(args.get("scaling", {}))
     return build(settings, scaling)
+
+
+#: Settings a config never holds: they come from the environment (``keys_from_environment``).
+SECRET_FIELDS = frozenset({"api_keys", "admin_api_key"})
+
+
+def keys_from_environment() -> dict[str, Any]:
+    """The API keys as ``serve`` reads them: ``SQUEEZER_API_KEY`` (space-separated),
+    ``SQUEEZER_API_KEY_FILE``, ``SQUEEZER_ADMIN_API_KEY(_FILE)``."""
+    from squeezer.config import read_keys
+
+    env = os.environ
+    keys = env.get("SQUEEZER_API_KEY", "").split()
+    if env.get("SQUEEZER_API_KEY_FILE"):
+        keys += read_keys(Path(env["SQUEEZER_API_KEY_FILE"]))
+    found: dict[str, Any] = {"api_keys": keys} if keys else {}
+    admin = env.get("SQUEEZER_ADMIN_API_KEY")
+    if env.get("SQUEEZER_ADMIN_API_KEY_FILE"):
+        admin = read_keys(Path(env["SQUEEZER_ADMIN_API_KEY_FILE"]))[0]
+    if admin:
+        found["admin_api_key"] = admin
+    return found
 
 
 def prepare(settings: Settings) -> Settings:
@@ -177,6 +200,9 @@ def prepare(settings: Settings) -> Settings:
 
     models: list[ModelSettings] = []
     for spec in settings.models:
+        if spec.path.startswith("package:") and not settings.optimize:
+            models.append(spec)  # found on each node as it is
+            continue
         path = locate(spec.path, tracking_uri=settings.mlflow_tracking_uri)
         if settings.optimize and read_manifest(path) is None:
             device = resolve_device(spec.device or settings.device)
@@ -204,7 +230,7 @@ def config_document(settings: Settings, scaling: Scaling) -> dict[str, Any]:
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
                 "args": {
-                    "settings": settings.model_dump(mode="json"),
+                    "settings": settings.model_dump(mode="json", exclude=set(SECRET_FIELDS)),
                     "scaling": scaling.model_dump(mode="json"),
                 },
                 "deployments": deployments,
@@ -240,6 +266,7 @@ __all__ = [
     "config_document",
     "engine_groups",
     "http_options",
+    "keys_from_environment",
     "local_cpus",
     "prepare",
 ]

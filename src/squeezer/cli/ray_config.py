@@ -55,6 +55,7 @@ def ray_config(
     max_queued_requests: rf.MaxQueued = None,
     replica_cpus: rf.ReplicaCpus = None,
     replica_gpus: rf.ReplicaGpus = None,
+    max_replicas_per_node: rf.MaxPerNode = None,
     ingress_replicas: rf.IngressReplicas = None,
     engine_per_model: rf.EnginePerModel = None,
     replica_metrics_port: rf.ReplicaMetricsPort = None,

@@ -58,6 +58,14 @@ ReplicaCpus = Annotated[
 ReplicaGpus = Annotated[
     float | None, option("GPUs each engine replica takes. [default: 0]", "REPLICA_GPUS")
 ]
+MaxPerNode = Annotated[
+    int | None,
+    option(
+        "At most this many engine replicas of a deployment per node (1: one per node). "
+        "[default: no limit]",
+        "MAX_REPLICAS_PER_NODE",
+    ),
+]
 IngressReplicas = Annotated[
     int | None,
     option("Ingress replicas (HTTP, tokenization, JSON). [default: 1]", "INGRESS_REPLICAS"),
@@ -89,6 +97,7 @@ _FIELDS = {
     "max_queued_requests": "max_queued_requests",
     "replica_cpus": "replica_cpus",
     "replica_gpus": "replica_gpus",
+    "max_replicas_per_node": "max_replicas_per_node",
     "ingress_replicas": "ingress_replicas",
     "engine_per_model": "engine_per_model",
     "replica_metrics_port": "metrics_port",

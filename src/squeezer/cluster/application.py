@@ -48,6 +48,9 @@ class Scaling(BaseModel):
     #: Each engine replica's share of its node: CPUs (its compute threads) and GPUs.
     replica_cpus: float = Field(default=1.0, ge=0)
     replica_gpus: float = Field(default=0.0, ge=0)
+    #: At most this many engine replicas of a deployment on one node (1: one per node,
+    #: e.g. a node's GPUs all to one replica); None: Ray places them as it likes.
+    max_replicas_per_node: int | None = Field(default=None, ge=1)
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_cpus: float = Field(default=0.0, ge=0)
     #: One engine deployment per model (scaled on its own, routed to by name) rather
@@ -117,6 +120,8 @@ def engine_options(settings: Settings, scaling: Scaling) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": settings.shutdown_timeout + settings.drain_delay,
         "ray_actor_options": {"num_cpus": scaling.replica_cpus, "num_gpus": scaling.replica_gpus},
     }
+    if scaling.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = scaling.max_replicas_per_node
     if scaling.autoscaling:
         autoscaling: dict[str, Any] = {
             "min_replicas": scaling.min_replicas,
@@ -195,15 +200,18 @@ def prepare(settings: Settings) -> Settings:
     same on every node (a shared volume, or the same image) on a cluster."""
     from squeezer.backends.device import resolve_device
     from squeezer.models import locate
+    from squeezer.models.gguf import source_gguf
+    from squeezer.models.locate import PACKAGE_PREFIX
     from squeezer.models.manifest import read_manifest
     from squeezer.optimize.cache import optimized_artifact
 
     models: list[ModelSettings] = []
     for spec in settings.models:
-        if spec.path.startswith("package:") and not settings.optimize:
-            models.append(spec)  # found on each node as it is
-            continue
         path = locate(spec.path, tracking_uri=settings.mlflow_tracking_uri)
+        packaged = spec.path.startswith(PACKAGE_PREFIX) and source_gguf(path) is None
+        if packaged and not settings.optimize:
+            models.append(spec)  # found in the installed package on each node
+            continue
         if settings.optimize and read_manifest(path) is None:
             device = resolve_device(spec.device or settings.device)
             path = optimized_artifact(

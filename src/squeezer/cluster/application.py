@@ -85,7 +85,7 @@ class EngineGroup:
 
 def engine_groups(settings: Settings, scaling: Scaling) -> list[EngineGroup]:
     if not scaling.engine_per_model:
-        return [EngineGroup("engine", _replica_settings(settings))]
+        return [EngineGroup("engine", _replica_settings(settings, scaling))]
     if settings.model_repository is not None:
         raise InvalidRequestError(
             "--engine-per-model splits --model models; a model repository is served "
@@ -102,13 +102,16 @@ def engine_groups(settings: Settings, scaling: Scaling) -> list[EngineGroup]:
                 "aliases": {n: a for n, a in settings.aliases.items() if n == spec.name},
             }
         )
-        groups.append(EngineGroup(f"engine-{spec.name}", _replica_settings(one)))
+        groups.append(EngineGroup(f"engine-{spec.name}", _replica_settings(one, scaling)))
     return groups
 
 
-def _replica_settings(settings: Settings) -> Settings:
-    """A replica is one process: no API workers of its own."""
-    return settings.model_copy(update={"api_workers": 0})
+def _replica_settings(settings: Settings, scaling: Scaling) -> Settings:
+    """A replica is one process: no API workers of its own, and as many compute
+    threads as the CPUs it reserved (unless ``--threads`` says; with none reserved,
+    one per core it may use)."""
+    threads = settings.threads or int(scaling.replica_cpus)
+    return settings.model_copy(update={"api_workers": 0, "threads": threads})
 
 
 def engine_options(settings: Settings, scaling: Scaling) -> dict[str, Any]:
@@ -119,6 +122,7 @@ def engine_options(settings: Settings, scaling: Scaling) -> dict[str, Any]:
         # Serve waits this long for the requests a stopping replica accepted.
         "graceful_shutdown_timeout_s": settings.shutdown_timeout + settings.drain_delay,
         "ray_actor_options": {"num_cpus": scaling.replica_cpus, "num_gpus": scaling.replica_gpus},
+        "logging_config": _logging(settings),
     }
     if scaling.max_replicas_per_node is not None:
         options["max_replicas_per_node"] = scaling.max_replicas_per_node
@@ -142,7 +146,15 @@ def ingress_options(settings: Settings, scaling: Scaling) -> dict[str, Any]:
         "max_ongoing_requests": 4 * settings.max_concurrent_requests,
         "graceful_shutdown_timeout_s": settings.shutdown_timeout + settings.drain_delay,
         "ray_actor_options": {"num_cpus": scaling.ingress_cpus},
+        "logging_config": _logging(settings),
     }
+
+
+def _logging(settings: Settings) -> dict[str, Any]:
+    """Ray Serve's own per-request log lines off: squeezer's access log (the ingress's,
+    with ids, model and tokens; ``--no-access-log`` turns it off) is the one, and an
+    engine call is not a request of anyone's."""
+    return {"enable_access_log": False, "log_level": settings.log_level.upper()}
 
 
 def build(settings: Settings, scaling: Scaling, *, setup: ReplicaSetup | None = None) -> Any:

@@ -40,11 +40,13 @@ class EngineReplica:
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self, settings_json: str, metrics_port: int = 0, setup: ReplicaSetup | None = None
     ) -> None:
+        from squeezer.backends.device import configure_threads
         from squeezer.server.metrics import Metrics
         from squeezer.server.serve import start_observing
 
         settings = Settings.model_validate_json(settings_json)
         start_observing(settings, worker="engine replica")
+        configure_threads(settings.threads)
         if setup is not None:
             setup(self)
         self.metrics = Metrics()

@@ -31,9 +31,6 @@ def serve_on_ray(settings: Settings, scaling: Scaling, *, address: str | None = 
 
     t0 = time.perf_counter()
     prepared = prepare(settings)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     local = address is None
     ray.init(
         address=address,
@@ -41,6 +38,10 @@ def serve_on_ray(settings: Settings, scaling: Scaling, *, address: str | None = 
         include_dashboard=False,
         log_to_driver=True,
     )
+    # After ray.init, which installs a SIGTERM handler that exits at once (no drain).
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options=http_options(settings))
         serve.run(build(prepared, scaling), name=scaling.name, route_prefix="/")

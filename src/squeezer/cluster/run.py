@@ -27,8 +27,9 @@ def serve_on_ray(settings: Settings, scaling: Scaling, *, address: str | None = 
     import ray
     from ray import serve
 
-    from squeezer.server.serve import announce_serving
+    from squeezer.server.serve import announce_serving, start_observing
 
+    start_observing(settings)
     t0 = time.perf_counter()
     prepared = prepare(settings)
     local = address is None

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from ray.exceptions import ActorDiedError
@@ -319,3 +320,30 @@ def test_ray_config_writes_what_serve_deploy_takes(tmp_path: Path, tiny_bert: Pa
     assert document["http_options"] == {"host": "0.0.0.0", "port": 8000}
     bad = CliRunner().invoke(app, ["ray-config", "-o", str(out), "--min-replicas", "2"])
     assert bad.exit_code == 2 and "both --min-replicas and --max-replicas" in bad.output
+
+
+def test_a_replicas_metrics_endpoint_takes_the_admin_key() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from squeezer.cluster.replica_metrics import serve_metrics
+    from squeezer.server.access import AccessPolicy
+
+    registry = CollectorRegistry()
+    Counter("squeezer_probe", "a probe", registry=registry).inc()
+
+    def scrape(policy: AccessPolicy, token: str | None) -> tuple[int, str]:
+        server = serve_metrics(registry, "127.0.0.1", 0, policy)
+        try:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            r = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", headers=headers)
+            return r.status_code, r.text
+        finally:
+            server.shutdown()
+
+    admin = AccessPolicy.from_settings(Settings(admin_api_key="adm", api_keys=["usr"]))
+    assert scrape(admin, None)[0] == 401 and scrape(admin, "usr")[0] == 401
+    status, text = scrape(admin, "adm")
+    assert status == 200 and "squeezer_probe_total 1.0" in text
+    users = AccessPolicy.from_settings(Settings(api_keys=["usr"]))
+    assert scrape(users, "usr")[0] == 200 and scrape(users, "nope")[0] == 401
+    assert scrape(AccessPolicy.from_settings(Settings()), None)[0] == 200

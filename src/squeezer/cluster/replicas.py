@@ -121,21 +121,22 @@ class EngineReplica:
     # metrics -------------------------------------------------------------------------
 
     def _serve_metrics(self, port: int) -> None:
-        """The registry on a port of this node, registered with the application's
-        target board (``targets.py``); gauges read from the runtime are refreshed
-        every few seconds rather than at scrape time (the scrape runs on
-        prometheus-client's thread, the runtime on this loop)."""
+        """The registry on a port of this node (behind the admin key, as the
+        ingress's ``/metrics``), registered with the application's target board
+        (``targets.py``). Gauges read from the runtime are refreshed every few
+        seconds rather than at scrape time: the scrape runs on the metrics server's
+        thread, the runtime on this loop."""
         import ray
-        from prometheus_client import start_http_server
         from ray import serve
 
+        from squeezer.cluster.replica_metrics import serve_metrics
+        from squeezer.server.access import AccessPolicy
         from squeezer.server.routes.admin import refresh_gauges
 
         host = ray.util.get_node_ip_address()
+        policy = AccessPolicy.from_settings(self.runtime.settings)
         try:
-            self._metrics_server, _ = start_http_server(
-                port, addr=host, registry=self.metrics.registry
-            )
+            self._metrics_server = serve_metrics(self.metrics.registry, host, port, policy)
         except OSError as e:
             log.error("engine replica metrics: port %d on %s: %s; not served", port, host, e)
             return

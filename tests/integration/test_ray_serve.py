@@ -2,8 +2,8 @@
 application ``squeezer serve --ray`` deploys (an ingress in front of one engine
 deployment per model), spoken to over Ray Serve's HTTP proxy with the ``openai``
 client. Answers equal the in-process server's (embeddings within 1e-5, greedy text
-exactly); streamed tokens cross both tiers and the proxy without being buffered (a
-gate in the engine replica's own process lets one step run at a time);
+exactly); streamed tokens reach the client one by one, each before the next is
+computed (a gate in the engine replica's own process lets one step run at a time);
 each engine replica's metrics are found through ``/metrics/targets``."""
 
 from __future__ import annotations
@@ -163,13 +163,10 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None
         time.sleep(0.01)
 
 
-def test_tokens_stream_through_both_tiers_unbuffered(deployed: Deployed) -> None:
-    """Each token reaches the client while the engine is held two steps later.
-
-    Not one step: the dialects hold one token back, in-process too (``token_steps``:
-    the last token's event carries the finish reason, so a token is sent once the
-    next one, or the end, is known). What is asserted is that neither Ray's handle
-    stream nor its HTTP proxy adds any buffering beyond that."""
+def test_each_token_reaches_the_client_before_the_next_is_computed(deployed: Deployed) -> None:
+    """Neither the handle stream, nor the ingress, nor Ray's HTTP proxy buffers: with
+    the engine let run one step at a time, the client holds each token while the step
+    after it has not been let run."""
     import ray
 
     gate = deployed.gate
@@ -180,15 +177,16 @@ def test_tokens_stream_through_both_tiers_unbuffered(deployed: Deployed) -> None
         ray.get(gate.release.remote())  # the step that samples token 1 (headers first)
         with httpx.stream("POST", f"{deployed.url}/generate_stream", json=body, timeout=60) as r:
             assert r.status_code == 200
-            events = r.iter_lines()
-            for step in range(2, 5):
-                ray.get(gate.release.remote())  # the step that samples token `step`
-                line = next(line for line in events if line.startswith("data: "))
-                assert json.loads(line[6:])["token"]["id"] >= 0  # token step - 1
-                # The client holds it, and step + 1 has not run (nor been let run).
+            events = (line for line in r.iter_lines() if line.startswith("data: "))
+            for step in range(1, 5):
+                event = json.loads(next(events)[6:])
+                assert event["token"]["id"] >= 0
+                # The client holds token `step`; step + 1 has not been let run.
                 assert ray.get(gate.steps.remote()) == step
-            rest = [line for line in events if line.startswith("data: ")]
-            assert len(rest) == 1 and json.loads(rest[0][6:])["generated_text"] is not None
+                assert (event["generated_text"] is not None) == (step == 4)
+                if step < 4:
+                    ray.get(gate.release.remote())
+            assert next(events, None) is None
     finally:
         ray.get(gate.open.remote())
 

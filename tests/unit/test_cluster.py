@@ -146,20 +146,21 @@ async def test_requests_go_to_the_deployment_that_holds_their_model() -> None:
         await engine.call("admin", "load", "bert")
 
 
-async def test_a_dead_replica_is_retried_and_errors_keep_their_class() -> None:
+async def test_a_dead_or_draining_replica_is_retried_and_errors_keep_their_class() -> None:
     died = ActorDiedError()
     a = Handle(
         call=[Response(("ok", _catalog("bert:1")))],
         run=[
             Response(died),
-            Response(("ok", "second try")),
+            Response(("retry", UnavailableError("engine replica is draining"))),
+            Response(("ok", "third try")),
             Response(("error", InvalidRequestError("bad input"))),
             *[Response(died) for _ in range(4)],
             Response(BackPressureError(num_queued_requests=3, max_queued_requests=3)),
         ],
     )
     engine = await _linked(a=a)
-    assert await engine.run(_request("bert:1")) == "second try"
+    assert await engine.run(_request("bert:1")) == "third try"
     with pytest.raises(InvalidRequestError, match="bad input"):  # not retried: an answer
         await engine.run(_request("bert:1"))
     with pytest.raises(UnavailableError, match="after 4 attempts"):

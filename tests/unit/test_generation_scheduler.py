@@ -112,6 +112,20 @@ async def test_a_stop_token_ends_a_sequence_even_with_ignore_eos(
     assert stream.finished.stop_token == third[2]
 
 
+async def test_the_last_token_of_each_ending_is_marked(running: Running, tiny_llama: Path) -> None:
+    """A stream sends each token at once and knows the last without waiting for the
+    end: the token that ends a sequence (length, EOS, stop id) is marked, no other."""
+    first = _alone(tiny_llama, PROMPTS[1], 1)[0]
+    requests = [
+        GenerationRequest(PROMPTS[0], 4),
+        GenerationRequest(PROMPTS[1], 6, eos_ids=frozenset({first})),
+        GenerationRequest(PROMPTS[1], 6, stop_ids=frozenset({first}), ignore_eos=True),
+    ]
+    for request in requests:
+        outs = [out async for out in running.scheduler.submit(request)]
+        assert [out.last for out in outs] == [False] * (len(outs) - 1) + [True]
+
+
 async def test_a_logit_bias_outside_the_vocabulary_is_refused_before_queueing(
     running: Running,
 ) -> None:

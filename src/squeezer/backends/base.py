@@ -81,6 +81,10 @@ class TokenOut:
     #: With the first token of a sequence that asked for prompt logprobs: one per
     #: prompt token, None for the first (nothing precedes it).
     prompt: tuple[PromptLogprob | None, ...] | None = None
+    #: The sequence's last token (set by the scheduler, which decides the end as it
+    #: delivers the token): a stream can send it at once, with its end, rather than
+    #: hold every token until the next one shows it was not the last.
+    last: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,9 +41,10 @@ from squeezer.types import Answer, EngineRequest
 
 log = logging.getLogger("squeezer")
 
-#: What an engine replica's methods answer: ("ok", value) or ("error", exception).
-#: Errors travel as values: a raised SqueezerError would come back wrapped in Ray's
-#: task error, and its class (hence its HTTP status) would be lost.
+#: What an engine replica's methods answer: ("ok", value), ("error", exception), or
+#: ("retry", exception) from a replica not accepting work (starting, draining): sent
+#: to another replica. Errors travel as values: a raised SqueezerError would come
+#: back wrapped in Ray's task error, and its class (hence its HTTP status) lost.
 Reply = tuple[str, Any]
 
 
@@ -190,10 +191,12 @@ class RayEngine:
         for attempt in range(self.attempts):
             response = handle.generate.remote(model, wire, left)
             try:
-                first = await response.__anext__()  # ("ok", None) once accepted
-                if first[0] == "error":
-                    raise first[1]
-                return RayStream(next(self._ids), response)
+                kind, payload = await response.__anext__()  # ("ok", None) once accepted
+                if kind == "error":
+                    raise payload
+                if kind == "ok":
+                    return RayStream(next(self._ids), response)
+                last = payload  # "retry": a replica not accepting work
             except asyncio.CancelledError:
                 response.cancel()
                 raise
@@ -225,7 +228,10 @@ class RayEngine:
                 continue
             if kind == "error":
                 raise payload
-            return payload
+            if kind == "ok":
+                return payload
+            last = payload  # "retry": a replica not accepting work
+            await asyncio.sleep(self.backoff_s * 2**attempt)
         raise self._gone(last)
 
     def _gone(self, last: BaseException | None) -> UnavailableError:

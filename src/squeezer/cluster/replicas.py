@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -44,6 +45,8 @@ class EngineReplica:
         from squeezer.server.metrics import Metrics
         from squeezer.server.serve import start_observing
 
+        self._metrics_server: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
         settings = Settings.model_validate_json(settings_json)
         start_observing(settings, worker="engine replica")
         configure_threads(settings.threads)
@@ -52,17 +55,14 @@ class EngineReplica:
         self.metrics = Metrics()
         self.runtime = Runtime(settings, observer=self.metrics)
         await self.runtime.start()
-        self._metrics_server: Any = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._serve_metrics(metrics_port)
 
     # the engine's calls ------------------------------------------------------------
 
     async def run(self, request: EngineRequest, left: float | None) -> Reply:
-        import dataclasses
-
+        if not self.runtime.ready:
+            return self._not_accepting()
         try:
-            self._check_accepting()
             answer = await self.runtime.engine.run(
                 dataclasses.replace(request, deadline=deadline_in(left))
             )
@@ -76,10 +76,10 @@ class EngineReplica:
         """("ok", None) once accepted (or one ("error", e)), then ("event", token)s
         and ("end", Finished) or ("error", e). Cancelled by the ingress when its
         client leaves: the engine's stream is cancelled with it."""
-        import dataclasses
-
+        if not self.runtime.ready:
+            yield self._not_accepting()
+            return
         try:
-            self._check_accepting()
             stream = self.runtime.engine.generate(
                 model, dataclasses.replace(request, deadline=deadline_in(left))
             )
@@ -94,9 +94,10 @@ class EngineReplica:
         except Exception as e:
             yield ("error", portable(e))
 
-    def _check_accepting(self) -> None:
-        if not self.runtime.ready:
-            raise UnavailableError(f"engine replica is {self.runtime.phase.value}")
+    def _not_accepting(self) -> Reply:
+        """A replica starting or draining (a rolling update's race): the ingress sends
+        the request to another replica rather than answering 503."""
+        return ("retry", UnavailableError(f"engine replica is {self.runtime.phase.value}"))
 
     async def call(self, name: str, *args: Any) -> Reply:
         """What the ingress reads at start: this replica's catalog."""
@@ -115,8 +116,9 @@ class EngineReplica:
             task.cancel()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
-        await self.runtime.begin_drain()
-        await self.runtime.stop()
+        if hasattr(self, "runtime"):  # not when the constructor failed before it
+            await self.runtime.begin_drain()
+            await self.runtime.stop()
 
     # metrics -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import time
 from squeezer.cluster.application import Scaling, build, http_options, local_cpus, prepare
 from squeezer.cluster.targets import kill_board
 from squeezer.config import Settings
+from squeezer.errors import ModelLoadError
 
 log = logging.getLogger("squeezer")
 
@@ -45,7 +46,11 @@ def serve_on_ray(settings: Settings, scaling: Scaling, *, address: str | None = 
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options=http_options(settings))
-        serve.run(build(prepared, scaling), name=scaling.name, route_prefix="/")
+        try:
+            serve.run(build(prepared, scaling), name=scaling.name, route_prefix="/")
+        except RuntimeError as e:  # DEPLOY_FAILED: a replica's constructor kept failing
+            serve.delete(scaling.name)  # not left failing on a cluster
+            raise ModelLoadError(f"the Ray Serve application did not start: {e}") from None
         announce_serving(settings, settings.port, time.perf_counter() - t0)
         stop.wait()
         log.info("draining the Ray Serve application %s", scaling.name)

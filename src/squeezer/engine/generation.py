@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import threading
 import time
@@ -299,13 +300,18 @@ class GenerationScheduler:
                 continue
             seq.generated += 1
             seq.last = out.token
-            seq.stream._push(out)
-            if out.token in seq.request.stop_ids:
-                self._retire(seq, FinishReason.STOP_TOKEN, out.token)
-            elif not seq.request.ignore_eos and out.token in seq.request.eos_ids:
-                self._retire(seq, FinishReason.EOS)
-            elif seq.generated >= seq.request.max_new_tokens:
-                self._retire(seq, FinishReason.LENGTH)
+            request = seq.request
+            if out.token in request.stop_ids:
+                end: FinishReason | None = FinishReason.STOP_TOKEN
+            elif not request.ignore_eos and out.token in request.eos_ids:
+                end = FinishReason.EOS
+            elif seq.generated >= request.max_new_tokens:
+                end = FinishReason.LENGTH
+            else:
+                end = None
+            seq.stream._push(out if end is None else dataclasses.replace(out, last=True))
+            if end is not None:
+                self._retire(seq, end, out.token if end is FinishReason.STOP_TOKEN else None)
 
     def step(self) -> None:
         """One iteration: retire cancelled, then one forward pass that decodes every

@@ -53,9 +53,11 @@ async def token_steps(
 ) -> AsyncGenerator[tuple[TextDelta, TextDone | None], None]:
     """One item per generated token; the last carries the ``TextDone``.
 
-    Text left over at the end (a held-back character or stop-sequence prefix) joins
-    the last token's text, so every event names a real token. Closing this closes
-    ``events``, which cancels the engine's sequence.
+    A token goes out as soon as it is sampled: the engine marks the last one
+    (``final``), and only that one waits, for the ``TextDone`` that comes right after
+    it. Text left at the end of a stream that ended unmarked (none does today) goes
+    out as an item of its own (token -1). Closing this closes ``events``, which
+    cancels the engine's sequence.
     """
     held: TextDelta | None = None
     async with contextlib.aclosing(events):
@@ -65,12 +67,12 @@ async def token_steps(
                     raise RuntimeError("generation ended without a token")
                 yield held, event
                 return
-            if event.token < 0 and held is not None:
+            if held is not None:  # text after the last token: it joins that one
                 held = replace(held, text=held.text + event.text)
-                continue
-            if held is not None:
-                yield held, None
-            held = event
+            elif event.final or event.token < 0:
+                held = event
+            else:
+                yield event, None
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:

@@ -85,6 +85,9 @@ class TextDelta:
     #: The prompt's logprobs (None for its first token), with the first delta of a
     #: request that asked for them.
     prompt: tuple[PromptLogprob | None, ...] | None = None
+    #: The text's last delta: a ``TextDone`` follows at once (its text includes what
+    #: was held back to the end).
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,8 @@ class TokenEvent(Protocol):
     def top(self) -> tuple[tuple[int, float], ...]: ...
     @property
     def prompt(self) -> tuple[PromptLogprob | None, ...] | None: ...
+    @property
+    def last(self) -> bool: ...
 
 
 class TokenStream(Protocol):
@@ -328,18 +333,27 @@ class GenerateTask:
         # it is text like any other), or a stop token id.
         enders = set(request.stop_token_ids) | (set() if request.ignore_eos else self.eos_ids)
         generated = 0
+        flushed = False
         async for event in stream:
             generated += 1
             hidden = event.token in enders and not request.include_stop_str_in_output
             piece = "" if hidden else detok.push(event.token)
+            text = stops.push(piece)
+            if event.last and stops.matched is None:
+                # The engine ended the text with this token: what is held back (an
+                # incomplete character, a possible stop's prefix) is its text too.
+                text += stops.push(detok.flush())
+                text += stops.flush() if stops.matched is None else ""
+                flushed = True
             # One delta per token (its text may be "" while a character or a possible
             # stop sequence is incomplete): dialects report every token.
-            yield TextDelta(stops.push(piece), event.token, event.logprob, event.top, event.prompt)
+            final = event.last or stops.matched is not None
+            yield TextDelta(text, event.token, event.logprob, event.top, event.prompt, final)
             if stops.matched is not None:
                 yield TextDone(Finish.STOP_SEQUENCE, len(prompt), generated, stops.matched)
                 return
-        tail = stops.push(detok.flush())
-        tail += stops.flush() if stops.matched is None else ""
+        tail = "" if flushed else stops.push(detok.flush())
+        tail += stops.flush() if stops.matched is None and not flushed else ""
         if tail:
             yield TextDelta(tail, -1, 0.0)
         if stops.matched is not None:

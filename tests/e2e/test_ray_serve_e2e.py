@@ -1,7 +1,8 @@
-"""``squeezer serve --ray`` as a user runs it: the real process on a local Ray,
-spoken to with ``openai`` and ``huggingface_hub``'s ``InferenceClient``, stopped with
-SIGTERM while a stream is running: the stream completes (Ray Serve drains each
-replica), and the process exits 0 with no Ray process of its own left."""
+"""``squeezer serve --ray`` as a user runs it: the real process on a local Ray (behind
+Ray's proxy, and with ``--ray-haproxy``), spoken to with ``openai`` and
+``huggingface_hub``'s ``InferenceClient``, stopped with SIGTERM while a stream is
+running: the stream completes (Ray Serve drains each replica), and the process exits
+0 with no Ray process of its own left. A Ray flag without ``--ray`` is refused."""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ def _ray_daemons() -> set[int]:
     return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in names}
 
 
+@pytest.mark.parametrize("proxy", [[], ["--ray-haproxy"]], ids=["ray-proxy", "haproxy"])
 def test_serve_ray_answers_real_clients_and_drains_on_sigterm(
-    tiny_bert: Path, tiny_llama: Path, tmp_path: Path
+    proxy: list[str], tiny_bert: Path, tiny_llama: Path, tmp_path: Path
 ) -> None:
     before = _ray_daemons()
     server = start_server(
-        ["--ray", "--replica-cpus", "0", "--shutdown-timeout", "30",
+        ["--ray", *proxy, "--replica-cpus", "0", "--shutdown-timeout", "30",
          *tiny_and_llama(tiny_bert, tiny_llama)],
         tmp_path / "serve.log",
     )  # fmt: skip
@@ -63,3 +65,13 @@ def test_serve_ray_answers_real_clients_and_drains_on_sigterm(
     while _ray_daemons() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _ray_daemons() - before
+
+
+def test_ray_flags_without_ray_are_refused() -> None:
+    from typer.testing import CliRunner
+
+    from squeezer.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--replicas", "2", "--ray-haproxy"])
+    assert result.exit_code == 2
+    assert "--replicas, --ray-haproxy take effect with --ray only" in result.output

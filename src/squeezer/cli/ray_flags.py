@@ -15,6 +15,16 @@ RayAddress = Annotated[
         "RAY_ADDRESS",
     ),
 ]
+RayHaproxy = Annotated[
+    bool,
+    option(
+        "A local Ray's HTTP in front: Ray Serve's direct ingress behind HAProxy rather "
+        "than its Python proxy; about half the per-request overhead "
+        "(docs/scale-out.md). On a cluster, set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 "
+        "RAY_SERVE_ENABLE_HA_PROXY=1 for `ray start` on every node instead.",
+        "RAY_HAPROXY",
+    ),
+]
 Replicas = Annotated[
     int | None,
     option("Engine replicas per engine deployment, without autoscaling. [default: 1]", "REPLICAS"),
@@ -104,6 +114,15 @@ _FIELDS = {
 }
 
 
+def refuse_without_ray(flags: dict[str, Any]) -> None:
+    """A Ray flag given to ``serve`` without ``--ray`` would do nothing: say so."""
+    given = [f for f in (*_FIELDS, "ray_address") if flags.get(f) is not None]
+    given += ["ray_haproxy"] if flags.get("ray_haproxy") else []
+    if given:
+        names = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise typer.BadParameter(f"{names} take effect with --ray only")
+
+
 def scaling_from(flags: dict[str, Any]) -> Any:
     """The ``Scaling`` the flags ask for (unset flags keep its defaults)."""
     from pydantic import ValidationError
@@ -117,4 +136,4 @@ def scaling_from(flags: dict[str, Any]) -> Any:
         raise typer.BadParameter("; ".join(err["msg"] for err in e.errors())) from None
 
 
-__all__ = ["scaling_from"]
+__all__ = ["refuse_without_ray", "scaling_from"]

@@ -343,6 +343,7 @@ def serve(
         ),
     ] = False,
     ray_address: rf.RayAddress = None,
+    ray_haproxy: rf.RayHaproxy = False,
     replicas: rf.Replicas = None,
     min_replicas: rf.MinReplicas = None,
     max_replicas: rf.MaxReplicas = None,
@@ -362,6 +363,10 @@ def serve(
     from squeezer.errors import SqueezerError
 
     flags = dict(locals())
+    if not ray:
+        from squeezer.cli.ray_flags import refuse_without_ray
+
+        refuse_without_ray(flags)
     settings = settings_from_flags(flags)
     for device in {settings.device, *(m.device for m in settings.models if m.device)}:
         parse_device(device)  # a device that is not there: a usage error, before any load
@@ -371,7 +376,8 @@ def serve(
             from squeezer.cli.ray_flags import scaling_from
             from squeezer.cluster.run import serve_on_ray
 
-            serve_on_ray(settings, scaling_from(flags), address=ray_address)
+            scaling = scaling_from(flags)
+            serve_on_ray(settings, scaling, address=ray_address, haproxy=ray_haproxy)
         else:
             from squeezer.server.serve import run_server
 

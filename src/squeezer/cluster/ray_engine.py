@@ -153,6 +153,8 @@ class RayEngine:
             return self._catalog
         if name == "metrics":
             return self._render_metrics()
+        if name == "admin" and args[:1] == ("status",):  # read: the catalog read at start
+            return self._catalog
         if name == "admin":
             raise ConflictError(
                 "model versions of a Ray Serve deployment change by deploying a new "

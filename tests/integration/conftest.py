@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,13 @@ from starlette.testclient import TestClient
 
 from squeezer.config import ModelSettings, Settings
 from squeezer.server.app import create_app
+
+
+def free_port() -> int:
+    """A loopback port free now (Ray Serve's HTTP proxy binds it in its own process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def settings_for(models: dict[str, Path], **kw: Any) -> Settings:

@@ -10,7 +10,6 @@ with ``[DONE]`` or with the dialect's error event."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,13 +19,7 @@ import httpx
 import pytest
 
 from squeezer.cluster.application import Scaling, build
-from tests.integration.conftest import bert_and_llama
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.integration.conftest import bert_and_llama, free_port
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def two_nodes(tiny_bert: Path, tiny_llama: Path) -> Iterator[str]:
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = bert_and_llama(tiny_bert, tiny_llama, max_total_tokens=256)
     scaling = Scaling(replicas=2, replica_cpus=0, max_replicas_per_node=1, name="failover")

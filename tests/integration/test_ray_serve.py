@@ -9,7 +9,6 @@ each engine replica's metrics are found through ``/metrics/targets``."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from squeezer.cluster.application import Scaling, build
 from squeezer.cluster.replicas import EngineReplica
 from squeezer.config import Settings
 from squeezer.server.app import create_app
-from tests.integration.conftest import bert_and_llama
+from tests.integration.conftest import bert_and_llama, free_port
 
 TEXTS = ["the cat sat on the mat", "a quick brown fox", "ray serve replicas"]
 CHAT = [{"role": "user", "content": "say something"}]
@@ -82,12 +81,6 @@ def gated(gate: Any) -> Callable[[EngineReplica], None]:
     return setup
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Deployed:
     def __init__(self, url: str, gate: Any, settings: Settings) -> None:
         self.url = url
@@ -103,7 +96,7 @@ def deployed(tiny_bert: Path, tiny_llama: Path) -> Iterator[Deployed]:
     # The set-up function travels by value: a Ray worker need not import tests.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     gate = ray.remote(Gate).remote()  # type: ignore[attr-defined]
     settings = bert_and_llama(tiny_bert, tiny_llama)

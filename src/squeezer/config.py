@@ -124,6 +124,9 @@ class Settings(BaseModel):
     drift_tolerance: dict[str, float] = Field(default_factory=dict)
     #: Serve a version whose outputs drifted past tolerance (the drift is reported).
     allow_drift: bool = False
+    #: Serve an optimized artifact whose kernels rely on CPU instructions this machine
+    #: lacks (a bf16 recipe without AVX512_BF16 or AMX): it runs, emulated and slow.
+    allow_slow_artifact: bool = False
     #: Check each load against its lockfile; ``squeezer pin`` turns it off to make or
     #: check a lockfile itself.
     golden_gate: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -16,12 +17,14 @@ pytest.importorskip("onnxruntime")
 from squeezer.config import ModelSettings, Settings
 from squeezer.errors import ModelLoadError
 from squeezer.models import read_folder
-from squeezer.models.manifest import Manifest, read_manifest
-from squeezer.optimize import build_onnx, report
+from squeezer.models.manifest import BF16, Hardware, Manifest, read_manifest
+from squeezer.optimize import build_onnx, catalog, report
 from squeezer.optimize import search as search_module
+from squeezer.optimize.build_torch import REFERENCE_CANDIDATE
 from squeezer.optimize.candidate import BuildContext
 from squeezer.optimize.search import OptimizeResult, OptimizeSettings, Search
 from squeezer.optimize.select import REFERENCE, Status
+from squeezer.server import loading
 from squeezer.server.app import create_app
 from squeezer.types import Task
 
@@ -46,7 +49,10 @@ def test_search_measures_every_candidate_and_picks_one_within_budget(
 ) -> None:
     names = [r.name for r in optimized.results]
     assert names == [REFERENCE, *ONLY]
-    assert all(r.status is Status.MEASURED for r in optimized.results)
+    # The second ONNX candidate may be stopped by the speed probe (then it has a speed
+    # but no accuracy); every other one is measured whole.
+    assert all(r.status is Status.MEASURED for r in optimized.results[:2])
+    assert optimized.results[2].status in (Status.MEASURED, Status.STOPPED)
     assert all(r.verdict for r in optimized.results)
     winner = optimized.choice.winner
     assert winner.selection is not None and winner.selection.loss <= 0.8 * 0.01
@@ -154,7 +160,7 @@ def test_serve_optimize_searches_once_then_uses_the_cache(
     monkeypatch.setattr(
         search_module,
         "all_candidates",
-        lambda only=(), device="cpu": ([search_module.REFERENCE_CANDIDATE], {}),
+        lambda only=(), device="cpu": ([REFERENCE_CANDIDATE], {}),
     )
     settings = Settings(
         models=[ModelSettings(name="m", path=str(tiny_bert))],
@@ -228,6 +234,8 @@ def test_a_half_precision_artifact_is_served_at_its_dtype(
         return type(choice)(half, True, choice.verdicts)
 
     monkeypatch.setattr(search_module, "choose", choose_half)
+    monkeypatch.setattr(search_module, "_PROBE_KEEP", 0.0)  # measured whole, however slow
+    monkeypatch.setattr(catalog, "current_hardware", lambda _cores: _with_flags("amx_bf16"))
     out = tmp_path / "bf16"
     settings = OptimizeSettings(
         model=str(tiny_bert), out=out, per_split=16, only=("torch-bfloat16",), speed_budget_s=0.1
@@ -240,11 +248,60 @@ def test_a_half_precision_artifact_is_served_at_its_dtype(
     assert 0.95 < half.selection.min_cosine < 1.0  # lossy, and measured so
     assert result.manifest.runtime_options == {"dtype": "bfloat16"}
     assert result.manifest.hardware.gpu is None  # a CPU search
+    assert result.manifest.requires == (BF16,)
 
     half_model = [ModelSettings(name="half", path=str(out))]
+    # On a CPU without bf16 kernels the artifact is refused, unless allowed.
+    monkeypatch.setattr(loading, "current_hardware", lambda *_a: _with_flags("avx2"))
+    refused = create_app(Settings(models=half_model, warmup=False))
+    with (
+        pytest.raises(ModelLoadError, match=r"lacks: bf16 .*--allow-slow-artifact"),
+        TestClient(refused),
+    ):
+        pass
+    allowed = Settings(models=half_model, warmup=False, allow_slow_artifact=True)
+    with TestClient(create_app(allowed)) as c:
+        assert c.post("/embed", json={"inputs": "x"}).status_code == 200
+    monkeypatch.setattr(loading, "current_hardware", lambda *_a: _with_flags("avx512_bf16"))
     with TestClient(create_app(Settings(models=half_model, warmup=False))) as c:
         info = c.get("/info").json()["models"][0]
         assert c.post("/embed", json={"inputs": "x"}).status_code == 200
     assert (info["backend"], info["dtype"]) == ("torch", "bfloat16")
     assert info["precision"]["dtype"] == "bfloat16"
     assert info["precision"]["min_cosine"] < 1.0
+
+
+def _with_flags(*flags: str) -> Hardware:
+    return Hardware(machine="x86_64", cpu="test cpu", flags=flags, cores=2)
+
+
+def test_the_speed_probe_stops_slow_candidates_and_the_time_budget_skips(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate of a runtime already measured whole stops when its probe is clearly
+    slower than the best passing one; once the time budget is spent, the rest are
+    skipped. Speeds are faked per runtime: no wall time is asserted."""
+    real = search_module.measure
+
+    def fake(backend, *args, **kwargs):  # type: ignore[no-untyped-def]
+        speed = real(backend, *args, **kwargs)
+        return dataclasses.replace(speed, throughput=1000.0 if backend.name == "torch" else 10.0)
+
+    monkeypatch.setattr(search_module, "measure", fake)
+    only = ("onnxruntime-float32-fused", "onnxruntime-float32-unfused")
+    settings = OptimizeSettings(
+        model=str(tiny_bert), out=tmp_path / "o", per_split=12, only=only, speed_budget_s=0.1
+    )
+    result = Search(settings).run()
+    by_name = {r.name: r for r in result.results}
+    assert by_name["onnxruntime-float32-fused"].status is Status.MEASURED  # first of its runtime
+    stopped = by_name["onnxruntime-float32-unfused"]
+    assert stopped.status is Status.STOPPED and stopped.selection is None
+    assert "slower at the speed probe: 10.0/s against torch-float32's 1000.0/s" in stopped.verdict
+    rows = {row["framework"]: row for row in report.to_json(result)["frameworks"]}
+    assert rows["ONNX Runtime"]["recipe"] == "onnxruntime-float32-fused"
+
+    spent = dataclasses.replace(settings, out=tmp_path / "p", time_budget_s=1e-9)
+    late = Search(spent).run()
+    assert [r.status for r in late.results] == [Status.MEASURED, Status.SKIPPED, Status.SKIPPED]
+    assert "time budget" in late.results[1].reason

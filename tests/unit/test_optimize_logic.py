@@ -142,7 +142,7 @@ def test_hardware_differences_name_what_changed() -> None:
 
 
 def test_a_gpu_search_adds_half_precision_torch_and_drops_cpu_runtimes() -> None:
-    from squeezer.optimize.search import all_candidates
+    from squeezer.optimize.catalog import all_candidates
 
     names = lambda cs: {c.name for c in cs}  # noqa: E731
     found, missing = all_candidates(device="cuda:0")
@@ -158,11 +158,15 @@ def test_a_gpu_search_adds_half_precision_torch_and_drops_cpu_runtimes() -> None
         "onnxruntime": True,
         "openvino": True,
         "ctranslate2": True,
+        "jax": True,
+        "litert": True,
     }
-    on_cpu, _ = all_candidates()
-    assert not any("16" in c.name for c in on_cpu)  # no native half kernels on AVX2
-    named, _ = all_candidates(only=("torch-bfloat16",))
-    assert {"torch-bfloat16", "torch-bfloat16-compile"} <= names(named)
+    avx2, left_out = all_candidates(flags=("avx2", "fma"))
+    assert not any("16" in c.name for c in avx2)  # no native half kernels on AVX2
+    assert "lacks bf16 (needs avx512_bf16 or amx_bf16)" in left_out["torch-bfloat16"]
+    assert "lacks fp16" in left_out["torch-float16"]
+    named, _ = all_candidates(only=("torch-bfloat16",), flags=("avx512f", "amx_bf16"))
+    assert names(named) == {"torch-float32", "torch-bfloat16", "torch-bfloat16-compile"}
     half = next(c for c in found if c.name == "torch-float16")
     assert half.options == {"dtype": "float16"}  # the manifest records the precision
 
@@ -177,3 +181,38 @@ def test_an_artifact_from_another_gpu_differs() -> None:
         "GPU NVIDIA H100 80GB HBM3 -> NVIDIA H200"
     ]
     assert cpu.differences(h100) == ["GPU none -> NVIDIA H100 80GB HBM3"]
+
+
+def test_framework_rows_show_each_frameworks_best_recipe_or_why_not() -> None:
+    from squeezer.optimize.frameworks import framework_rows, markdown_table
+
+    results = [
+        _result(REFERENCE, 0.0, 100),
+        _result("onnxruntime-fp32", 0.0, 130),
+        _result("onnxruntime-int8", 0.05, 400),  # over budget: not the framework's best
+        _result("openvino-int8", 0.02, 300),  # the only one, over budget
+        _result("ctranslate2-int8", 0.0, 0, Status.FAILED),
+    ]
+    results[-1].reason = "boom"
+    compiled = _result("torch-float32", 0.0, 90)
+    compiled.candidate = Candidate("torch", "float32", "compile")
+    results.append(compiled)
+    for r in results:
+        r.report = r.selection
+    rows = framework_rows(
+        results, {"jax": "not installed: pip install 'squeezer[jax]'"}, 0.01, 0.8,
+        Objective.THROUGHPUT,
+    )  # fmt: skip
+    by = {row.framework: row for row in rows}
+    assert [row.framework for row in rows] == [
+        "PyTorch eager", "PyTorch compiled", "ONNX Runtime", "OpenVINO", "CTranslate2",
+        "JAX/XLA", "LiteRT",
+    ]  # fmt: skip
+    assert by["PyTorch eager"].best is results[0] and by["PyTorch compiled"].best is compiled
+    assert by["ONNX Runtime"].best is results[1] and by["ONNX Runtime"].within_budget
+    assert by["OpenVINO"].best is results[3] and not by["OpenVINO"].within_budget
+    assert "failed (boom)" in by["CTranslate2"].note
+    assert by["JAX/XLA"].note.startswith("not installed") and by["JAX/XLA"].best is None
+    assert by["LiteRT"].note == "not in this search (--only)"
+    table = markdown_table(rows, 100.0)
+    assert "| ONNX Runtime | onnxruntime-fp32 | 130.0 | 1.30 |" in table

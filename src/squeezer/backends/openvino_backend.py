@@ -3,9 +3,11 @@
 The model is compiled once, at load, with dynamic batch and length, as many inference
 threads as squeezer computes with, one stream and the latency hint: the engine runs
 one batch at a time on one compute thread, so more streams would only split the cores.
-The precision hint is pinned to f32; OpenVINO would otherwise run fp32 graphs in bf16
-on CPUs that have it, and an fp32 artifact must match the fp32 reference. Int8 graphs
-keep their int8 kernels whatever the hint.
+The precision hint is f32 unless the artifact says otherwise (``inference_precision``):
+OpenVINO would run fp32 graphs in bf16 on CPUs that have it by default, and an fp32
+artifact must match the fp32 reference; a bf16 artifact asks for bf16 because the
+optimizer measured it within the budget. Int8 graphs keep their int8 kernels whatever
+the hint; the hint decides what their float parts run in.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"
 
 
-def compile_config(threads: int) -> dict[str, Any]:
+#: ``inference_precision`` values an artifact may name.
+PRECISIONS = ("f32", "bf16", "f16")
+
+
+def compile_config(threads: int, precision: str = "f32") -> dict[str, Any]:
     import openvino as ov
     import openvino.properties as props
     import openvino.properties.hint as hints
@@ -34,7 +40,7 @@ def compile_config(threads: int) -> dict[str, Any]:
         props.inference_num_threads: threads,
         props.streams.num: 1,
         hints.performance_mode: hints.PerformanceMode.LATENCY,
-        hints.inference_precision: ov.Type.f32,
+        hints.inference_precision: getattr(ov.Type, precision),
     }
 
 
@@ -48,7 +54,19 @@ class OpenVinoBackend:
 
     name = "openvino"
 
-    def __init__(self, path: Path, *, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        inference_precision: str = "f32",
+    ) -> None:
+        if inference_precision not in PRECISIONS:
+            raise ModelLoadError(
+                f"openvino inference_precision {inference_precision!r}: expected one of "
+                f"{', '.join(PRECISIONS)}"
+            )
         if device != "cpu":
             raise ModelLoadError(
                 f"the openvino backend runs on the CPU here; device {device!r} asked for"
@@ -78,7 +96,9 @@ class OpenVinoBackend:
             }
             if fixed:  # an IR saved with fixed shapes: open batch and length up
                 model.reshape(fixed)
-            self._compiled = core.compile_model(model, "CPU", compile_config(compute_threads()))
+            self._compiled = core.compile_model(
+                model, "CPU", compile_config(compute_threads(), inference_precision)
+            )
         except Exception as e:  # OpenVINO raises plain RuntimeErrors for bad IRs
             raise ModelLoadError(f"openvino could not load {xml}: {e}") from e
         self._request = self._compiled.create_infer_request()

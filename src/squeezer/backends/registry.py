@@ -1,8 +1,8 @@
 """Backends by name: the one place that knows which runtimes exist.
 
 Optimized runtimes are optional extras (``pip install squeezer[onnx]``, ``[openvino]``,
-``[ctranslate2]``); each loader imports its runtime only when asked for, and a missing
-package becomes a ``ModelLoadError`` that says which extra to install.
+``[ctranslate2]``, ``[jax]``, ``[litert]``); each loader imports its runtime only when
+asked for, and a missing package becomes a ``ModelLoadError`` that says which extra to install.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ _RUNTIMES: dict[str, tuple[str, str, str, str]] = {
         "ctranslate2",
         "ctranslate2",
     ),
+    # JAX/XLA: the HF PyTorch model run under XLA through torchax (optimize/build_jax.py).
+    "jax": ("squeezer.backends.jax_backend", "JaxBackend", "torchax", "jax"),
+    # LiteRT (TensorFlow Lite) with XNNPACK: a .tflite from litert-torch
+    # (optimize/build_litert.py).
+    "litert": ("squeezer.backends.litert_backend", "LiteRtBackend", "ai_edge_litert", "litert"),
 }
 
 

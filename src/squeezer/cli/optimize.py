@@ -42,6 +42,13 @@ def optimize(
         typer.Option(help="Only candidates whose name starts with this (repeatable)."),
     ] = None,
     speed_budget: Annotated[float, typer.Option(help="Seconds of timing per candidate.")] = 4.0,
+    time_budget: Annotated[
+        float,
+        typer.Option(
+            help="Seconds for the whole search; candidates not built by then are skipped "
+            "(0 = no limit)."
+        ),
+    ] = 1800.0,
     threads: Annotated[int, typer.Option(help="Compute threads; 0 = one per core.")] = 0,
     keep_candidates: Annotated[
         bool, typer.Option(help="Keep every candidate's files under OUT/.candidates.")
@@ -78,11 +85,12 @@ def optimize(
         per_split=per_split,
         only=tuple(only or ()),
         speed_budget_s=speed_budget,
+        time_budget_s=time_budget,
         keep_candidates=keep_candidates,
         device=parse_device(device),
     )
     try:
-        with SearchProgress(console) as progress:
+        with SearchProgress(console, time_budget) as progress:
             search = Search(settings, progress.update)
             progress.start(len(search.candidates()[0]))
             result = search.run()

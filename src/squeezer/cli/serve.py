@@ -97,6 +97,15 @@ def serve(
             "ALLOW_DRIFT",
         ),
     ] = None,
+    allow_slow_artifact: Annotated[
+        bool | None,
+        option(
+            "Serve an optimized artifact whose kernels need CPU instructions this machine "
+            "lacks (e.g. bf16 without AVX512_BF16 or AMX): it runs, emulated and slower "
+            "than fp32. [default: no-allow-slow-artifact]",
+            "ALLOW_SLOW_ARTIFACT",
+        ),
+    ] = None,
     unload_timeout: Annotated[
         float | None,
         option(

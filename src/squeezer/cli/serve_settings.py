@@ -24,7 +24,7 @@ _SAME_NAME = (
     "max_stop_sequences", "quantize", "log_level", "log_format", "access_log",
     "ssl_certfile", "ssl_keyfile", "model_repository", "repository_load_all",
     "mlflow_tracking_uri", "unload_timeout", "max_loaded_models", "max_loaded_memory_mib",
-    "allow_drift",
+    "allow_drift", "allow_slow_artifact",
 )  # fmt: skip
 
 

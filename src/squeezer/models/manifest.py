@@ -30,11 +30,41 @@ _RELEVANT_FLAGS = (
     "avx512vl",
     "avx512_vnni",
     "avx512_bf16",
+    "avx512_fp16",
     "avx_vnni",
     "amx_tile",
     "amx_int8",
     "amx_bf16",
+    "amx_fp16",
 )
+
+
+class KernelNeed(BaseModel):
+    """CPU instructions a recipe's fast kernels rely on: any one of ``any_of``.
+
+    Without them the runtimes still compute the right numbers, by emulation (bf16 and
+    fp16 converted to fp32 around each multiply) or with 16-bit intermediates (int8
+    without VNNI), and a recipe chosen for its speed becomes slower than fp32. So
+    serving refuses such an artifact unless told otherwise."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    any_of: tuple[str, ...]
+
+    def met_by(self, flags: tuple[str, ...]) -> bool:
+        return any(f in flags for f in self.any_of)
+
+    def __str__(self) -> str:
+        return f"{self.name} (needs {' or '.join(self.any_of)})"
+
+
+#: bf16 matrix multiplies: AVX512_BF16 (Cooper Lake, Zen 4 and later) or AMX.
+BF16 = KernelNeed(name="bf16", any_of=("avx512_bf16", "amx_bf16"))
+#: fp16 arithmetic: AVX512_FP16 (Sapphire Rapids and later) or AMX-FP16.
+FP16 = KernelNeed(name="fp16", any_of=("avx512_fp16", "amx_fp16"))
+#: int8 dot products with 32-bit accumulation: full 8-bit weights without saturation.
+VNNI = KernelNeed(name="int8-vnni", any_of=("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 class Hardware(BaseModel):
@@ -55,6 +85,10 @@ class Hardware(BaseModel):
         if self.gpu:
             key += f"|{self.gpu}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def unmet(self, needs: tuple[KernelNeed, ...]) -> list[KernelNeed]:
+        """The needs this machine's CPU does not meet."""
+        return [n for n in needs if not n.met_by(self.flags)]
 
     def differences(self, other: Hardware) -> list[str]:
         """What about ``other`` differs in ways that may change the best candidate."""
@@ -129,6 +163,8 @@ class Manifest(BaseModel):
     #: False when no candidate met the budget and the artifact fell back to fp32.
     within_budget: bool = True
     hardware: Hardware
+    #: CPU instructions the recipe's kernels rely on (empty: runs well anywhere).
+    requires: tuple[KernelNeed, ...] = ()
     build: dict[str, Any] = Field(default_factory=dict)
 
     def write(self, folder: Path) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from squeezer.models import ModelFolder
+from squeezer.models.manifest import KernelNeed
 from squeezer.types import Task
 
 
@@ -56,10 +57,23 @@ class Candidate:
     #: Keyword arguments for the backend when it loads this candidate (recorded in the
     #: manifest, so that serving loads it the same way).
     options: dict[str, Any] = field(default_factory=dict)
+    #: CPU instructions its kernels need to be fast: a CPU search offers it only where
+    #: they are, and serving refuses the artifact where they are not.
+    needs: tuple[KernelNeed, ...] = ()
 
     @property
     def name(self) -> str:
         return "-".join(p for p in (self.runtime, self.precision, self.variant) if p)
+
+
+def runtime_version(module: str) -> str:
+    """The version a manifest and a report record for a runtime's package."""
+    import importlib
+
+    try:
+        return str(importlib.import_module(module).__version__)
+    except ImportError:
+        return "not installed"
 
 
 def input_names(folder: ModelFolder, model: Any) -> list[str]:

@@ -1,4 +1,5 @@
-"""A rich progress bar for the search: one step per candidate, the current stage shown."""
+"""A rich progress bar for the search: one step per candidate, the current stage shown,
+and the time spent against the search's time budget."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
 class SearchProgress:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, budget_s: float = 0.0) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[budget]}"),
             console=console,
             transient=False,
         )
-        self._task = self._progress.add_task("preparing texts", total=None)
+        budget = f"of {_clock(budget_s)} budget" if budget_s > 0 else "(no time budget)"
+        self._task = self._progress.add_task("preparing texts", total=None, budget=budget)
 
     def start(self, candidates: int) -> None:
         self._progress.update(self._task, total=candidates)

@@ -1,6 +1,8 @@
-"""What a search found, for people: ``report.md``, ``report.png`` and ``results.json``.
+"""What a search found, for people: ``report.md``, ``report.png``, ``frameworks.png``
+and ``results.json``.
 
-Every candidate appears, with the reason it lost (over budget, slower, skipped,
+The first table compares the frameworks (each one's best recipe); then every candidate
+appears, with the reason it lost (over budget, slower, skipped,
 failed). Speeds are also given as ratios to the fp32 torch reference measured in the
 same run, because absolute figures on a shared machine drift from run to run.
 """
@@ -11,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from squeezer.optimize import frameworks
 from squeezer.optimize.search import OptimizeResult
 from squeezer.optimize.select import REFERENCE, CandidateResult, Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _reference_speed(result: OptimizeResult) -> float:
@@ -42,6 +45,13 @@ def _row(r: CandidateResult, ref: float) -> dict[str, Any]:
     }
 
 
+def framework_rows(result: OptimizeResult) -> list[frameworks.FrameworkRow]:
+    s = result.settings
+    return frameworks.framework_rows(
+        result.results, result.unavailable, s.max_loss, s.margin, s.objective
+    )
+
+
 def to_json(result: OptimizeResult) -> dict[str, Any]:
     s, m = result.settings, result.manifest
     ref = _reference_speed(result)
@@ -56,7 +66,8 @@ def to_json(result: OptimizeResult) -> dict[str, Any]:
         "winner": m.candidate,
         "within_budget": m.within_budget,
         "hardware": m.hardware.model_dump(),
-        "unavailable_runtimes": result.unavailable,
+        "not_tried": result.unavailable,
+        "frameworks": [row.as_dict(ref) for row in framework_rows(result)],
         "candidates": [_row(r, ref) for r in result.results],
     }
 
@@ -105,11 +116,22 @@ def markdown(result: OptimizeResult) -> str:
         f"- Machine: {m.hardware.cpu}, {m.hardware.cores} threads, flags "
         f"{' '.join(m.hardware.flags) or 'none of note'}.",
         "",
+        "## Frameworks",
+        "",
+        "Each framework's fastest recipe within the budget (or, when none is, its most "
+        "accurate one).",
+        "",
+        frameworks.markdown_table(framework_rows(result), _reference_speed(result)),
+        "",
+        "![frameworks](frameworks.png)",
+        "",
+        "## Every candidate",
+        "",
         table(result),
         "",
     ]
     if result.unavailable:
-        head += ["Runtimes not installed here:", ""]
+        head += ["Not tried here:", ""]
         head += [f"- {name}: {why}" for name, why in result.unavailable.items()]
         head.append("")
     skipped = [r for r in result.results if r.status is not Status.MEASURED]
@@ -178,4 +200,7 @@ def write(result: OptimizeResult) -> list[Path]:
     (out / "results.json").write_text(json.dumps(to_json(result), indent=2) + "\n")
     if plot(result, out / "report.png"):
         written.append(out / "report.png")
+    title = f"{Path(result.settings.model).name} on {result.manifest.hardware.cpu}"
+    if frameworks.plot(framework_rows(result), out / "frameworks.png", title):
+        written.append(out / "frameworks.png")
     return written

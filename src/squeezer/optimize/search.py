@@ -9,7 +9,6 @@ artifact, with ``squeezer.json`` and a report beside it.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 import time
@@ -23,12 +22,12 @@ from typing import Any
 from squeezer import __version__
 from squeezer.backends import Backend, load_backend
 from squeezer.backends.device import compute_threads, gpu_name
-from squeezer.backends.registry import missing_reason
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder, locate, read_folder
 from squeezer.models.manifest import MANIFEST_FILE, Manifest, SourceModel, current_hardware
 from squeezer.optimize.accuracy import GATED_TASKS, FloatArray, Probe, compare
-from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate
+from squeezer.optimize.candidate import BuildContext, Candidate, runtime_version
+from squeezer.optimize.catalog import all_candidates, build_module
 from squeezer.optimize.corpus import Splits, load_texts, split_texts
 from squeezer.optimize.select import (
     DEFAULT_MARGIN,
@@ -38,6 +37,9 @@ from squeezer.optimize.select import (
     Objective,
     Status,
     choose,
+    describe,
+    passes,
+    score,
 )
 from squeezer.optimize.speed import measure
 from squeezer.types import Task
@@ -48,84 +50,10 @@ log = logging.getLogger(__name__)
 #: into each candidate (tokenizer, config, sentence-transformers modules).
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx")
 _WORK, _CACHE = ".candidates", ".cache"
-#: Build modules of the optimized runtimes: each has CANDIDATES and supports(folder).
-_BUILD_MODULES = {
-    "onnxruntime": "squeezer.optimize.build_onnx",
-    "openvino": "squeezer.optimize.build_openvino",
-    "ctranslate2": "squeezer.optimize.build_ctranslate2",
-}
-
-
-def _build_reference(ctx: BuildContext) -> BuildInfo:
-    files = []
-    for pattern in ("*.safetensors", "pytorch_model.bin"):
-        for f in ctx.source.path.glob(pattern):
-            shutil.copyfile(f, ctx.out / f.name)
-            files.append(f.name)
-    return BuildInfo(tuple(files), {"torch": _version("torch")})
-
-
-def _version(module: str) -> str:
-    try:
-        return str(importlib.import_module(module).__version__)
-    except ImportError:
-        return "not installed"
-
-
-REFERENCE_CANDIDATE = Candidate("torch", "float32", build=_build_reference)
-assert REFERENCE_CANDIDATE.name == REFERENCE
-#: torch.compile (inductor) of the encoder: same weights, fused kernels; embeddings only
-#: (heads run eager so fill-mask's gather hook never forces a recompile).
-COMPILED_CANDIDATE = Candidate(
-    "torch",
-    "float32",
-    "compile",
-    build=_build_reference,
-    tasks=frozenset({Task.EMBED}),
-    options={"compile": True},
-)
-
-
-def _half(precision: str, compile: bool = False) -> Candidate:
-    """torch in fp16 or bf16: same weights, cast at load (the manifest records the
-    dtype); with ``compile``, inductor over the encoder too (embeddings only)."""
-    if not compile:
-        return Candidate("torch", precision, build=_build_reference, options={"dtype": precision})
-    return Candidate(
-        "torch",
-        precision,
-        "compile",
-        build=_build_reference,
-        tasks=frozenset({Task.EMBED}),
-        options={"dtype": precision, "compile": True},
-    )
-
-
-#: What a GPU search adds: half precision is what tensor cores are for. On CPU (no
-#: native half kernels on AVX2) only when ``--only`` names them.
-HALF_CANDIDATES = [_half(p, c) for p in ("float16", "bfloat16") for c in (False, True)]
-
-
-def all_candidates(
-    only: tuple[str, ...] = (), device: str = "cpu"
-) -> tuple[list[Candidate], dict[str, str]]:
-    """Every candidate whose runtime is installed and runs on ``device`` (and whose
-    name starts with one of ``only``, when given), and why the others are not there."""
-    found, missing = [REFERENCE_CANDIDATE, COMPILED_CANDIDATE], {}
-    gpu = device != "cpu"
-    found += [c for c in HALF_CANDIDATES if gpu or any(c.name.startswith(p) for p in only)]
-    for runtime, module in _BUILD_MODULES.items():
-        if only and not any(p.startswith(runtime) or runtime.startswith(p) for p in only):
-            continue
-        if gpu:  # as installed here, these run on CPU cores only
-            missing[runtime] = f"runs on CPU only; this search is for {device}"
-            continue
-        reason = missing_reason(runtime)
-        if reason is not None:
-            missing[runtime] = reason
-            continue
-        found.extend(importlib.import_module(module).CANDIDATES)
-    return found, missing
+#: The speed probe: seconds of timing, and the share of the best passing candidate's
+#: speed below which a candidate stops (the probe is short, so it is given slack).
+_PROBE_S = 1.0
+_PROBE_KEEP = 0.85
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +72,9 @@ class OptimizeSettings:
     only: tuple[str, ...] = ()
     #: Seconds of timing per candidate and shape.
     speed_budget_s: float = 4.0
+    #: Seconds for the whole search (0: no limit): candidates not built by then are
+    #: skipped, and the report says so.
+    time_budget_s: float = 0.0
     keep_candidates: bool = False
     #: Where candidates run (resolved: ``cpu`` or ``cuda:N``); fp32 torch on it is the
     #: reference.
@@ -225,6 +156,11 @@ class Search:
             for name in ("calibration", "selection", "report")
         }
         self.reference: dict[str, FloatArray] = {}
+        self._started = time.monotonic()
+        #: The fastest candidate that passed the gate so far, and the runtimes that
+        #: have a wholly measured candidate (the speed probe's yardsticks).
+        self._best: CandidateResult | None = None
+        self._runtimes_measured: set[str] = set()
 
     def _reference_outputs(self) -> None:
         with _loaded("torch", self.folder.path, self.s.device) as backend:
@@ -242,14 +178,13 @@ class Search:
     def _skip_reason(self, c: Candidate) -> str | None:
         if self.task not in c.tasks:
             return f"{c.name} does not serve {self.task.value}"
-        module = _BUILD_MODULES.get(c.runtime)
-        if module is None:
-            return None
-        reason: str | None = importlib.import_module(module).supports(self.folder)
+        reason: str | None = build_module(c.runtime).supports(self.folder)
         return reason
 
     def _run_one(self, c: Candidate, work: Path, cache: Path) -> CandidateResult:
         reason = self._skip_reason(c)
+        if reason is None and c.name != REFERENCE and self._out_of_time():
+            reason = f"the search's time budget ({self.s.time_budget_s:g} s) was spent"
         if reason is not None:
             return CandidateResult(c, Status.SKIPPED, reason)
         out = work / c.name
@@ -269,6 +204,10 @@ class Search:
             build_s = time.perf_counter() - t0
             result = CandidateResult(c, Status.MEASURED, build=info, build_s=build_s, folder=out)
             with _loaded(c.runtime, out, self.s.device, c.options) as backend:
+                stop = self._probe(result, backend)
+                if stop is not None:
+                    result.status, result.reason = Status.STOPPED, stop
+                    return result
                 self.progress(c.name, "accuracy")
                 for split in ("selection", "report"):
                     acc = compare(self.task, self.reference[split], self.probes[split].run(backend))
@@ -280,16 +219,50 @@ class Search:
                     self.splits.selection,
                     budget_s=self.s.speed_budget_s,
                 )
+            self._measured(result)
             return result
         except Exception as e:  # a broken candidate fails alone, whatever it raised
             log.warning("candidate %s failed: %s", c.name, e)
             return CandidateResult(c, Status.FAILED, f"{type(e).__name__}: {e}")
 
+    def _out_of_time(self) -> bool:
+        budget = self.s.time_budget_s
+        return budget > 0 and time.monotonic() - self._started > budget
+
+    def _probe(self, result: CandidateResult, backend: Backend) -> str | None:
+        """Why a candidate stops before its accuracy and full timing, or None.
+
+        A short speed probe ranks it against the fastest candidate that already passed
+        the gate: one clearly slower cannot win, so its accuracy (the expensive part
+        for a slow runtime) is not worth measuring. The first candidate of each runtime
+        is always measured whole, so that every framework has a row in the report."""
+        c = result.candidate
+        best = self._best
+        if c.name == REFERENCE or best is None or c.runtime not in self._runtimes_measured:
+            return None
+        self.progress(c.name, "speed probe")
+        probe_s = min(_PROBE_S, self.s.speed_budget_s / 4)
+        result.speed = measure(
+            backend, self.probes["selection"], self.splits.selection, budget_s=probe_s
+        )
+        if score(result, self.s.objective) >= _PROBE_KEEP * score(best, self.s.objective):
+            return None
+        return (
+            f"slower at the speed probe: {describe(result, self.s.objective)} against "
+            f"{best.name}'s {describe(best, self.s.objective)}"
+        )
+
+    def _measured(self, result: CandidateResult) -> None:
+        self._runtimes_measured.add(result.candidate.runtime)
+        if not passes(result, self.s.max_loss, self.s.margin):
+            return
+        if self._best is None or score(result, self.s.objective) > score(
+            self._best, self.s.objective
+        ):
+            self._best = result
+
     def candidates(self) -> tuple[list[Candidate], dict[str, str]]:
-        found, missing = all_candidates(self.s.only, self.s.device)
-        if self.s.only:
-            found = [c for c in found if c.name == REFERENCE or c.name.startswith(self.s.only)]
-        return found, missing
+        return all_candidates(self.s.only, self.s.device)
 
     def run(self) -> OptimizeResult:
         source, out = self.folder.path.resolve(), self.s.out.resolve()
@@ -299,6 +272,7 @@ class Search:
                 "choose a folder outside it"
             )
         prepare_out(self.s.out)
+        self._started = time.monotonic()
         work, cache = self.s.out / _WORK, self.s.out / _CACHE
         work.mkdir()
         cache.mkdir()
@@ -338,7 +312,7 @@ class Search:
                 architectures=self.folder.architectures,
             ),
             runtime=c.runtime,
-            runtime_version=_version(c.runtime),
+            runtime_version=runtime_version(c.runtime),
             precision=c.precision,
             variant=c.variant,
             candidate=c.name,
@@ -349,6 +323,7 @@ class Search:
             objective=self.s.objective.value,
             within_budget=choice.within_budget,
             hardware=current_hardware(compute_threads(), gpu_name(self.s.device)),
+            requires=c.needs if self.s.device == "cpu" else (),
             build=dict(winner.build.details) if winner.build else {},
         )
         manifest.write(self.s.out)

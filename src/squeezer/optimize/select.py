@@ -34,6 +34,8 @@ class Objective(str, Enum):
 class Status(str, Enum):
     MEASURED = "measured"
     SKIPPED = "skipped"
+    #: Built, then stopped by the speed probe: clearly slower than one that passed.
+    STOPPED = "stopped early"
     FAILED = "failed"
 
 
@@ -69,7 +71,7 @@ def passes(result: CandidateResult, max_loss: float, margin: float = DEFAULT_MAR
     return result.name == REFERENCE or result.selection.loss <= margin * max_loss
 
 
-def _score(result: CandidateResult, objective: Objective) -> float:
+def score(result: CandidateResult, objective: Objective) -> float:
     """Higher is better."""
     assert result.speed is not None
     if objective is Objective.LATENCY:
@@ -77,7 +79,7 @@ def _score(result: CandidateResult, objective: Objective) -> float:
     return result.speed.throughput
 
 
-def _describe(result: CandidateResult, objective: Objective) -> str:
+def describe(result: CandidateResult, objective: Objective) -> str:
     assert result.speed is not None
     if objective is Objective.LATENCY:
         return f"{result.speed.single_p50_ms:.2f} ms"
@@ -94,8 +96,8 @@ def choose(
     passing = [r for r in results if passes(r, max_loss, margin) and r.speed is not None]
     if not passing:
         raise ValueError(f"no measured candidate; the reference {REFERENCE} must be among them")
-    winner = max(passing, key=lambda r: _score(r, objective))
-    best = _describe(winner, objective)
+    winner = max(passing, key=lambda r: score(r, objective))
+    best = describe(winner, objective)
     for r in results:
         if r is winner:
             r.verdict = f"chosen: fastest ({objective.value}) within the budget"
@@ -107,6 +109,6 @@ def choose(
                 "on the selection split"
             )
         elif r.speed is not None:
-            r.verdict = f"slower: {_describe(r, objective)} vs {best}"
+            r.verdict = f"slower: {describe(r, objective)} vs {best}"
     within = any(r.name != REFERENCE for r in passing)
     return Choice(winner, within, {r.name: r.verdict for r in results})

@@ -49,9 +49,23 @@ from squeezer.versions import library_versions
 log = logging.getLogger("squeezer")
 
 
-def _check_hardware(name: str, manifest: Manifest, device: str) -> None:
-    """An artifact tuned on other hardware still runs, but may not be the best choice."""
+def _check_hardware(name: str, manifest: Manifest, device: str, allow_slow: bool) -> None:
+    """An artifact tuned on other hardware still runs, but may not be the best choice;
+    one whose kernels need CPU instructions missing here is refused unless allowed."""
     here = current_hardware(compute_threads(), gpu_name(device))
+    unmet = here.unmet(manifest.requires) if device == "cpu" else []
+    if unmet:
+        needs = "; ".join(str(n) for n in unmet)
+        message = (
+            f"model {name}: artifact {manifest.candidate} relies on CPU instructions this "
+            f"machine ({here.cpu}) lacks: {needs}. It would run emulated, slower than fp32"
+        )
+        if not allow_slow:
+            raise ModelLoadError(
+                f"{message}. Run `squeezer optimize` on this machine, or serve it anyway "
+                "with --allow-slow-artifact"
+            )
+        log.warning("%s (served: --allow-slow-artifact)", message)
     differences = manifest.hardware.differences(here)
     if differences:
         log.warning(
@@ -159,7 +173,7 @@ class ModelLoader:
             path = optimized_artifact(path, s.optimize_max_loss, s.optimize_cache, device)
             manifest = read_manifest(path)
         if manifest is not None:
-            _check_hardware(spec.name, manifest, device)
+            _check_hardware(spec.name, manifest, device, s.allow_slow_artifact)
         folder = read_folder(path, pooling=spec.pooling, max_input_length=spec.max_input_length)
         # Before the weights load: a tokenizer that does not fit is refused at once.
         check_consistency(folder, max_length=folder.max_input_length)

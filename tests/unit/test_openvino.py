@@ -150,9 +150,13 @@ def test_classifier_logits_match_torch(models: dict[str, Path], tmp_path: Path) 
         ov.forward(batch, ["start_logits"])
 
 
-def _pooled_cosine(models: dict[str, Path], out: Path) -> np.ndarray:
+def _pooled_cosine(
+    models: dict[str, Path], out: Path, inference_precision: str = "f32"
+) -> np.ndarray:
     batch = _batch(out, TEXTS)
-    got = OpenVinoBackend(out).forward(batch)["last_hidden_state"]
+    got = OpenVinoBackend(out, inference_precision=inference_precision).forward(batch)[
+        "last_hidden_state"
+    ]
     want = TorchBackend(models["bert"]).forward(batch)["last_hidden_state"]
     mask = batch["attention_mask"]
     return _cosine(_mean_pooled(got, mask), _mean_pooled(want, mask))
@@ -208,6 +212,17 @@ def test_folder_without_ir_is_a_load_error(models: dict[str, Path], tmp_path: Pa
         OpenVinoBackend(tmp_path)
 
 
+def test_bf16_inference_precision_stays_close_and_unknown_ones_are_refused(
+    models: dict[str, Path], bert_fp32: Path
+) -> None:
+    """bf16 runs wherever OpenVINO runs (emulated without AVX512_BF16/AMX: the
+    candidate's ``needs`` keep the search from offering it there)."""
+    cos = _pooled_cosine(models, bert_fp32, inference_precision="bf16")
+    assert 0.99 <= cos.min() <= 1.0, f"min cosine {cos.min():.5f}"
+    with pytest.raises(ModelLoadError, match="inference_precision"):
+        OpenVinoBackend(bert_fp32, inference_precision="int4")
+
+
 def test_backend_refuses_other_devices_and_dtypes(bert_fp32: Path) -> None:
     with pytest.raises(ModelLoadError, match="CPU"):
         OpenVinoBackend(bert_fp32, device="cuda:0")
@@ -228,8 +243,14 @@ def test_supports_and_candidates(models: dict[str, Path], tmp_path: Path) -> Non
     assert reason is not None and "decoder" in reason
     assert [c.name for c in CANDIDATES] == [
         "openvino-float32",
+        "openvino-bfloat16",
         "openvino-int8-weights",
         "openvino-int8-static",
+        "openvino-int8-vnni",
+        "openvino-int8-vnni-bf16",
     ]
+    needs = {c.name: {n.name for n in c.needs} for c in CANDIDATES}
+    assert needs["openvino-bfloat16"] == {"bf16"} and needs["openvino-int8-static"] == set()
+    assert needs["openvino-int8-vnni-bf16"] == {"bf16", "int8-vnni"}
     assert all({Task.EMBED, Task.CLASSIFY} <= c.tasks for c in CANDIDATES)
     assert build_openvino.FILES == ("openvino_model.xml", "openvino_model.bin")

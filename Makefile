@@ -47,6 +47,7 @@ test: install-dev
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+	SQUEEZER_TEST_JAX=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_jax.py
 
 lint:
 	$(VENV)/bin/ruff check src tests benchmarks

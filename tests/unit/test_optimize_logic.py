@@ -216,3 +216,11 @@ def test_framework_rows_show_each_frameworks_best_recipe_or_why_not() -> None:
     assert by["LiteRT"].note == "not in this search (--only)"
     table = markdown_table(rows, 100.0)
     assert "| ONNX Runtime | onnxruntime-fp32 | 130.0 | 1.30 |" in table
+
+
+def test_a_search_inside_a_server_leaves_out_runtimes_that_change_the_process() -> None:
+    from squeezer.optimize.catalog import PROCESS_WIDE, all_candidates
+
+    found, left_out = all_candidates(only=("jax",), in_server=True)
+    assert {c.runtime for c in found} == {"torch"}
+    assert left_out["jax"].startswith(PROCESS_WIDE["jax"]) or "not" in left_out["jax"]

@@ -53,7 +53,12 @@ def optimized_artifact(
 
     result = Search(
         OptimizeSettings(
-            model=str(path), out=scratch, max_loss=max_loss, speed_budget_s=2.0, device=device
+            model=str(path),
+            out=scratch,
+            max_loss=max_loss,
+            speed_budget_s=2.0,
+            device=device,
+            in_server=True,
         ),
         progress,
     ).run()

@@ -27,6 +27,13 @@ BUILD_MODULES = {
 }
 
 
+#: Runtimes that change torch for the whole process when they load: importing torchax
+#: renames torch's privateuse1 device to "jax", after which torch.compile (dynamo)
+#: fails for every model of the process. A standalone ``squeezer optimize`` tries it
+#: last but one (after every torch candidate); a search inside a server does not.
+PROCESS_WIDE = {"jax": "importing torchax breaks torch.compile for the rest of the process"}
+
+
 def build_module(runtime: str) -> ModuleType:
     return importlib.import_module(BUILD_MODULES[runtime])
 
@@ -36,12 +43,17 @@ def _named(runtime: str, only: tuple[str, ...]) -> bool:
 
 
 def all_candidates(
-    only: tuple[str, ...] = (), device: str = "cpu", flags: tuple[str, ...] | None = None
+    only: tuple[str, ...] = (),
+    device: str = "cpu",
+    flags: tuple[str, ...] | None = None,
+    *,
+    in_server: bool = False,
 ) -> tuple[list[Candidate], dict[str, str]]:
     """Every candidate that can run well here (and whose name starts with one of
     ``only``, when given), and why the others are not tried, by runtime or candidate.
 
-    ``flags``: the CPU's (this machine's when None)."""
+    ``flags``: the CPU's (this machine's when None); ``in_server``: the search runs in a
+    process that goes on serving, so ``PROCESS_WIDE`` runtimes are left out."""
     from squeezer.optimize.build_torch import GPU_CANDIDATES
 
     if device != "cpu":
@@ -59,6 +71,8 @@ def all_candidates(
         if runtime != "torch" and not _named(runtime, only):
             continue  # torch always: its fp32 is the reference
         reason = missing_reason(runtime)
+        if reason is None and in_server and runtime in PROCESS_WIDE:
+            reason = f"{PROCESS_WIDE[runtime]}: run `squeezer optimize` for it"
         if reason is not None:
             missing[runtime] = reason
             continue

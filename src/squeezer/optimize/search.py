@@ -76,6 +76,9 @@ class OptimizeSettings:
     #: skipped, and the report says so.
     time_budget_s: float = 0.0
     keep_candidates: bool = False
+    #: The search runs inside a server that goes on serving (``serve --optimize``):
+    #: runtimes that change torch for the whole process are not tried.
+    in_server: bool = False
     #: Where candidates run (resolved: ``cpu`` or ``cuda:N``); fp32 torch on it is the
     #: reference.
     device: str = "cpu"
@@ -262,7 +265,7 @@ class Search:
             self._best = result
 
     def candidates(self) -> tuple[list[Candidate], dict[str, str]]:
-        return all_candidates(self.s.only, self.s.device)
+        return all_candidates(self.s.only, self.s.device, in_server=self.s.in_server)
 
     def run(self) -> OptimizeResult:
         source, out = self.folder.path.resolve(), self.s.out.resolve()

@@ -24,24 +24,12 @@ from squeezer.optimize.build_jax import CANDIDATES, build, supports
 from squeezer.optimize.candidate import BuildContext
 from squeezer.optimize.search import OptimizeSettings, Search
 from squeezer.optimize.select import REFERENCE, Status
-from squeezer.tasks.tokenizer import TextTokenizer
-from squeezer.types import NamedArrays
+from tests.arrays import padded_batch
 from tests.tiny_models import corpus
 
 TEXTS = corpus(200)[100:111]
 #: fp32 XLA against fp32 eager torch: same weights, other kernels and reduction order.
 ATOL = 1e-4
-
-
-def _batch(folder: Path, texts: list[str]) -> NamedArrays:
-    """Right-padded int64 arrays of mixed lengths, as the engine collates them."""
-    tokens = TextTokenizer(folder / "tokenizer.json", 64).encode(texts, truncate=True)
-    width = max(t.num_tokens for t in tokens)
-    ids = np.zeros((len(tokens), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for row, tok in enumerate(tokens):
-        ids[row, : tok.num_tokens], mask[row, : tok.num_tokens] = tok.ids, 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +38,7 @@ def bert(tiny_bert: Path) -> JaxBackend:
 
 
 def test_hidden_states_match_torch_on_a_padded_batch(tiny_bert: Path, bert: JaxBackend) -> None:
-    batch = _batch(tiny_bert, TEXTS)
+    batch = padded_batch(tiny_bert, TEXTS)
     real = batch["attention_mask"].astype(bool)
     assert not real.all() and real.any(axis=1).all()  # mixed lengths: some rows padded
     got = bert.forward(batch)["last_hidden_state"]
@@ -65,7 +53,7 @@ def test_hidden_states_match_torch_on_a_padded_batch(tiny_bert: Path, bert: JaxB
 def test_bucket_padding_changes_no_real_output(tiny_bert: Path, bert: JaxBackend) -> None:
     """11 rows x their width run as a 16 x 64 bucket; an exact shape gives the same
     numbers, and so does a row alone (a 1 x 64 bucket)."""
-    batch = _batch(tiny_bert, TEXTS)
+    batch = padded_batch(tiny_bert, TEXTS)
     rows, width = batch["input_ids"].shape
     assert 32 < width < 64 and bert.lengths == length_buckets(64) == (16, 32, 64)
     real = batch["attention_mask"].astype(bool)
@@ -83,7 +71,7 @@ def test_bucket_padding_changes_no_real_output(tiny_bert: Path, bert: JaxBackend
 
 
 def test_classifier_logits_match_torch(tiny_classifier: Path) -> None:
-    batch = _batch(tiny_classifier, TEXTS)
+    batch = padded_batch(tiny_classifier, TEXTS)
     jax_backend = JaxBackend(tiny_classifier)
     assert jax_backend.output_names == ("last_hidden_state", "logits")
     got = jax_backend.forward(batch)
@@ -110,7 +98,7 @@ def test_build_then_load_backend_with_warmup(tiny_bert: Path, tmp_path: Path) ->
     backend = load_backend("jax", out, device="cpu", dtype="float32", options=options)
     assert isinstance(backend, JaxBackend) and backend.dtype == "float32"
     assert set(backend._compiled) == {(1, 32), (32, 32)}  # compiled at load
-    batch = _batch(out, TEXTS[:1])
+    batch = padded_batch(out, TEXTS[:1])
     want = TorchBackend(tiny_bert).forward(batch)["last_hidden_state"]
     np.testing.assert_allclose(backend.forward(batch)["last_hidden_state"], want, atol=ATOL)
     assert len(backend._compiled) == 2 and backend.compile_s > 0

@@ -29,8 +29,8 @@ from squeezer.optimize.build_litert import CANDIDATES, build_fp32, build_int8_dy
 from squeezer.optimize.candidate import BuildContext, BuildInfo
 from squeezer.optimize.search import OptimizeSettings, Search
 from squeezer.optimize.select import REFERENCE, Status
-from squeezer.tasks.tokenizer import TextTokenizer
-from squeezer.types import NamedArrays, Task
+from squeezer.types import Task
+from tests.arrays import cosine, mean_pooled, padded_batch
 from tests.tiny_models import corpus
 
 SENTENCES = corpus(200)
@@ -54,32 +54,6 @@ def converter() -> Path:
 @pytest.fixture(autouse=True)
 def small_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build_litert, "LENGTHS", LENGTHS)
-
-
-def _batch(folder: Path, texts: list[str]) -> NamedArrays:
-    """Right-padded int64 arrays, as the engine collates them."""
-    tokens = TextTokenizer(folder / "tokenizer.json", 64).encode(texts, truncate=True)
-    width = max(t.num_tokens for t in tokens)
-    ids = np.zeros((len(tokens), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    types = np.zeros_like(ids)
-    for row, tok in enumerate(tokens):
-        n = tok.num_tokens
-        ids[row, :n], mask[row, :n] = tok.ids, 1
-        if tok.type_ids is not None:
-            types[row, :n] = tok.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return np.sum(a * b, axis=-1)
-
-
-def _mean_pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask[..., None].astype(np.float32)
-    return (hidden * m).sum(axis=1) / m.sum(axis=1)
 
 
 Build = Callable[[BuildContext], BuildInfo]
@@ -112,7 +86,7 @@ def bert_fp32(
 
 
 def test_fp32_matches_torch_on_a_padded_batch(tiny_bert: Path, bert_fp32: Path) -> None:
-    batch = _batch(bert_fp32, TEXTS)
+    batch = padded_batch(bert_fp32, TEXTS)
     assert batch["attention_mask"].min() == 0  # some rows are padded
     lengths = batch["attention_mask"].sum(axis=1)
     assert lengths.min() < 16 < lengths.max()  # rows fall in both length buckets
@@ -129,9 +103,9 @@ def test_fp32_matches_torch_on_a_padded_batch(tiny_bert: Path, bert_fp32: Path) 
 
 def test_any_batch_and_length_and_missing_token_types(bert_fp32: Path) -> None:
     backend = load_backend("litert", bert_fp32, device="cpu", dtype="float32")
-    whole = backend.forward(_batch(bert_fp32, TEXTS))["last_hidden_state"]
+    whole = backend.forward(padded_batch(bert_fp32, TEXTS))["last_hidden_state"]
     for rows in (1, 3, 5, 9, 17):  # b1 runs, b8 padded, mixed
-        batch = _batch(bert_fp32, TEXTS[:rows])
+        batch = padded_batch(bert_fp32, TEXTS[:rows])
         got = backend.forward(batch)["last_hidden_state"]
         without = backend.forward({k: v for k, v in batch.items() if k != "token_type_ids"})
         width = batch["input_ids"].shape[1]
@@ -154,7 +128,7 @@ def test_classifier_logits_match_torch(
 ) -> None:
     out, info = _build(tiny_classifier, build_fp32, tmp_path / "fp32", tmp_path / "cache")
     assert info.details["outputs"] == ["last_hidden_state", "logits"]
-    batch = _batch(out, TEXTS)
+    batch = padded_batch(out, TEXTS)
     backend = LiteRtBackend(out)
     assert backend.output_names == ("last_hidden_state", "logits")
     got, want = backend.forward(batch), TorchBackend(tiny_classifier).forward(batch)
@@ -180,11 +154,11 @@ def test_int8_dynamic_stays_close_to_torch(
 
     tensors = Interpreter(model_path=str(out / MODEL_FILE)).get_tensor_details()
     assert sum(t["dtype"] == np.int8 for t in tensors) >= 2 * 6  # 6 linear layers per block
-    batch = _batch(out, TEXTS)
+    batch = padded_batch(out, TEXTS)
     got = LiteRtBackend(out).forward(batch)["last_hidden_state"]
     want = TorchBackend(tiny_bert).forward(batch)["last_hidden_state"]
     mask = batch["attention_mask"]
-    cos = _cosine(_mean_pooled(got, mask), _mean_pooled(want, mask))
+    cos = cosine(mean_pooled(got, mask), mean_pooled(want, mask))
     assert cos.min() >= 0.999, f"min cosine {cos.min():.5f}"
 
 

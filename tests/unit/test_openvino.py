@@ -26,8 +26,8 @@ from squeezer.optimize.build_openvino import (
     supports,
 )
 from squeezer.optimize.candidate import BuildContext, BuildInfo
-from squeezer.tasks.tokenizer import TextTokenizer
-from squeezer.types import NamedArrays, Task
+from squeezer.types import Task
+from tests.arrays import cosine, mean_pooled, padded_batch
 from tests.tiny_models import corpus
 
 needs_nncf = pytest.mark.skipif(
@@ -37,32 +37,6 @@ needs_nncf = pytest.mark.skipif(
 SENTENCES = corpus(200)
 CALIBRATION = SENTENCES[:48]
 TEXTS = SENTENCES[100:124]
-
-
-def _batch(folder: Path, texts: list[str]) -> NamedArrays:
-    """Right-padded int64 arrays, as the engine collates them."""
-    tokens = TextTokenizer(folder / "tokenizer.json", 64).encode(texts, truncate=True)
-    width = max(t.num_tokens for t in tokens)
-    ids = np.zeros((len(tokens), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    types = np.zeros_like(ids)
-    for row, tok in enumerate(tokens):
-        n = tok.num_tokens
-        ids[row, :n], mask[row, :n] = tok.ids, 1
-        if tok.type_ids is not None:
-            types[row, :n] = tok.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return np.sum(a * b, axis=-1)
-
-
-def _mean_pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask[..., None].astype(np.float32)
-    return (hidden * m).sum(axis=1) / m.sum(axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +79,7 @@ def bert_fp32(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_fp32_matches_torch_at_real_tokens(models: dict[str, Path], bert_fp32: Path) -> None:
-    batch = _batch(bert_fp32, TEXTS)
+    batch = padded_batch(bert_fp32, TEXTS)
     assert batch["attention_mask"].min() == 0  # some rows are padded
     ov = OpenVinoBackend(bert_fp32)
     assert ov.output_names == ("last_hidden_state",)
@@ -115,14 +89,14 @@ def test_fp32_matches_torch_at_real_tokens(models: dict[str, Path], bert_fp32: P
     hidden = got["last_hidden_state"]
     assert hidden.dtype == np.float32
     assert hidden.shape == want["last_hidden_state"].shape
-    assert _cosine(hidden[real], want["last_hidden_state"][real]).min() >= 0.9999
+    assert cosine(hidden[real], want["last_hidden_state"][real]).min() >= 0.9999
     ov.close()
 
 
 def test_dynamic_shapes_and_missing_token_types(bert_fp32: Path) -> None:
     ov = OpenVinoBackend(bert_fp32)
     for texts in (TEXTS[:1], TEXTS[:5], TEXTS):
-        batch = _batch(bert_fp32, texts)
+        batch = padded_batch(bert_fp32, texts)
         with_types = ov.forward(batch)["last_hidden_state"]
         without = ov.forward({k: v for k, v in batch.items() if k != "token_type_ids"})
         assert with_types.shape == (*batch["input_ids"].shape, 32)
@@ -131,16 +105,16 @@ def test_dynamic_shapes_and_missing_token_types(bert_fp32: Path) -> None:
 
 def test_classifier_logits_match_torch(models: dict[str, Path], tmp_path: Path) -> None:
     out, _ = _build(models, "classifier", build_fp32, tmp_path / "fp32")
-    batch = _batch(out, TEXTS)
+    batch = padded_batch(out, TEXTS)
     ov = OpenVinoBackend(out)
     assert ov.output_names == ("last_hidden_state", "logits")
     torch = TorchBackend(models["classifier"])
     got, want = ov.forward(batch), torch.forward(batch)
     assert got["logits"].shape == (len(TEXTS), 3)
-    assert _cosine(got["logits"], want["logits"]).min() >= 0.9999
+    assert cosine(got["logits"], want["logits"]).min() >= 0.9999
     np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4)
     real = batch["attention_mask"].astype(bool)
-    hidden = _cosine(got["last_hidden_state"][real], want["last_hidden_state"][real])
+    hidden = cosine(got["last_hidden_state"][real], want["last_hidden_state"][real])
     assert hidden.min() >= 0.9999
 
     only = ov.forward(batch, ["logits"])
@@ -153,13 +127,13 @@ def test_classifier_logits_match_torch(models: dict[str, Path], tmp_path: Path) 
 def _pooled_cosine(
     models: dict[str, Path], out: Path, inference_precision: str = "f32"
 ) -> np.ndarray:
-    batch = _batch(out, TEXTS)
+    batch = padded_batch(out, TEXTS)
     got = OpenVinoBackend(out, inference_precision=inference_precision).forward(batch)[
         "last_hidden_state"
     ]
     want = TorchBackend(models["bert"]).forward(batch)["last_hidden_state"]
     mask = batch["attention_mask"]
-    return _cosine(_mean_pooled(got, mask), _mean_pooled(want, mask))
+    return cosine(mean_pooled(got, mask), mean_pooled(want, mask))
 
 
 # Thresholds a tiny random BERT (2 layers, 32 wide) meets with room to spare; measured

@@ -21,7 +21,7 @@ import shutil
 
 from squeezer.backends.jax_backend import BATCHES, length_buckets
 from squeezer.models import ModelFolder
-from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate
+from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate, encoder_only
 from squeezer.types import Task
 
 #: Weight files the backend loads with transformers; the rest of the folder is there.
@@ -31,13 +31,7 @@ _WARMUP = (1, 32)
 
 
 def supports(folder: ModelFolder) -> str | None:
-    """Why ``folder`` cannot run under JAX here, or None when it can."""
-    tasks = folder.detect_tasks()
-    if Task.GENERATE in tasks:
-        return "decoder models are not run under JAX by squeezer yet"
-    if not tasks:
-        return f"model type {folder.model_type!r} is not an encoder squeezer knows"
-    return None
+    return encoder_only(folder, "JAX")
 
 
 def _versions() -> dict[str, str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from squeezer.backends.litert_backend import BATCHES, LENGTHS, MODEL_FILE, signature_name
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder
-from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate
+from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate, encoder_only
 from squeezer.types import Task
 
 FILES = (MODEL_FILE,)
@@ -50,13 +50,7 @@ _INSTALL = "pip install 'squeezer[litert]'"
 
 
 def supports(folder: ModelFolder) -> str | None:
-    """Why ``folder`` cannot be converted here, or None when it can."""
-    tasks = folder.detect_tasks()
-    if Task.GENERATE in tasks:
-        return "decoder models are not converted to LiteRT by squeezer yet"
-    if not tasks:
-        return f"model type {folder.model_type!r} is not an encoder squeezer knows"
-    return None
+    return encoder_only(folder, "LiteRT")
 
 
 # --- the converter's venv ---------------------------------------------------------

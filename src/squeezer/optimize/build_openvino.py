@@ -41,7 +41,13 @@ from squeezer.backends.openvino_backend import MODEL_BIN, MODEL_XML
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder
 from squeezer.models.manifest import BF16, VNNI
-from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate, input_names
+from squeezer.optimize.candidate import (
+    BuildContext,
+    BuildInfo,
+    Candidate,
+    encoder_only,
+    input_names,
+)
 from squeezer.types import Task
 
 FILES = (MODEL_XML, MODEL_BIN)
@@ -55,13 +61,7 @@ _INSTALL = "pip install 'squeezer[openvino]'"
 
 
 def supports(folder: ModelFolder) -> str | None:
-    """Why ``folder`` cannot be converted here, or None when it can."""
-    tasks = folder.detect_tasks()
-    if Task.GENERATE in tasks:
-        return "decoder models are not converted to OpenVINO by squeezer yet"
-    if not tasks:
-        return f"model type {folder.model_type!r} is not an encoder squeezer knows"
-    return None
+    return encoder_only(folder, "OpenVINO")
 
 
 def _versions(nncf: Any = None) -> dict[str, str]:

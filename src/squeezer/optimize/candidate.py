@@ -66,6 +66,17 @@ class Candidate:
         return "-".join(p for p in (self.runtime, self.precision, self.variant) if p)
 
 
+def encoder_only(folder: ModelFolder, runtime: str) -> str | None:
+    """Why a runtime that squeezer builds for encoders only cannot take ``folder``, or
+    None when it can."""
+    tasks = folder.detect_tasks()
+    if Task.GENERATE in tasks:
+        return f"decoder models are not built for {runtime} by squeezer yet"
+    if not tasks:
+        return f"model type {folder.model_type!r} is not an encoder squeezer knows"
+    return None
+
+
 def runtime_version(module: str) -> str:
     """The version a manifest and a report record for a runtime's package."""
     import importlib

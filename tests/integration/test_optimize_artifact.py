@@ -160,7 +160,7 @@ def test_serve_optimize_searches_once_then_uses_the_cache(
     monkeypatch.setattr(
         search_module,
         "all_candidates",
-        lambda only=(), device="cpu": ([REFERENCE_CANDIDATE], {}),
+        lambda *_a, **_k: ([REFERENCE_CANDIDATE], {}),
     )
     settings = Settings(
         models=[ModelSettings(name="m", path=str(tiny_bert))],

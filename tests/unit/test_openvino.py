@@ -162,11 +162,11 @@ def test_int8_static_stays_close_to_torch(models: dict[str, Path], tmp_path: Pat
 
 
 @needs_nncf
-def test_mixed_keeps_the_quantizers_chosen_by_measurement(
+def test_mixed_keeps_the_kinds_chosen_by_measurement(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Each activation quantizer is measured alone, once per search; the costliest
-    are kept in float, and the result is at least as close to fp32 as full int8."""
+    """Full int8 and each kind of Linear left out are measured once per search; the
+    kind whose float gains most is kept, and its MatMuls carry no quantizer."""
     measured: list[Path] = []
 
     def loss(path: Path) -> float:
@@ -174,45 +174,48 @@ def test_mixed_keeps_the_quantizers_chosen_by_measurement(
         return float(1 - _pooled_cosine(models, path).min())
 
     cache = tmp_path / "cache"
-    out = tmp_path / "keep25"
+    out = tmp_path / "mixed1"
     shutil.copytree(models["bert"], out)
     ctx = BuildContext(read_folder(models["bert"]), out, CALIBRATION, cache, loss)
-    info = build_int8_mixed(ctx, overflow_fix="disable", keep_fraction=0.25)
-    quantizers = int(str(info.details["fake_quantize_nodes"]))
-    assert quantizers == 2 * 6  # per layer: QKV in, Q out, K out, attn out, FFN in, FFN out
-    assert len(measured) == quantizers
+    info = build_int8_mixed(ctx, overflow_fix="disable", keep_kinds=1)
+    gains = info.details["kind_gains"]
+    assert isinstance(gains, dict)
+    # Q, K, V, attention output, FFN in, FFN out (the tiny BERT has no pooler).
+    assert len(gains) == 6 and any(k.endswith("encoder.layer.N.output.dense") for k in gains)
+    assert len(measured) == 1 + len(gains)
     kept = info.details["kept_in_float"]
-    assert isinstance(kept, list) and len(kept) == 3
-    costs = info.details["quantizer_costs"]
-    assert isinstance(costs, dict)
-    assert min(costs[n] for n in kept) >= max(v for n, v in costs.items() if n not in kept)
+    assert isinstance(kept, list) and len(kept) == 1
+    assert gains[kept[0]] == max(gains.values())
     import openvino as ov
 
     ir = ov.Core().read_model(out / MODEL_XML)
-    names = {op.get_friendly_name() for op in ir.get_ops() if op.get_type_name() == "FakeQuantize"}
-    assert names and not names & set(kept)  # the kept ones are gone, the rest stay
-    mixed = _pooled_cosine(models, out)
-    assert mixed.min() >= 0.999, f"min cosine {mixed.min():.5f}"
+    quantized = set()
+    for op in ir.get_ops():
+        if op.get_type_name() == "MatMul" and any(
+            i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs()
+        ):
+            quantized.add(op.get_friendly_name().split("/")[0])
+    layer = kept[0].replace(".N.", ".0.")
+    assert quantized and layer not in quantized, "the kept kind's MatMuls stay in float"
+    assert _pooled_cosine(models, out).min() >= 0.999
 
-    # The full int8 model and the ranking are cached: another fraction measures nothing.
-    static = tmp_path / "static"
-    shutil.copytree(models["bert"], static)
-    full = BuildContext(ctx.source, static, CALIBRATION, cache, loss)
-    build_int8_static(full, overflow_fix="disable")
-    keep10 = tmp_path / "keep10"
-    keep10.mkdir()
-    ten = BuildContext(ctx.source, keep10, CALIBRATION, cache, loss)
-    info = build_int8_mixed(ten, overflow_fix="disable", keep_fraction=0.1)
-    assert len(info.details["kept_in_float"]) == 1  # type: ignore[arg-type]
-    assert len(measured) == quantizers
-    assert float(1 - mixed.min()) <= float(1 - _pooled_cosine(models, static).min()) + 1e-6
+    # The ranking is cached: a second variant measures nothing more.
+    two = tmp_path / "mixed2"
+    shutil.copytree(models["bert"], two)
+    info = build_int8_mixed(
+        BuildContext(ctx.source, two, CALIBRATION, cache, loss),
+        overflow_fix="disable",
+        keep_kinds=2,
+    )
+    assert len(measured) == 1 + len(gains)
+    assert len(info.details["kept_in_float"]) == 2  # type: ignore[arg-type]
 
 
 @needs_nncf
 def test_mixed_needs_a_calibration_measure(models: dict[str, Path], tmp_path: Path) -> None:
     ctx = BuildContext(source=read_folder(models["bert"]), out=tmp_path, calibration=CALIBRATION)
     with pytest.raises(ModelLoadError, match="calibration measure"):
-        build_int8_mixed(ctx, overflow_fix="enable", keep_fraction=0.25)
+        build_int8_mixed(ctx, overflow_fix="enable", keep_kinds=1)
 
 
 @needs_nncf
@@ -277,14 +280,14 @@ def test_supports_and_candidates(models: dict[str, Path], tmp_path: Path) -> Non
         "openvino-int8-static",
         "openvino-int8-vnni",
         "openvino-int8-vnni-bf16",
-        "openvino-int8-static-keep25pct",
-        "openvino-int8-vnni-keep10pct",
-        "openvino-int8-vnni-keep25pct",
+        "openvino-int8-static-float1kind",
+        "openvino-int8-static-float2kind",
+        "openvino-int8-vnni-float1kind",
     ]
     needs = {c.name: {n.name for n in c.needs} for c in CANDIDATES}
     assert needs["openvino-bfloat16"] == {"bf16"} and needs["openvino-int8-static"] == set()
     assert needs["openvino-int8-vnni-bf16"] == {"bf16", "int8-vnni"}
-    assert needs["openvino-int8-vnni-keep25pct"] == {"int8-vnni"}
-    assert needs["openvino-int8-static-keep25pct"] == set()
+    assert needs["openvino-int8-vnni-float1kind"] == {"int8-vnni"}
+    assert needs["openvino-int8-static-float2kind"] == set()
     assert all({Task.EMBED, Task.CLASSIFY} <= c.tasks for c in CANDIDATES)
     assert build_openvino.FILES == ("openvino_model.xml", "openvino_model.bin")

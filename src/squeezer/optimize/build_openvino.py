@@ -52,13 +52,13 @@ _BF16 = {"inference_precision": "bf16"}
 _VNNI = partial(build_int8_static, overflow_fix="disable")
 
 
-def _mixed(overflow_fix: str, keep_fraction: float, needs: tuple[KernelNeed, ...]) -> Candidate:
+def _mixed(overflow_fix: str, keep_kinds: int, needs: tuple[KernelNeed, ...]) -> Candidate:
     base = "vnni" if overflow_fix == "disable" else "static"
     return Candidate(
         "openvino",
         "int8",
-        f"{base}-keep{round(keep_fraction * 100)}pct",
-        build=partial(build_int8_mixed, overflow_fix=overflow_fix, keep_fraction=keep_fraction),
+        f"{base}-float{keep_kinds}kind",
+        build=partial(build_int8_mixed, overflow_fix=overflow_fix, keep_kinds=keep_kinds),
         tasks=_TASKS,
         needs=needs,
     )
@@ -79,7 +79,7 @@ CANDIDATES: tuple[Candidate, ...] = (
         options=_BF16,
         needs=(VNNI, BF16),
     ),
-    _mixed("enable", 0.25, ()),
-    _mixed("disable", 0.1, (VNNI,)),
-    _mixed("disable", 0.25, (VNNI,)),
+    _mixed("enable", 1, ()),
+    _mixed("enable", 2, ()),
+    _mixed("disable", 1, (VNNI,)),
 )

@@ -209,6 +209,31 @@ def test_unmakeable_converter_venv_says_why(
         build_litert.converter_python()
 
 
+def test_converter_venv_gets_our_torch_by_links_not_a_download(tmp_path: Path) -> None:
+    """pip in the converter venv must find the pinned torch installed: from PyPI it
+    would be a multi-GB CUDA build on Linux even where squeezer runs the CPU one."""
+    import subprocess
+    from importlib.metadata import version
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    build_litert._link_torch(venv, python)
+    build_litert._link_torch(venv, python)  # a second call (an update) changes nothing
+    # Metadata and the module's file only: torch's own dependencies are pip's to add.
+    probe = (
+        "import importlib.metadata as m, importlib.util as u; "
+        "print(m.version('torch'), u.find_spec('torch').origin)"
+    )
+    done = subprocess.run([str(python), "-I", "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    got_version, got_file = done.stdout.split()
+    import torch
+
+    assert got_version == version("torch")
+    assert Path(got_file).resolve() == Path(torch.__file__).resolve()
+
+
 def test_folder_without_model_is_a_load_error(tiny_bert: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=MODEL_FILE):
         LiteRtBackend(tiny_bert)

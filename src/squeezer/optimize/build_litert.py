@@ -4,7 +4,8 @@ litert-torch cannot share squeezer's environment: through ``xdsl`` it pins
 ``typing-extensions<4.13``, which would move squeezer's pydantic (and it brings torchao
 and a JAX). So the converter gets a venv of its own, made on first use under
 ``~/.cache/squeezer/litert-venv`` (``SQUEEZER_LITERT_VENV`` names another folder) with
-pinned versions from PyPI, and ``_litert_convert.py`` runs there in a subprocess.
+pinned versions from PyPI and squeezer's own torch linked in, and
+``_litert_convert.py`` runs there in a subprocess.
 Serving needs only the ``ai-edge-litert`` runtime, which installs cleanly beside
 squeezer (``pip install 'squeezer[litert]'``).
 
@@ -24,9 +25,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from importlib.metadata import PackageNotFoundError
+from importlib.metadata import PackageNotFoundError, distribution
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import IO
 
 from squeezer.backends.litert_backend import BATCHES, LENGTHS, MODEL_FILE, signature_name
 from squeezer.errors import ModelLoadError
@@ -112,24 +114,51 @@ def converter_python() -> Path:
         if python.exists() and marker.is_file() and json.loads(marker.read_text()) == wanted:
             return python
         log = venv.with_name(venv.name + ".log")
-        steps = [] if python.exists() else [[sys.executable, "-m", "venv", str(venv)]]
-        steps.append([str(python), "-m", "pip", "install", "-q", *wanted])
         with log.open("w") as out:
-            for cmd in steps:
-                out.write("$ " + " ".join(cmd) + "\n")
-                out.flush()
-                try:
-                    done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
-                except OSError as e:
-                    raise ModelLoadError(f"could not run {cmd[0]}: {e}") from e
-                if done.returncode != 0:
-                    tail = log.read_text().strip().splitlines()[-3:]
-                    raise ModelLoadError(
-                        f"the LiteRT converter venv {venv} could not be made "
-                        f"({' '.join(cmd[:4])} ... failed; log {log}): {' | '.join(tail)}"
-                    )
+            if not python.exists():
+                _step([sys.executable, "-m", "venv", str(venv)], out, log)
+            _link_torch(venv, python)
+            _step([str(python), "-m", "pip", "install", "-q", *wanted], out, log)
         marker.write_text(json.dumps(wanted))
     return python
+
+
+def _step(cmd: list[str], out: IO[str], log: Path) -> None:
+    out.write("$ " + " ".join(cmd) + "\n")
+    out.flush()
+    try:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    except OSError as e:
+        raise ModelLoadError(f"could not run {cmd[0]}: {e}") from e
+    if done.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-3:]
+        raise ModelLoadError(
+            f"the LiteRT converter venv {log.with_suffix('')} could not be made "
+            f"({' '.join(cmd[:4])} ... failed; log {log}): {' | '.join(tail)}"
+        )
+
+
+def _link_torch(venv: Path, python: Path) -> None:
+    """Give the converter venv squeezer's own torch, by symlinks into its
+    site-packages: pip then finds the pinned torch installed, where installing it
+    from PyPI would download a CUDA build of several GB on Linux even when squeezer
+    runs the CPU build. The pin in the same pip command keeps pip from ever
+    uninstalling it (which would delete through the links)."""
+    dist = distribution("torch")
+    site = Path(str(dist.locate_file(""))).resolve()
+    names = (dist.read_text("top_level.txt") or "torch").split()
+    dist_info = [f"torch-{dist.version}.dist-info"]
+    found = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    target = Path(found.stdout.strip())
+    for name in (*names, *dist_info):
+        link, source = target / name, site / name
+        if source.exists() and not link.exists():
+            link.symlink_to(source, target_is_directory=source.is_dir())
 
 
 def _run_converter(args: Sequence[str]) -> dict[str, object]:

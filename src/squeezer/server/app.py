@@ -67,6 +67,7 @@ def create_app(
         description="Transformer models served with dynamic batching; TEI, OpenAI and "
         "HF Inference API dialects.",
         lifespan=lifespan,
+        **tracing.fastapi_telemetry_off(),
     )
     app.state.runtime = runtime
     app.state.metrics = metrics

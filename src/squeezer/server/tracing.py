@@ -105,6 +105,22 @@ def _provider_from_env() -> Any:
     return provider
 
 
+def fastapi_telemetry_off() -> dict[str, Any]:
+    """FastAPI's keyword that turns its native OpenTelemetry off, where it has one
+    (0.165 and later; ``{}`` before). squeezer's traces come from the ASGI middleware
+    below, so FastAPI's own would duplicate the server span once a global provider is
+    set, and unset it still asks on every request whether one is: three environment
+    lookups per request, about 10% of the event loop's time at 500 embeddings/s
+    (``benchmarks/profile_http.py``)."""
+    import inspect
+
+    from fastapi import FastAPI
+
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
 def add_middleware(app: Any) -> None:
     """Put ``app`` inside OpenTelemetry's HTTP server span when tracing is on (added
     last, so it is the outermost layer). Body chunks get no spans of their own: a

@@ -26,6 +26,8 @@ RUNTIMES: dict[str, tuple[str, str]] = {
     "openvino": ("openvino", "openvino"),
     "ctranslate2": ("ctranslate2", "ctranslate2"),
     "llamacpp": ("llama_cpp", "llama-cpp-python"),
+    "jax": ("jax", "jax"),
+    "litert": ("litert", "ai-edge-litert"),
 }
 #: The distributions whose releases move under squeezer fastest: the compatibility run
 #: (benchmarks/compat.py) and ``squeezer env`` cover these.
@@ -98,7 +100,7 @@ def outside_tested_range(version: str | None, name: str) -> bool:
 class LibraryVersions:
     """The versions that shape one model's outputs: shown as ``versions`` wherever a
     model is described. ``runtime`` is the serving runtime's key when it is not torch
-    (``onnxruntime``, ``openvino``, ``ctranslate2``, ``llama_cpp``)."""
+    (``onnxruntime``, ``openvino``, ``ctranslate2``, ``llama_cpp``, ``jax``, ``litert``)."""
 
     python: str
     torch: str | None

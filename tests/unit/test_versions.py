@@ -51,6 +51,20 @@ def test_runtime_versions_use_the_runtime_key() -> None:
         "tokenizers",
     }
     assert "llama_cpp" in versions.library_versions("llamacpp").as_dict()
+    litert = versions.library_versions("litert").as_dict()
+    assert litert["litert"] == versions.distribution_version("ai-edge-litert")
+
+
+def test_a_candidate_records_its_runtime_package_version() -> None:
+    """A runtime whose package has another name (LiteRT is ``ai-edge-litert``) must
+    not be reported as not installed."""
+    from squeezer.optimize.candidate import runtime_version
+
+    assert runtime_version("torch") == versions.distribution_version("torch")
+    assert runtime_version("onnxruntime") == versions.distribution_version("onnxruntime")
+    litert = versions.distribution_version("ai-edge-litert")
+    assert runtime_version("litert") == (litert or "not installed")
+    assert runtime_version("no-such-runtime") == "not installed"
 
 
 def test_start_up_logs_one_versions_line_and_warns_outside_the_range(

@@ -77,14 +77,12 @@ def encoder_only(folder: ModelFolder, runtime: str) -> str | None:
     return None
 
 
-def runtime_version(module: str) -> str:
+def runtime_version(runtime: str) -> str:
     """The version a manifest and a report record for a runtime's package."""
-    import importlib
+    from squeezer.versions import RUNTIMES, distribution_version
 
-    try:
-        return str(importlib.import_module(module).__version__)
-    except ImportError:
-        return "not installed"
+    _, dist = RUNTIMES.get(runtime, (runtime, runtime))
+    return distribution_version(dist) or "not installed"
 
 
 def input_names(folder: ModelFolder, model: Any) -> list[str]:

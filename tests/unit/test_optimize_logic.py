@@ -229,3 +229,34 @@ def test_a_search_inside_a_server_leaves_out_runtimes_that_change_the_process() 
     assert left_out["jax"].startswith(PROCESS_WIDE["jax"])
     standalone, _ = all_candidates(only=("jax",))
     assert "jax" in {c.runtime for c in standalone}
+
+
+def test_speed_is_timed_only_after_every_shape_was_seen() -> None:
+    """Runtimes build kernels per new shape (OpenVINO, oneDNN, XLA); a clock started
+    before each batch shape ran once timed that set-up, not the runtime. The timed
+    loop cycles the batches in order, so every shape must run before any repeats."""
+    from types import SimpleNamespace
+
+    from squeezer.optimize.speed import measure
+
+    texts = [" ".join(["w"] * n) for n in range(1, 97)]  # 96 lengths: 3 batches of 32
+    shapes: list[tuple[int, int]] = []
+
+    class FakeProbe:
+        batch_size = 32
+        tokenizer = SimpleNamespace(
+            encode=lambda items, truncate: [
+                SimpleNamespace(num_tokens=len(t.split())) for t in items
+            ]
+        )
+
+        def tokenize(self, chunk: list[str]) -> list[str]:
+            return chunk
+
+        def forward(self, backend: object, chunk: list[str]) -> None:
+            shapes.append((len(chunk), max(len(t.split()) for t in chunk)))
+
+    measure(object(), FakeProbe(), texts, budget_s=0.02)  # type: ignore[arg-type]
+    batches = sorted({s for s in shapes if s[0] == 32})
+    assert len(batches) == 3
+    assert shapes[:3] == batches, "a batch shape ran on the clock before it ran once"

@@ -1,8 +1,10 @@
-"""Feeding and reading exported graphs (ONNX Runtime, OpenVINO) the same way.
+"""Feeding and reading exported graphs (ONNX Runtime, OpenVINO, LiteRT) the same way.
 
-Both take named arrays of fixed dtypes and return every output the caller names; both
+They take named arrays of fixed dtypes and return every output the caller names; they
 need the same two conveniences the torch backend has natively: missing type ids
-become zeros, and vocabulary logits are cut down to ``logit_positions``.
+become zeros, and vocabulary logits are cut down to ``logit_positions``. They also
+refuse the same serve settings: a device other than the CPU, and a dtype, since the
+artifact's precision was chosen when it was built.
 """
 
 from __future__ import annotations
@@ -12,9 +14,28 @@ from typing import Any
 
 import numpy as np
 
+from squeezer.errors import ModelLoadError
 from squeezer.types import NamedArrays
 
 Array = np.ndarray[Any, Any]
+
+
+def require_cpu(runtime: str, device: str) -> None:
+    if device != "cpu":
+        raise ModelLoadError(
+            f"the {runtime} backend runs on the CPU here; device {device!r} asked for"
+        )
+
+
+def check_cpu_artifact(runtime: str, device: str, dtype: str) -> None:
+    """Refuse what an exported CPU artifact cannot honour: another device, or a dtype
+    (its precision is the one the optimizer built and measured)."""
+    require_cpu(runtime, device)
+    if dtype != "float32":
+        raise ModelLoadError(
+            f"{runtime} artifacts carry their own precision; dtype {dtype!r} asked for "
+            "(serve with --dtype float32 or auto)"
+        )
 
 
 def requested(outputs: Sequence[str] | None, available: Sequence[str]) -> list[str]:

@@ -43,14 +43,14 @@ import numpy as np
 import torch
 
 from squeezer.backends.device import compute_threads, physical_cores, torch_dtype
-from squeezer.backends.graph_io import gather_positions, requested
+from squeezer.backends.graph_io import gather_positions, requested, require_cpu
 from squeezer.errors import ModelLoadError
+from squeezer.models.folder import is_sequence_classifier
 from squeezer.types import NamedArrays
 
 log = logging.getLogger(__name__)
 
 _HIDDEN = "last_hidden_state"
-_CLASSIFIER = "ForSequenceClassification"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _INSTALL = "pip install 'squeezer[jax]'"
 #: Default batch buckets; a batch above the last runs in chunks of it.
@@ -172,10 +172,7 @@ class JaxBackend:
         batches: Sequence[int] | None = None,
         warmup: Sequence[int] = (),
     ) -> None:
-        if device != "cpu":
-            raise ModelLoadError(
-                f"the jax backend runs on the CPU here; device {device!r} asked for"
-            )
+        require_cpu("jax", device)
         if dtype not in _DTYPES:
             raise ModelLoadError(
                 f"the jax backend runs {' or '.join(_DTYPES)}; dtype {dtype!r} asked for"
@@ -229,7 +226,7 @@ class JaxBackend:
         hf_logging.disable_progress_bar()  # a server log is no terminal
         try:
             config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-            classifier = any(a.endswith(_CLASSIFIER) for a in config.architectures or ())
+            classifier = is_sequence_classifier(config.architectures or ())
             auto = "AutoModelForSequenceClassification" if classifier else "AutoModel"
             model = getattr(transformers, auto).from_pretrained(
                 path,

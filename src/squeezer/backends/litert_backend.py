@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.device import compute_threads
-from squeezer.backends.graph_io import feed, gather_positions, requested
+from squeezer.backends.graph_io import check_cpu_artifact, feed, gather_positions, requested
 from squeezer.errors import ModelLoadError
 from squeezer.types import NamedArrays
 
@@ -72,15 +72,7 @@ class LiteRtBackend:
         dtype: str = "float32",
         threads: int | None = None,
     ) -> None:
-        if device != "cpu":
-            raise ModelLoadError(
-                f"the litert backend runs on the CPU here; device {device!r} asked for"
-            )
-        if dtype != "float32":
-            raise ModelLoadError(
-                f"litert artifacts carry their own precision; dtype {dtype!r} asked for "
-                "(serve with --dtype float32 or auto)"
-            )
+        check_cpu_artifact("litert", device, dtype)
         model = path / MODEL_FILE
         if not model.is_file():
             raise ModelLoadError(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.device import compute_threads
-from squeezer.backends.graph_io import feed, gather_positions, requested
+from squeezer.backends.graph_io import check_cpu_artifact, feed, gather_positions, requested
 from squeezer.errors import ModelLoadError
 from squeezer.types import NamedArrays
 
@@ -48,15 +48,7 @@ class OnnxBackend:
     def __init__(self, path: Path, *, device: str = "cpu", dtype: str = "float32") -> None:
         import onnxruntime as ort
 
-        if device != "cpu":
-            raise ModelLoadError(
-                f"the onnxruntime backend runs on the CPU here; device {device!r} asked for"
-            )
-        if dtype != "float32":
-            raise ModelLoadError(
-                f"onnxruntime artifacts carry their own precision; dtype {dtype!r} asked for "
-                "(serve with --dtype float32 or auto)"
-            )
+        check_cpu_artifact("onnxruntime", device, dtype)
         model = path / MODEL_FILE
         if not model.is_file():
             raise ModelLoadError(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from squeezer.backends.device import compute_threads
-from squeezer.backends.graph_io import feed, gather_positions, requested
+from squeezer.backends.graph_io import check_cpu_artifact, feed, gather_positions, requested
 from squeezer.errors import ModelLoadError
 from squeezer.types import NamedArrays
 
@@ -67,15 +67,7 @@ class OpenVinoBackend:
                 f"openvino inference_precision {inference_precision!r}: expected one of "
                 f"{', '.join(PRECISIONS)}"
             )
-        if device != "cpu":
-            raise ModelLoadError(
-                f"the openvino backend runs on the CPU here; device {device!r} asked for"
-            )
-        if dtype != "float32":
-            raise ModelLoadError(
-                f"openvino artifacts carry their own precision; dtype {dtype!r} asked for "
-                "(serve with --dtype float32 or auto)"
-            )
+        check_cpu_artifact("openvino", device, dtype)
         xml, weights = path / MODEL_XML, path / MODEL_BIN
         if not xml.is_file() or not weights.is_file():
             raise ModelLoadError(

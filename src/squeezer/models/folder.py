@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,14 @@ _HEAD_TASKS = {
     "ForMaskedLM": Task.FILL_MASK,
     "ForQuestionAnswering": Task.QUESTION_ANSWERING,
 }
+
+
+def is_sequence_classifier(architectures: Sequence[str]) -> bool:
+    """Whether a checkpoint carries a sequence-classification head: the exported graphs
+    (OpenVINO, LiteRT, JAX) then give its logits beside the hidden states."""
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
 #: Learned position tables of RoBERTa-style models start after the padding index.
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
 #: Files whose bytes define the model's behaviour, hashed for pinning.

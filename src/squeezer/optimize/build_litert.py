@@ -33,6 +33,7 @@ from typing import IO
 from squeezer.backends.litert_backend import BATCHES, LENGTHS, MODEL_FILE, signature_name
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder
+from squeezer.models.folder import is_sequence_classifier
 from squeezer.optimize.candidate import BuildContext, BuildInfo, Candidate, encoder_only
 from squeezer.types import Task
 
@@ -47,7 +48,6 @@ CONVERTER_REQUIREMENTS = (
 )
 _SCRIPT = Path(__file__).with_name("_litert_convert.py")
 _MARKER = ".squeezer-requirements.json"
-_CLASSIFIER = "ForSequenceClassification"
 _INSTALL = "pip install 'squeezer[litert]'"
 
 
@@ -185,10 +185,6 @@ def buckets(folder: ModelFolder) -> list[tuple[int, int]]:
     return [(b, n) for b in BATCHES for n in lengths]
 
 
-def _classifier(folder: ModelFolder) -> bool:
-    return any(a.endswith(_CLASSIFIER) for a in folder.architectures)
-
-
 def _fp32_file(ctx: BuildContext) -> tuple[Path, dict[str, object]]:
     """The fp32 ``.tflite``, converted once per search into ``ctx.cache`` (into
     ``ctx.out`` when there is no cache), with the converter's facts."""
@@ -200,7 +196,7 @@ def _fp32_file(ctx: BuildContext) -> tuple[Path, dict[str, object]]:
     where.mkdir(parents=True, exist_ok=True)
     shapes = buckets(ctx.source)
     args = [str(ctx.source.path), str(tflite), "--buckets", ",".join(f"{b}x{n}" for b, n in shapes)]
-    if _classifier(ctx.source):
+    if is_sequence_classifier(ctx.source.architectures):
         args.append("--classifier")
     if ctx.source.token_type_ids:
         args.append("--token-types")

@@ -16,12 +16,12 @@ from typing import Any
 from squeezer.backends.openvino_backend import MODEL_BIN, MODEL_XML
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder
+from squeezer.models.folder import is_sequence_classifier
 from squeezer.optimize.candidate import BuildContext, input_names
 
 FILES = (MODEL_XML, MODEL_BIN)
 
 _HIDDEN = "last_hidden_state"
-_CLASSIFIER = "ForSequenceClassification"
 
 
 def versions(nncf: Any = None) -> dict[str, str]:
@@ -90,7 +90,7 @@ def _convert(folder: ModelFolder) -> tuple[Any, list[str], list[str]]:
     from transformers.utils import logging as hf_logging
 
     config = transformers.AutoConfig.from_pretrained(folder.path, local_files_only=True)
-    classifier = any(a.endswith(_CLASSIFIER) for a in config.architectures or ())
+    classifier = is_sequence_classifier(config.architectures or ())
     auto = "AutoModelForSequenceClassification" if classifier else "AutoModel"
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

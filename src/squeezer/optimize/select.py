@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 from squeezer.optimize.accuracy import Accuracy
 from squeezer.optimize.candidate import BuildInfo, Candidate
@@ -37,6 +38,9 @@ class Status(str, Enum):
     #: Built, then stopped by the speed probe: clearly slower than one that passed.
     STOPPED = "stopped early"
     FAILED = "failed"
+    #: Not run here: its runtime is not installed or its files are not there (the
+    #: generation search lists these as candidates, with the reason).
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(slots=True)
@@ -57,21 +61,59 @@ class CandidateResult:
         return self.candidate.name
 
 
+class _Loss(Protocol):
+    @property
+    def loss(self) -> float: ...
+
+
+class _Pace(Protocol):
+    @property
+    def throughput(self) -> float: ...
+
+    @property
+    def single_p50_ms(self) -> float: ...
+
+
+class Result(Protocol):
+    """What choosing reads of a result: encoder (``CandidateResult``) and generation
+    results alike, whatever their accuracy and speed figures hold besides."""
+
+    verdict: str
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def status(self) -> Status: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def selection(self) -> _Loss | None: ...
+
+    @property
+    def speed(self) -> _Pace | None: ...
+
+
+R = TypeVar("R", bound=Result)
+
+
 @dataclass(frozen=True, slots=True)
-class Choice:
-    winner: CandidateResult
+class Choice(Generic[R]):
+    winner: R
     #: False when nothing but the fp32 reference met the budget.
     within_budget: bool
     verdicts: dict[str, str] = field(default_factory=dict)
 
 
-def passes(result: CandidateResult, max_loss: float, margin: float = DEFAULT_MARGIN) -> bool:
+def passes(result: Result, max_loss: float, margin: float = DEFAULT_MARGIN) -> bool:
     if result.status is not Status.MEASURED or result.selection is None:
         return False
     return result.name == REFERENCE or result.selection.loss <= margin * max_loss
 
 
-def score(result: CandidateResult, objective: Objective) -> float:
+def score(result: Result, objective: Objective) -> float:
     """Higher is better."""
     assert result.speed is not None
     if objective is Objective.LATENCY:
@@ -79,7 +121,7 @@ def score(result: CandidateResult, objective: Objective) -> float:
     return result.speed.throughput
 
 
-def describe(result: CandidateResult, objective: Objective) -> str:
+def describe(result: Result, objective: Objective) -> str:
     assert result.speed is not None
     if objective is Objective.LATENCY:
         return f"{result.speed.single_p50_ms:.2f} ms"
@@ -87,11 +129,11 @@ def describe(result: CandidateResult, objective: Objective) -> str:
 
 
 def choose(
-    results: list[CandidateResult],
+    results: list[R],
     max_loss: float,
     margin: float = DEFAULT_MARGIN,
     objective: Objective = Objective.THROUGHPUT,
-) -> Choice:
+) -> Choice[R]:
     """The fastest passing candidate by ``objective``; each result gets a verdict."""
     passing = [r for r in results if passes(r, max_loss, margin) and r.speed is not None]
     if not passing:

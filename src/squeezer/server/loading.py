@@ -38,6 +38,7 @@ from squeezer.models.fingerprint import check_consistency, fingerprint
 from squeezer.models.gguf import gguf_precision, source_gguf
 from squeezer.models.manifest import Manifest, current_hardware, read_manifest
 from squeezer.optimize.cache import optimized_artifact
+from squeezer.optimize.generation_candidates import recipe_of
 from squeezer.optimize.precision import WARN_BELOW, check_precision, probe_task
 from squeezer.server.registry import ServedModel
 from squeezer.tasks import TextTokenizer, build_tasks
@@ -187,7 +188,7 @@ class ModelLoader:
         dtype = resolve_dtype(spec.dtype or s.dtype, device)
         cap_gpu_memory(device, s.gpu_memory_fraction)
         if Task.GENERATE in tasks:
-            return self._load_generator(spec, folder, tasks, device, dtype)
+            return self._load_generator(spec, folder, tasks, device, dtype, manifest)
         # An artifact names its runtime; only a per-model setting overrides it.
         backend_name = spec.backend or (manifest.runtime if manifest else s.backend)
         options = manifest.runtime_options if manifest and manifest.runtime == backend_name else {}
@@ -263,6 +264,7 @@ class ModelLoader:
         tasks: tuple[Task, ...],
         device: str,
         dtype: str,
+        manifest: Manifest | None = None,
     ) -> tuple[ModelInfo, LoadedGenerator]:
         s = self.settings
         if tasks != (Task.GENERATE,):
@@ -270,10 +272,15 @@ class ModelLoader:
                 f"model {spec.name!r}: a causal LM serves only 'generate', not "
                 f"{[t.value for t in tasks if t is not Task.GENERATE]}"
             )
-        quantize = spec.quantize or s.quantize
+        # A generation artifact is one of the fixed candidates that --dtype/--quantize
+        # name: its recipe applies unless this model's own settings say otherwise.
+        recipe = recipe_of(manifest, folder.path) if manifest is not None else None
+        quantize = spec.quantize or (recipe.quantize if recipe else s.quantize)
+        if recipe is not None and recipe.dtype and not spec.dtype:
+            dtype = recipe.dtype
         backend: GenerationBackend
         if quantize == "gguf":
-            gguf = source_gguf(folder.path)
+            gguf = recipe.gguf if recipe and recipe.gguf else source_gguf(folder.path)
             if gguf is None:
                 raise ModelLoadError(
                     f"model {spec.name!r}: --quantize gguf runs llama.cpp on the GGUF file a "
@@ -305,7 +312,14 @@ class ModelLoader:
             )
             if quantize is not None:
                 dtype = f"{dtype}+{quantize} weights"
-        if quantize is not None:
+        if manifest is not None and recipe is not None and quantize == recipe.quantize:
+            log.info(
+                "model %s: artifact %s, measured against fp32 on held-out prompts: %s",
+                spec.name,
+                recipe.candidate,
+                ", ".join(f"{k} {v:.4g}" for k, v in manifest.accuracy.items()),
+            )
+        elif quantize is not None:
             log.warning(
                 "model %s: quantized generation (%s) is lossy; its measured accuracy cost "
                 "is in docs/benchmarks.md",

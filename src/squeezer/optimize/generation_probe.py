@@ -73,13 +73,23 @@ def greedy(backend: SteppedBackend, prompts: Sequence[Sequence[int]], new: int) 
 
 
 @contextmanager
-def _tapped(table: SequenceTable) -> Iterator[dict[SeqId, dict[int, torch.Tensor]]]:
-    """Record the logits every ``score_prompt`` call is given, by sequence and start."""
+def _tapped(
+    table: SequenceTable, wanted: Mapping[SeqId, range]
+) -> Iterator[dict[SeqId, dict[int, torch.Tensor]]]:
+    """Record, by sequence and first position, the rows of the logits every
+    ``score_prompt`` call is given that fall in the sequence's ``wanted`` positions
+    (the prompt's own positions are dropped at once: at 49k-token vocabularies they
+    would be most of the memory)."""
     seen: dict[SeqId, dict[int, torch.Tensor]] = {}
     original = table.score_prompt
 
     def record(seq: SeqId, start: int, logits: torch.Tensor) -> None:
-        seen.setdefault(seq, {})[start] = logits.detach().to("cpu", torch.float32).clone()
+        positions = wanted.get(seq)
+        if positions is not None:
+            lo, hi = max(start, positions.start), min(start + len(logits), positions.stop)
+            if lo < hi:
+                rows = logits[lo - start : hi - start].detach()
+                seen.setdefault(seq, {})[lo] = rows.to("cpu", torch.float32).clone()
         original(seq, start, logits)
 
     table.score_prompt = record  # type: ignore[method-assign]
@@ -99,32 +109,34 @@ def teacher_forced(
     scored = SamplingParams(prompt_logprobs=0)
     out: list[torch.Tensor] = []
     for group in _groups(len(prompts), backend.max_slots):
-        ids = [("forced", i) for i in group]
+        # Position p's logits predict token p + 1: the continuation's are at
+        # len(prompt) - 1 ... len(prompt) + len(continuation) - 2.
+        wanted: dict[SeqId, range] = {
+            ("forced", i): range(len(prompts[i]) - 1, len(prompts[i]) - 1 + len(continuations[i]))
+            for i in group
+        }
         try:
-            with _tapped(backend.table) as seen:
+            with _tapped(backend.table, wanted) as seen:
                 chunks = [
-                    PromptChunk.whole(
-                        NewSequence(s, [*prompts[s[1]], *continuations[s[1]]], scored)
-                    )
-                    for s in ids
+                    PromptChunk.whole(NewSequence(seq, [*prompts[i], *continuations[i]], scored))
+                    for seq, i in zip(wanted, group, strict=True)
                 ]
                 backend.step(chunks, {})
         finally:
-            for seq in ids:
+            for seq in wanted:
                 if seq in backend.table:
                     backend.free(seq)
-        for seq in ids:
+        for seq, positions in wanted.items():
             pieces = seen.get(seq, {})
             starts = sorted(pieces)
-            rows = torch.cat([pieces[k] for k in starts]) if starts and starts[0] == 0 else None
-            first, count = len(prompts[seq[1]]) - 1, len(continuations[seq[1]])
-            if rows is None or len(rows) < first + count:
+            rows = torch.cat([pieces[k] for k in starts]) if starts else None
+            if rows is None or starts[0] != positions.start or len(rows) != len(positions):
                 raise RuntimeError(
                     f"{type(backend).__name__} scored {0 if rows is None else len(rows)} "
-                    f"prompt positions of {first + count + 1}: its step no longer hands "
+                    f"of the {len(positions)} positions asked: its step no longer hands "
                     "every prompt position to SequenceTable.score_prompt"
                 )
-            out.append(rows[first : first + count])
+            out.append(rows)
     return out
 
 

@@ -160,6 +160,8 @@ class GenerationSearch:
     ) -> None:
         self.s = settings
         self.progress = progress or (lambda _name, _step: None)
+        if settings.new_tokens < 1 or settings.max_num_seqs < 1 or settings.per_split < 1:
+            raise ValueError("--new-tokens, --max-num-seqs and --per-split must be >= 1")
         self.folder = read_folder(locate(settings.model))
         if not is_causal_lm(self.folder):
             raise ModelLoadError(

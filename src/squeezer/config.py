@@ -202,6 +202,10 @@ class Settings(BaseModel):
     max_stop_sequences: int = Field(default=4, ge=0)
     #: Weight quantization of generation models: None keeps them lossless (fp32).
     quantize: Quantize | None = None
+    #: Speculative decoding of generation models, as vLLM's ``--speculative-config``
+    #: JSON (``{"method": "ngram", "num_speculative_tokens": 4}``; the backend checks
+    #: its keys). None: off.
+    speculative_config: str | None = None
     log_level: str = "info"
     #: ``text`` for people, ``json`` for log pipelines: one JSON object per line, the
     #: access log's fields as keys.

@@ -56,6 +56,9 @@ class NewSequence:
     id: SeqId
     prompt: Sequence[int]
     params: SamplingParams = field(default_factory=SamplingParams)
+    #: Prompt + new tokens the request may reach (None: up to the model's length):
+    #: speculation drafts nothing past it.
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +132,8 @@ class GenerationBackend(Protocol):
     def step(self, chunks: Sequence[PromptChunk], tokens: Mapping[Any, int]) -> list[TokenOut]:
         """One forward pass over prompt chunks and one new token of each decoding
         sequence (``tokens``: its last sampled token). Returns the next token of every
-        decoding sequence, then of every sequence whose prompt's last chunk this was.
+        decoding sequence (a speculating one's accepted tokens follow it, in order),
+        then of every sequence whose prompt's last chunk this was.
         If it raises, the sequences first admitted in it are gone again and the
         decoding sequences' caches are as they were."""
         ...
@@ -138,6 +142,10 @@ class GenerationBackend(Protocol):
 
     def prefix_cache(self) -> tuple[int, int]:
         """(prompt tokens admitted, of them found in the cache) since start."""
+        ...
+
+    def speculation(self) -> tuple[int, int, int] | None:
+        """(verify steps, tokens drafted, drafts accepted) since start, or None."""
         ...
 
     @property
@@ -173,6 +181,15 @@ class StepShortcuts:
 
     def prefix_cache(self) -> tuple[int, int]:
         return self.table.prompt_tokens, self.table.cached_tokens
+
+    def speculation(self) -> tuple[int, int, int] | None:
+        """(verify steps, tokens drafted, drafts accepted) since start; None when the
+        backend does not speculate."""
+        speculator = self.table.speculator
+        if speculator is None:
+            return None
+        counts = speculator.counts
+        return counts.drafts, counts.draft_tokens, counts.accepted_tokens
 
     def prefill(self, seqs: Sequence[NewSequence]) -> list[TokenOut]:
         """Take new sequences, run their whole prompts, sample their first tokens."""

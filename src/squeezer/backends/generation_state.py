@@ -22,16 +22,17 @@ from dataclasses import dataclass
 
 import torch
 
-from squeezer.backends.base import NewSequence, PromptChunk, PromptLogprob, SeqId, TokenOut
+from squeezer.backends.base import NewSequence, PromptChunk, SeqId, TokenOut
 from squeezer.backends.constraints import ConstrainedSequences
 from squeezer.backends.held_tokens import HeldTokens
+from squeezer.backends.prompt_scores import PromptScores
 from squeezer.backends.sampling import (
-    History,
     SamplingBatch,
     SamplingParams,
-    prompt_logprobs,
     sample,
 )
+from squeezer.backends.speculation import Speculator, verify
+from squeezer.backends.token_history import TokenHistory
 from squeezer.errors import InputTooLongError, OverloadedError
 
 
@@ -79,13 +80,9 @@ class SequenceTable:
         self._owners: list[SeqId | None] = [None] * max_slots
         self._free = list(range(max_slots))  # a heap
         self._lengths = torch.zeros(max_slots, dtype=torch.long)
-        self._seen = torch.zeros(max_slots, vocab_size, dtype=torch.bool, device=device)
-        #: How often each slot's sequence generated each token: made when the first
-        #: sequence with a presence or frequency penalty arrives, kept up from then.
-        self._counts: torch.Tensor | None = None
-        #: Prompt logprobs of sequences that asked, by position (0: None), until their
-        #: first token is sampled.
-        self._prompt_scores: dict[SeqId, list[PromptLogprob | None]] = {}
+        self._history = TokenHistory(max_slots, vocab_size, device)
+        #: Prompt logprobs of sequences that asked, until their first token is sampled.
+        self._prompt_scores = PromptScores()
         #: Grammar matchers of constrained sequences; the loader gives it the model's
         #: ``GrammarBook``.
         self.grammars = ConstrainedSequences()
@@ -98,9 +95,11 @@ class SequenceTable:
         #: Prompt tokens admitted, and of those found cached, since start.
         self.prompt_tokens = 0
         self.cached_tokens = 0
-        #: The last step's sequences and their settings as tensors; dropped whenever a
+        #: Recent steps' sequences and their settings as tensors; dropped whenever a
         #: sequence joins or leaves (an id may come back with other settings).
-        self._cached: tuple[tuple[SeqId, ...], SamplingBatch] | None = None
+        self._batches: dict[tuple[SeqId, ...], SamplingBatch] = {}
+        #: Drafts and their acceptance, when the backend speculates.
+        self.speculator: Speculator | None = None
 
     @property
     def active(self) -> int:
@@ -131,7 +130,7 @@ class SequenceTable:
         ``release`` them."""
         if not seqs:
             return torch.zeros(0, dtype=torch.long)
-        self._cached = None
+        self._batches.clear()
         if self.active + len(seqs) > self.max_slots:
             raise OverloadedError(f"all {self.max_slots} generation slots are in use")
         for seq in seqs:
@@ -139,13 +138,7 @@ class SequenceTable:
                 raise InputTooLongError(
                     f"prompt of {len(seq.prompt)} tokens; this model holds 1 to {max_len - 1}"
                 )
-        if self._counts is None and any(seq.params.counts_output for seq in seqs):
-            # Not an inference tensor (a step runs in inference mode): ``release``,
-            # outside it, writes to it too.
-            with torch.inference_mode(False):
-                self._counts = torch.zeros(
-                    self.max_slots, self.vocab_size, dtype=torch.int32, device=self.device
-                )
+        self._history.prepare([seq.params for seq in seqs])
         if slots is not None:
             self._free = [s for s in self._free if s not in slots]
             heapq.heapify(self._free)
@@ -158,14 +151,12 @@ class SequenceTable:
             self._params[seq.id] = seq.params
             self._prompt_of[seq.id] = seq.prompt
             self._lengths[slot] = len(seq.prompt)
-            self._seen[slot] = False
-            prompt = torch.tensor(list(seq.prompt), dtype=torch.long, device=self.device)
-            self._seen[slot, prompt] = True
-            if self._counts is not None:
-                self._counts[slot] = 0
+            self._history.reset(slot, seq.prompt)
             if seq.params.prompt_logprobs is not None:
-                self._prompt_scores[seq.id] = [None]
+                self._prompt_scores.start(seq.id, seq.params.prompt_logprobs)
             self._reused[seq.id] = 0
+            if self.speculator is not None:
+                self.speculator.admit(seq.id, seq.prompt, seq.max_tokens)
         return torch.tensor(taken, dtype=torch.long)
 
     # -- prefix caching -------------------------------------------------------------
@@ -184,26 +175,9 @@ class SequenceTable:
         return seq in self._prompt_scores
 
     def score_prompt(self, seq: SeqId, start: int, logits: torch.Tensor) -> None:
-        """Record the logprobs of prompt tokens ``start + 1 ...`` from ``logits`` (N,
-        vocab) at positions ``start ...`` (a rerun step overwrites what it scored)."""
-        scores = self._prompt_scores[seq]
-        del scores[start + 1 :]
-        prompt = self._prompt_of[seq]
-        targets = torch.tensor(
-            prompt[start + 1 : start + 1 + len(logits)], dtype=torch.long, device=logits.device
-        )
-        top = self._params[seq].prompt_logprobs or 0
-        chosen, ranks, ids, values = prompt_logprobs(logits[: len(targets)], targets, top)
-        for token, logprob, rank, alt_ids, alt_values in zip(
-            targets.tolist(),
-            chosen.tolist(),
-            ranks.tolist(),
-            ids.tolist(),
-            values.tolist(),
-            strict=True,
-        ):
-            alternatives = tuple(zip(alt_ids, alt_values, strict=True))
-            scores.append(PromptLogprob(token, logprob, alternatives, rank))
+        """Record the logprobs of prompt tokens ``start + 1 ...`` from ``logits`` at
+        positions ``start ...`` (``PromptScores.score``)."""
+        self._prompt_scores.score(seq, self._prompt_of[seq], start, logits)
 
     def free_slots(self) -> list[int]:
         return sorted(self._free)
@@ -254,19 +228,47 @@ class SequenceTable:
         tokens: Mapping[SeqId, int],
         rows: torch.Tensor,
         positions: torch.Tensor,
+        drafts: Mapping[SeqId, Sequence[int]],
     ) -> None:
         """A step's forward pass stored its feeds and decode ``tokens`` (at ``rows``,
-        ``positions``) in the cache."""
+        ``positions``, each followed by its ``drafts``) in the cache."""
         for feed in feeds:
             self.held.write(feed.slot, feed.start, feed.tokens)
-        for token, slot, position in zip(
-            tokens.values(), rows.tolist(), positions.tolist(), strict=True
+        for (seq, token), slot, position in zip(
+            tokens.items(), rows.tolist(), positions.tolist(), strict=True
         ):
-            self.held.write(slot, position, (token,))
+            self.held.write(slot, position, (token, *drafts.get(seq, ())))
 
     def advance(self, rows: torch.Tensor) -> None:
         """One more token in the cache of each row."""
         self._lengths[rows] += 1
+
+    def retreat(self, rows: torch.Tensor) -> None:
+        self._lengths[rows] -= 1
+
+    def rewind(self, seq: SeqId, kept: int, length: int) -> None:
+        """``seq``'s cache keeps its first ``kept`` tokens, and holds ``length`` once a
+        chunk of the rest is fed (a draft model catching up with its text)."""
+        slot = self._slots[seq]
+        self.held.keep(slot, kept)
+        self._lengths[slot] = length
+
+    def constrained(self, seq: SeqId) -> bool:
+        return self._params[seq].constraint is not None
+
+    def drafts(self, tokens: Mapping[SeqId, int], max_len: int) -> dict[SeqId, list[int]]:
+        """What each decoding sequence speculates this step (none without a
+        speculator)."""
+        if self.speculator is None:
+            return {}
+        return self.speculator.drafts(tokens, self, max_len)
+
+    def speculated(self, seq: SeqId, drafted: int, accepted: int) -> None:
+        """``seq`` kept ``accepted`` of its ``drafted`` tokens: its cache holds no more
+        than its length of them."""
+        self.held.keep(self._slots[seq], self.length(seq))
+        if self.speculator is not None:
+            self.speculator.settle(seq, drafted, accepted)
 
     def finish_step(
         self,
@@ -276,18 +278,23 @@ class SequenceTable:
         start: torch.Tensor,
         sampled: Sequence[SeqId],
         logits: torch.Tensor | None,
+        drafts: Mapping[SeqId, Sequence[int]] | None = None,
+        draft_logits: Mapping[SeqId, torch.Tensor] | None = None,
     ) -> list[TokenOut]:
-        """After a forward pass wrote its feeds and decode ``tokens``: record them, then
-        sample ``sampled``'s next tokens. A sampler that raises (one request's settings
-        gave a NaN, say) takes the decoding rows back to their lengths before the step,
-        as ``GenerationBackend.step`` promises, so the scheduler can rerun the step
+        """After a forward pass wrote its feeds and decode ``tokens`` (with their
+        ``drafts``, whose logits are ``draft_logits``): record them, sample
+        ``sampled``'s next tokens, then accept what drafts they match
+        (``speculation.verify``). A sampler that raises (one request's settings gave a
+        NaN, say) takes the decoding rows back to their lengths before the step, as
+        ``GenerationBackend.step`` promises, so the scheduler can rerun the step
         without the sequence that caused it."""
-        self.wrote(feeds, tokens, rows, start)
+        drafts = drafts or {}
+        self.wrote(feeds, tokens, rows, start, drafts)
         self.advance(rows)
         if not sampled or logits is None:
             return []
         try:
-            return self.sample(sampled, logits)
+            outs = self.sample(sampled, logits)
         except BaseException:
             self._lengths[rows] -= 1
             for slot, position in zip(rows.tolist(), start.tolist(), strict=True):
@@ -295,17 +302,22 @@ class SequenceTable:
             for feed in feeds:
                 self.held.keep(feed.slot, feed.start)
             raise
+        if not drafts:
+            return outs
+        return verify(self, outs, drafts, draft_logits or {})
 
     def release(self, seq: SeqId) -> Move | None:
         """Forget ``seq``; with ``compact``, the highest occupied slot moves into its
         slot, and the backend must move that sequence's cache as the ``Move`` says."""
-        self._cached = None
+        self._batches.clear()
         slot = self._slots.pop(seq)
         self._params.pop(seq)
         self._prompt_of.pop(seq)
-        self._prompt_scores.pop(seq, None)
+        self._prompt_scores.pop(seq)
         self.grammars.release(seq)
         self._reused.pop(seq)
+        if self.speculator is not None:
+            self.speculator.release(seq)
         self._owners[slot] = None
         vacated, move = slot, None
         last = len(self._slots)  # compact: the others hold 0..last, all but ``slot``
@@ -315,9 +327,7 @@ class SequenceTable:
             move = Move(last, slot, int(self._lengths[last]))
             self.held.copy(last, slot, move.length)
             self._lengths[slot] = self._lengths[last]
-            self._seen[slot] = self._seen[last]
-            if self._counts is not None:
-                self._counts[slot] = self._counts[last]
+            self._history.move(last, slot)
             self._owners[slot], self._owners[last] = moved, None
             self._slots[moved] = slot
             vacated = last
@@ -331,41 +341,28 @@ class SequenceTable:
         and counted. A sequence's first token carries its prompt logprobs, if it asked."""
         rows = self.rows(seqs)
         lengths = self._lengths[rows].tolist()
-        banned_rows: list[int] = []
-        banned_ids: list[int] = []
+        banned: list[tuple[int, int]] = []
         for i, seq in enumerate(seqs):  # min_tokens: no EOS yet for these rows
             p = self._params[seq]
             # A constrained row's grammar says where its text may end: banning EOS
             # after a complete grammar would leave no token it allows.
             early = lengths[i] - len(self._prompt_of[seq]) < p.min_new_tokens
-            if p.eos_ids and early and p.constraint is None:
-                banned_rows += [i] * len(p.eos_ids)
-                banned_ids += p.eos_ids
+            if early and p.constraint is None:
+                banned += [(i, eos) for eos in p.eos_ids]
         batch = self._batch(seqs)
         device_rows = rows.to(self.device)
         constraints = [self._params[seq].constraint for seq in seqs]
-        # Penalties read (B, vocab) gathers, skipped when no row asks for them.
         allowed = self.grammars.mask(seqs, constraints, self.device)
-        history = History(
-            seen=self._seen[device_rows] if batch.any_repetition else None,
-            counts=self._counts[device_rows]
-            if batch.any_counts and self._counts is not None
-            else None,
-            banned=(
-                torch.tensor(banned_rows, dtype=torch.long, device=self.device),
-                torch.tensor(banned_ids, dtype=torch.long, device=self.device),
-            )
-            if banned_rows
-            else None,
-        )
+        history = self._history.of(device_rows, batch, banned)
         # The position of the token being chosen: the sequence's length so far.
         picked = sample(logits, batch, self._lengths[rows].to(self.device), history, allowed)
-        self._seen[device_rows, picked.tokens] = True
-        if self._counts is not None:
-            self._counts[device_rows, picked.tokens] += 1
+        self._history.mark(device_rows, picked.tokens)
         tokens = picked.tokens.tolist()
         if allowed is not None:
             self.grammars.advance(allowed[0].tolist(), seqs, tokens)
+        if self.speculator is not None:
+            for seq, token in zip(seqs, tokens, strict=True):
+                self.speculator.record(seq, token)
         logprobs = picked.logprobs.tolist()
         out = []
         for i, seq in enumerate(seqs):
@@ -379,19 +376,16 @@ class SequenceTable:
                         strict=True,
                     )
                 )
-            prompt = self._prompt_scores.pop(seq, None)
-            out.append(
-                TokenOut(
-                    seq, tokens[i], logprobs[i], top, None if prompt is None else tuple(prompt)
-                )
-            )
+            out.append(TokenOut(seq, tokens[i], logprobs[i], top, self._prompt_scores.pop(seq)))
         return out
 
     def _batch(self, seqs: Sequence[SeqId]) -> SamplingBatch:
         """The step's per-row settings as tensors, rebuilt only when the running set
         changes (a decode step usually has the same sequences as the one before)."""
         key = tuple(seqs)
-        if self._cached is None or self._cached[0] != key:
+        if key not in self._batches:
+            if len(self._batches) >= 8:  # speculation samples subsets: keep a few
+                self._batches.clear()
             params = [self._params[s] for s in seqs]
-            self._cached = (key, SamplingBatch.of(params, self.vocab_size, self.device))
-        return self._cached[1]
+            self._batches[key] = SamplingBatch.of(params, self.vocab_size, self.device)
+        return self._batches[key]

@@ -32,6 +32,7 @@ import torch
 from squeezer.backends.base import PromptChunk, SeqId, StepShortcuts, TokenOut
 from squeezer.backends.device import compute_threads
 from squeezer.backends.generation_state import Feed, SequenceTable
+from squeezer.backends.speculation import SpeculationConfig, speculator
 from squeezer.errors import BackendError, InputTooLongError, ModelLoadError
 
 #: Tokens one ``llama_decode`` takes at most (longer prefills go in several calls) and
@@ -98,6 +99,7 @@ class LlamaCppGenerationBackend(StepShortcuts):
         max_len: int = 2048,
         threads: int | None = None,
         verbose: bool = False,
+        speculation: SpeculationConfig | None = None,
     ) -> None:
         llama_cpp = _llama_cpp()
         if not verbose:
@@ -159,6 +161,9 @@ class LlamaCppGenerationBackend(StepShortcuts):
         np.ctypeslib.as_array(batch.n_seq_id, shape=(n,))[:] = 1
         self._seq_id = batch.seq_id
         self.table = SequenceTable(max_slots, self.vocab_size, self.device, compact=False)
+        self.table.speculator = speculator(
+            speculation, max_slots=max_slots, max_len=self.max_len, vocab_size=self.vocab_size
+        )
 
     @property
     def active(self) -> int:
@@ -214,6 +219,7 @@ class LlamaCppGenerationBackend(StepShortcuts):
             length = self.table.reusable_prefix(slot, seq)
             self._lib.llama_memory_seq_rm(self._memory, slot, length, -1)
             self.table.reuse(seq.id, length)
+        drafts = self.table.drafts(tokens, self.max_len)
         decoding = list(tokens)
         rows = self.table.rows(decoding)
         start = self.table.lengths(rows)
@@ -223,8 +229,10 @@ class LlamaCppGenerationBackend(StepShortcuts):
         try:
             if decoding and int(start.max()) >= self.max_len:
                 raise InputTooLongError(f"a sequence reached the model's {self.max_len} tokens")
-            logits, sampled = self._run_step(feeds, tokens, rows, start)
-            return self.table.finish_step(feeds, tokens, rows, start, sampled, logits)
+            logits, sampled, draft_logits = self._run_step(feeds, tokens, drafts, rows, start)
+            outs = self.table.finish_step(
+                feeds, tokens, rows, start, sampled, logits, drafts, draft_logits
+            )
         except BaseException:
             # llama.cpp rolls back only its last ubatch: drop what this step wrote, so
             # that a retry finds each cache as it was.
@@ -235,36 +243,44 @@ class LlamaCppGenerationBackend(StepShortcuts):
             for seq in new:
                 self.free(seq.id)
             raise
+        for seq in drafts:  # rejected drafts' cells would sit at positions reused next
+            self._lib.llama_memory_seq_rm(
+                self._memory, self.table.slot(seq), self.table.length(seq), -1
+            )
+        return outs
 
     def _run_step(
         self,
         feeds: Sequence[Feed],
         tokens: Mapping[Any, int],
+        drafts: Mapping[Any, Sequence[int]],
         rows: torch.Tensor,
         start: torch.Tensor,
-    ) -> tuple[torch.Tensor, list[SeqId]]:
-        """The step's tokens in slot order, and the sequences their logits are for.
+    ) -> tuple[torch.Tensor, list[SeqId], dict[SeqId, torch.Tensor]]:
+        """The step's tokens in slot order; the logits that pick next tokens, the
+        sequences they are for, and the logits at each speculating sequence's drafts.
 
         With one KV stream per sequence, llama.cpp splits a batch into ubatches of
         consecutive sequence ids taking equal numbers of tokens, scanning in batch
         order, and each ubatch is a pass over all the weights. In slot order a step is
         at most two ubatches (one token of every sequence, then the rest of the prompt
         chunks); in any other order a mixed step could take one per sequence."""
-        # (slot, tokens, first position, logits wanted for the last token, sequence)
-        parts: list[tuple[int, Sequence[int], int, bool, SeqId]] = [
-            (slot, (tokens[seq],), position, True, seq)
+        # (slot, tokens, first position, logits wanted for the last token, sequence,
+        # logits wanted for every token: a speculating sequence's)
+        parts: list[tuple[int, Sequence[int], int, bool, SeqId, bool]] = [
+            (slot, (tokens[seq], *drafts.get(seq, ())), position, True, seq, seq in drafts)
             for seq, slot, position in zip(tokens, rows.tolist(), start.tolist(), strict=True)
         ]
-        parts += [(f.slot, f.tokens, f.start, f.chunk.last, f.chunk.seq.id) for f in feeds]
+        parts += [(f.slot, f.tokens, f.start, f.chunk.last, f.chunk.seq.id, False) for f in feeds]
         parts.sort(key=lambda part: part[0])
         ids, positions, owners, output = [], [], [], []
-        for slot, part_tokens, first, wanted, seq in parts:
+        for slot, part_tokens, first, wanted, seq, every in parts:
             size = len(part_tokens)
             ids.append(np.asarray(part_tokens, dtype=np.int32))
             positions.append(np.arange(first, first + size, dtype=np.int32))
             owners.append(np.full(size, slot, dtype=np.int32))
             # A prompt whose logprobs were asked for needs every position's logits.
-            marks = np.full(size, self.table.scores_prompt(seq), dtype=np.int8)
+            marks = np.full(size, every or self.table.scores_prompt(seq), dtype=np.int8)
             marks[-1] |= wanted
             output.append(marks)
         logits = self._run(
@@ -273,16 +289,21 @@ class LlamaCppGenerationBackend(StepShortcuts):
             np.concatenate(owners),
             np.concatenate(output),
         )
-        picks, sampled, row = [], [], 0
-        for (_, _, first, wanted, seq), marks in zip(parts, output, strict=True):
+        picked: dict[SeqId, int] = {}
+        draft_logits, row = {}, 0
+        for (_, _, first, wanted, seq, every), marks in zip(parts, output, strict=True):
             marked = int(marks.sum())
-            if marked > 1 or (marked and not wanted):  # the prompt's positions, scored
+            if every:  # the token's logits pick its next token, the rest check drafts
+                picked[seq] = row
+                draft_logits[seq] = logits[row + 1 : row + marked]
+            elif marked > 1 or (marked and not wanted):  # the prompt's positions, scored
                 self.table.score_prompt(seq, first, logits[row : row + marked])
             row += marked
-            if wanted:
-                picks.append(row - 1)
-                sampled.append(seq)
-        return logits[picks], sampled
+            if wanted and not every:
+                picked[seq] = row - 1
+        # Decoding sequences first, in ``tokens``' order, then prompts that end here.
+        sampled = [seq for seq in tokens] + [f.chunk.seq.id for f in feeds if f.chunk.last]
+        return logits[[picked[seq] for seq in sampled]], sampled, draft_logits
 
     def free(self, seq: SeqId) -> None:
         """Release a sequence's slot (its llama.cpp sequence id). Its cells stay: a

@@ -124,16 +124,21 @@ class PagedTorchGenerationBackend(TorchGenerationBackend):
         return length
 
     def _plan(
-        self, rows: torch.Tensor, start: torch.Tensor, feeds: Sequence[Feed]
+        self,
+        rows: torch.Tensor,
+        start: torch.Tensor,
+        spans: Sequence[tuple[int, int, int]],
+        feeds: Sequence[Feed],
     ) -> tuple[torch.Tensor, dict[str, Any]]:
+        placed = [*spans, *((f.slot, f.start, f.chunk.end) for f in feeds)]
         slots, positions = rows.tolist(), start.tolist()
-        for feed in feeds:
-            slots += [feed.slot] * (feed.chunk.end - feed.start)
-            positions += range(feed.start, feed.chunk.end)
+        for slot, first, end in placed:
+            slots += [slot] * (end - first)
+            positions += range(first, end)
         for slot, last in zip(rows.tolist(), start.tolist(), strict=True):
             self.pool.cover(slot, last + 1)
-        for feed in feeds:
-            self.pool.cover(feed.slot, feed.chunk.end)
+        for slot, _, end in placed:
+            self.pool.cover(slot, end)
         plan = PagedPlan.build(self.pool, slots, positions)
         self.cache.begin(plan)
         return plan.positions, {"paged_plan": plan}

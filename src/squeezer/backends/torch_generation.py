@@ -29,6 +29,7 @@ from squeezer.backends.device import torch_dtype
 from squeezer.backends.generation_state import Feed, SequenceTable
 from squeezer.backends.quantize import QuantizeReport, quantize_fp16, quantize_int8
 from squeezer.backends.slot_kv import SlotCache, StepPlan, register_slot_attention
+from squeezer.backends.speculation import SpeculationConfig, speculator
 from squeezer.backends.transformers_hooks import cache_keyword, check_step_contract
 from squeezer.errors import InputTooLongError, ModelLoadError
 
@@ -64,6 +65,7 @@ class TorchGenerationBackend(StepShortcuts):
         max_slots: int = 32,
         max_len: int = 2048,
         quantize: str | None = None,
+        speculation: SpeculationConfig | None = None,
     ) -> None:
         import transformers
 
@@ -104,6 +106,9 @@ class TorchGenerationBackend(StepShortcuts):
         layers = int(config.num_hidden_layers)
         self.cache = self._new_cache(layers, kv_heads, head_dim)
         self.table = SequenceTable(max_slots, self.vocab_size, device, compact=self.compact)
+        self.table.speculator = speculator(
+            speculation, max_slots=max_slots, max_len=self.max_len, vocab_size=self.vocab_size
+        )
         #: The keyword the decoder takes its KV cache under (renamed in transformers 5.25).
         self._cache_keyword = cache_keyword(self._decoder)
         self._check_contract(layers)
@@ -171,7 +176,11 @@ class TorchGenerationBackend(StepShortcuts):
         return length
 
     def _step(self, chunks: Sequence[PromptChunk], tokens: Mapping[SeqId, int]) -> list[TokenOut]:
-        decoding = list(tokens)
+        drafts = self.table.drafts(tokens, self.max_len)
+        # Decoding rows without drafts first (one token each, batched attention), then
+        # speculating ones (their token and drafts: a chunk each), then prompt chunks.
+        decoding = [s for s in tokens if s not in drafts] + list(drafts)
+        tokens = {s: tokens[s] for s in decoding}
         rows = self.table.rows(decoding)
         start = self.table.lengths(rows)
         if decoding and int(start.max()) >= self.max_len:
@@ -179,10 +188,19 @@ class TorchGenerationBackend(StepShortcuts):
         feeds = self.table.feeds(chunks)
         if not (decoding or feeds):
             return []
-        ids = [tokens[s] for s in decoding]
+        plain = len(decoding) - len(drafts)
+        ids = [tokens[s] for s in decoding[:plain]]
+        for seq in decoding[plain:]:
+            ids += [tokens[seq], *drafts[seq]]
         for feed in feeds:
             ids.extend(feed.tokens)
-        positions, attend = self._plan(rows, start, feeds)
+        spans = [
+            (slot, begin, begin + 1 + len(drafts[seq]))
+            for seq, slot, begin in zip(
+                decoding[plain:], rows[plain:].tolist(), start[plain:].tolist(), strict=True
+            )
+        ]
+        positions, attend = self._plan(rows[:plain], start[:plain], spans, feeds)
         hidden = self._decoder(
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=positions.unsqueeze(0),
@@ -191,9 +209,13 @@ class TorchGenerationBackend(StepShortcuts):
             **attend,
         ).last_hidden_state[0]
         # Only the tokens that pick a next token go through the vocabulary projection:
-        # every decoding token, and the last token of each prompt that ends here.
-        picks, sampled = list(range(len(decoding))), list(decoding)
-        offset = len(decoding)
+        # every decoding token and draft, and the last token of each prompt ending here.
+        picks, sampled = list(range(plain)), list(decoding[:plain])
+        offset = plain
+        for seq in decoding[plain:]:
+            picks.append(offset)
+            sampled.append(seq)
+            offset += 1 + len(drafts[seq])
         for feed in feeds:
             if self.table.scores_prompt(feed.chunk.seq.id):
                 self._score_prompt(feed, hidden[offset : offset + feed.chunk.end - feed.start])
@@ -201,10 +223,22 @@ class TorchGenerationBackend(StepShortcuts):
             if feed.chunk.last:
                 picks.append(offset - 1)
                 sampled.append(feed.chunk.seq.id)
+        offset, draft_picks = plain, []
+        for seq in decoding[plain:]:
+            draft_picks += range(offset + 1, offset + 1 + len(drafts[seq]))
+            offset += 1 + len(drafts[seq])
         logits = None
         if picks:  # else only prompt chunks with more to come
-            logits = self._head(hidden[torch.tensor(picks, dtype=torch.long, device=self.device)])
-        return self.table.finish_step(feeds, tokens, rows, start, sampled, logits)
+            every = torch.tensor(picks + draft_picks, dtype=torch.long, device=self.device)
+            logits = self._head(hidden[every])
+        draft_logits = {}
+        if drafts and logits is not None:
+            logits, rest = logits[: len(picks)], logits[len(picks) :]
+            for seq in decoding[plain:]:
+                draft_logits[seq], rest = rest[: len(drafts[seq])], rest[len(drafts[seq]) :]
+        return self.table.finish_step(
+            feeds, tokens, rows, start, sampled, logits, drafts, draft_logits
+        )
 
     def _score_prompt(self, feed: Feed, hidden: torch.Tensor) -> None:
         """The logprobs of the prompt tokens after each of ``feed``'s positions, through
@@ -215,11 +249,16 @@ class TorchGenerationBackend(StepShortcuts):
             self.table.score_prompt(feed.chunk.seq.id, feed.start + begin, logits)
 
     def _plan(
-        self, rows: torch.Tensor, start: torch.Tensor, feeds: Sequence[Feed]
+        self,
+        rows: torch.Tensor,
+        start: torch.Tensor,
+        spans: Sequence[tuple[int, int, int]],
+        feeds: Sequence[Feed],
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The step's token positions, and what its attention function reads: one
-        token per decoding row (at ``start``), then each feed's tokens."""
-        placed = [(f.slot, f.start, f.chunk.end) for f in feeds]
+        token per plain decoding row (at ``start``), then each ``spans`` (slot, start,
+        end: a speculating row's token and drafts), then each feed's tokens."""
+        placed = [*spans, *((f.slot, f.start, f.chunk.end) for f in feeds)]
         dtype = self.cache.keys[0].dtype
         plan = StepPlan.build(rows, start, placed, self.table.active, dtype, self.device)
         self.cache.begin(plan)

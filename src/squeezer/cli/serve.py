@@ -298,6 +298,16 @@ def serve(
             "QUANTIZE",
         ),
     ] = None,
+    speculative_config: Annotated[
+        str | None,
+        option(
+            "Generation, lossless: speculative decoding as vLLM's JSON, e.g. "
+            '\'{"method": "ngram", "num_speculative_tokens": 4}\' (prompt lookup) or '
+            '\'{"model": "DRAFT_FOLDER", "num_speculative_tokens": 4}\' (a small LM with '
+            "the same tokenizer). Tokens are the same as without it. Unset: off.",
+            "SPECULATIVE_CONFIG",
+        ),
+    ] = None,
     log_level: Annotated[str | None, option("Log level. [default: info]", "LOG_LEVEL")] = None,
     log_format: Annotated[
         str | None,

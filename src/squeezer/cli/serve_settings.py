@@ -21,7 +21,7 @@ _SAME_NAME = (
     "shutdown_timeout", "drain_delay", "warmup", "optimize", "optimize_max_loss",
     "optimize_cache", "max_total_tokens", "max_input_tokens", "max_batch_total_tokens",
     "max_num_seqs", "max_batch_prefill_tokens", "kv_cache", "kv_block_size",
-    "max_stop_sequences", "quantize", "log_level", "log_format", "access_log",
+    "max_stop_sequences", "quantize", "speculative_config", "log_level", "log_format", "access_log",
     "ssl_certfile", "ssl_keyfile", "model_repository", "repository_load_all",
     "mlflow_tracking_uri", "unload_timeout", "max_loaded_models", "max_loaded_memory_mib",
     "allow_drift", "allow_slow_artifact",
@@ -54,6 +54,13 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
     if flags.get("drift_tolerance"):
         pairs = (task_pair(arg, "--drift-tolerance") for arg in flags["drift_tolerance"])
         overrides["drift_tolerance"] = {task: float(loss) for task, loss in pairs}
+    if flags.get("speculative_config"):
+        from squeezer.backends.speculation import SpeculationConfig
+
+        try:
+            SpeculationConfig.parse(flags["speculative_config"])
+        except (TypeError, ValueError) as e:
+            raise typer.BadParameter(str(e), param_hint="--speculative-config") from e
     try:
         aliases: dict[str, dict[str, str]] = {}
         for arg in flags.get("alias") or []:

@@ -134,7 +134,7 @@ class _Sequence:
     def chunk(self, budget: int) -> PromptChunk:
         """The next at most ``budget`` tokens of its prompt."""
         r = self.request
-        new = NewSequence(self.stream.id, r.prompt, r.params)
+        new = NewSequence(self.stream.id, r.prompt, r.params, len(r.prompt) + r.max_new_tokens)
         return PromptChunk(new, self.prefilled, min(len(r.prompt), self.prefilled + budget))
 
 
@@ -229,6 +229,11 @@ class GenerationScheduler:
         return self.backend.prefix_cache()
 
     @property
+    def speculation(self) -> tuple[int, int, int] | None:
+        """(verify steps, tokens drafted, accepted) since start; None: not speculating."""
+        return self.backend.speculation()
+
+    @property
     def kv_blocks(self) -> tuple[int, int] | None:
         """A paged cache's (blocks, blocks in use), read at scrape time."""
         return self.backend.kv_blocks
@@ -294,6 +299,8 @@ class GenerationScheduler:
         seq.stream._push(Finished(reason, seq.generated, stop_token, queued))
 
     def _deliver(self, outs: list[TokenOut]) -> None:
+        """Each token in order (a speculating sequence may have several); those past
+        a sequence's end are dropped with it."""
         for out in outs:
             seq = self._running.get(cast(int, out.id))
             if seq is None:  # failed by shutdown while the step ran

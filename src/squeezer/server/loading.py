@@ -30,6 +30,7 @@ from squeezer.backends.device import (
 )
 from squeezer.backends.llamacpp_generation import LlamaCppGenerationBackend
 from squeezer.backends.paged_generation import PagedTorchGenerationBackend
+from squeezer.backends.speculation import SpeculationConfig
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from squeezer.config import ModelSettings, Settings
 from squeezer.errors import ModelLoadError
@@ -136,6 +137,17 @@ def _kv_cache(settings: Settings, device: str) -> str:
     if settings.kv_cache != "auto":
         return settings.kv_cache
     return "paged" if device.startswith("cuda") else "slots"
+
+
+def speculation(settings: Settings) -> SpeculationConfig | None:
+    """``--speculative-config`` as the backends take it (checked again here: a TOML
+    file's value has not passed the flag's check)."""
+    if settings.speculative_config is None:
+        return None
+    try:
+        return SpeculationConfig.parse(settings.speculative_config)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"speculative_config: {e}") from e
 
 
 def prefill_tokens(settings: Settings, device: str) -> int:
@@ -290,7 +302,10 @@ class ModelLoader:
             if device != "cpu":
                 raise ModelLoadError(f"model {spec.name!r}: --quantize gguf runs on cpu only")
             backend = LlamaCppGenerationBackend(
-                gguf, max_slots=s.max_num_seqs, max_len=s.max_total_tokens
+                gguf,
+                max_slots=s.max_num_seqs,
+                max_len=s.max_total_tokens,
+                speculation=speculation(s),
             )
             dtype = gguf_precision(gguf)
         else:
@@ -309,6 +324,7 @@ class ModelLoader:
                 max_slots=s.max_num_seqs,
                 max_len=s.max_total_tokens,
                 quantize=quantize,
+                speculation=speculation(s),
             )
             if quantize is not None:
                 dtype = f"{dtype}+{quantize} weights"

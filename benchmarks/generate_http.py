@@ -138,11 +138,15 @@ def targets(rows: list[dict[str, Any]], baselines: dict[str, Any]) -> list[dict[
     hf = (baselines.get("hf_generate") or {}).get("tokens_per_s")
     cpp = (baselines.get("llamacpp_inprocess") or {}).get("tokens_per_s")
     checks = [
-        ("lossless: squeezer-gen 32 streams / HF generate 1", at("squeezer-gen", 32), hf, 10.0),
+        ("lossless: squeezer-gen 32 streams / HF generate 1", at("squeezer-gen", 32), hf, 15.0),
         ("fp16 weights: squeezer-fp16 32 / HF generate 1", at("squeezer-fp16", 32), hf, 10.0),
         ("quantized: squeezer-gguf 32 / llama-server 32",
          at("squeezer-gguf", 32), at("llama-server", 32), 2.0),
         ("quantized: squeezer-gguf 1 / llama.cpp in-process 1", at("squeezer-gguf", 1), cpp, 0.9),
+        ("speculation: squeezer-gguf-spec 1 / llama.cpp in-process 1",
+         at("squeezer-gguf-spec", 1), cpp, 1.0),
+        ("speculation: squeezer-gguf-spec 1 / llama-server 1",
+         at("squeezer-gguf-spec", 1), at("llama-server", 1), 1.2),
     ]  # fmt: skip
     out = []
     for what, num, den, goal in checks:

@@ -158,6 +158,30 @@ RECIPES: tuple[Recipe, ...] = (
         bench_args=("--model", "smol"),
     ),
     Recipe(
+        name="squeezer-gguf-spec",
+        kind="generation",
+        start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
+        "--max-num-seqs 32 --max-total-tokens 512 --quantize gguf "
+        "--speculative-config '{{\"method\": \"ngram\", \"num_speculative_tokens\": 4}}'",
+        route="/v1/chat/completions",
+        ready_path="/ready",
+        about="squeezer-gguf with prompt-lookup speculation (the same tokens)",
+        bench_args=("--model", "smol"),
+        levels="1,4",
+    ),
+    Recipe(
+        name="squeezer-gen-spec",
+        kind="generation",
+        start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
+        "--max-num-seqs 32 --max-total-tokens 512 "
+        "--speculative-config '{{\"method\": \"ngram\", \"num_speculative_tokens\": 4}}'",
+        route="/v1/chat/completions",
+        ready_path="/ready",
+        about="squeezer-gen (fp32, lossless) with prompt-lookup speculation",
+        bench_args=("--model", "smol"),
+        levels="1,4",
+    ),
+    Recipe(
         name="transformers-serve",
         kind="generation",
         start="{bin}/transformers serve {gen_dir} --host 127.0.0.1 --port {port}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from squeezer.backends.base import NewSequence, PromptChunk
 from squeezer.backends.paged_generation import PagedTorchGenerationBackend
 from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.speculation import NgramIndex, SpeculationConfig
+from squeezer.backends.speculation import speculator as make_speculator
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from tests.tiny_models import tiny_causal_lm
 
@@ -42,7 +44,9 @@ def test_prompt_lookup_proposes_what_followed_the_latest_earlier_ngram() -> None
     index.extend([4])
     assert index.propose(2) == [7, 1]  # now "1 2 4" matches, longest first
     assert NgramIndex([1, 2, 3], range(2, 3)).propose(2) == []
-    assert NgramIndex([5, 5, 5], range(1, 3)).propose(4) == [5]  # only what is known
+    # A loop continues past the text's end: the draft copies itself.
+    assert NgramIndex([5, 5, 5], range(1, 3)).propose(4) == [5, 5, 5, 5]
+    assert NgramIndex([7, 1, 2, 3, 1, 2], range(2, 3)).propose(5) == [3, 1, 2, 3, 1]
 
 
 def test_the_config_reads_vllms_json() -> None:
@@ -190,3 +194,35 @@ def test_a_draft_model_changes_no_token(tiny_lm: Path, other_lm: Path, draft: st
         assert accepted > drafted / 4
     assert speculating.table.speculator is not None
     assert speculating.table.speculator.drafter.backend.active == 0  # type: ignore[attr-defined]
+
+
+class _Table:
+    """What ``Speculator.drafts`` reads of a sequence table."""
+
+    def constrained(self, seq: object) -> bool:
+        return False
+
+    def length(self, seq: object) -> int:
+        return 10
+
+
+def test_drafts_shrink_to_the_usual_run_and_pause_after_poor_acceptance() -> None:
+    config = SpeculationConfig(num_speculative_tokens=6, prompt_lookup_min=1)
+    speculator = speculator_for(config)
+    speculator.admit("s", [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2], max_tokens=100)
+    table: Any = _Table()
+    assert len(speculator.drafts({"s": 3}, table, 64)["s"]) == 6
+    speculator.settle("s", 6, 1)  # one accepted: next time one more than that
+    assert len(speculator.drafts({"s": 3}, table, 64)["s"]) == 2
+    speculator.settle("s", 2, 0)
+    speculator.settle("s", 2, 0)
+    speculator.settle("s", 2, 0)  # acceptance fell under min_acceptance: a pause
+    assert [speculator.drafts({"s": 3}, table, 64) for _ in range(5)][:4] == [{}] * 4
+    assert speculator.counts.drafts == 4 and speculator.counts.accepted_tokens == 1
+    near_end = speculator_for(config)
+    near_end.admit("e", [1, 2, 1, 2, 1, 2, 1, 2, 1, 2], max_tokens=13)
+    assert len(near_end.drafts({"e": 1}, table, 64)["e"]) == 1  # 13 - 10 - 2
+
+
+def speculator_for(config: SpeculationConfig) -> Any:
+    return make_speculator(config, max_slots=2, max_len=64, vocab_size=VOCAB)

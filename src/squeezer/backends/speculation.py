@@ -25,6 +25,7 @@ costs its full share.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -115,14 +116,19 @@ class NgramIndex:
             self.tokens.append(token)
 
     def propose(self, k: int) -> list[int]:
-        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest
+        """``k`` tokens that followed the latest earlier occurrence of the longest
         trailing n-gram found (none when no n-gram recurs)."""
         for n in reversed(self._sizes):
             if len(self.tokens) <= n:
                 continue
             start = self._next[n].get(tuple(self.tokens[-n:]))
             if start is not None:
-                return self.tokens[start : start + k]
+                # Copied as LZ77 copies an overlapping match: past the text's end the
+                # draft repeats itself, so a loop of period p drafts k tokens, not p.
+                draft = self.tokens[start : start + k]
+                while len(draft) < k:
+                    draft.append(draft[len(draft) - (len(self.tokens) - start)])
+                return draft
         return []
 
 
@@ -131,6 +137,9 @@ class _Acceptance:
     """A sequence's recent acceptance, and how long it sits out after a bad run."""
 
     rate: float = 1.0  # moving average of accepted / drafted
+    #: Moving average of drafts accepted per verify step: the next drafts are one
+    #: longer than that, since tokens past a usual rejection are mostly wasted work.
+    run: float | None = None
     pause: int = 0  # steps left without drafts
     backoff: int = 4  # the next pause's length (doubles while drafts keep failing)
 
@@ -233,6 +242,8 @@ class Speculator:
             length = table.length(seq)  # the last token goes at ``length``
             room = min(self._limit[seq] - length - 2, max_len - 2 - length)
             k = min(self.config.num_speculative_tokens, room)
+            if state.run is not None:
+                k = min(k, math.ceil(state.run) + 1)
             if k > 0:
                 wanted[seq] = k
         if not wanted:
@@ -249,6 +260,7 @@ class Speculator:
         if state is None:
             return
         state.rate = 0.7 * state.rate + 0.3 * accepted / drafted
+        state.run = accepted if state.run is None else 0.7 * state.run + 0.3 * accepted
         if state.rate < self.config.min_acceptance:
             state.pause, state.backoff = state.backoff, min(state.backoff * 2, 256)
             state.rate = self.config.min_acceptance  # a fresh chance after the pause

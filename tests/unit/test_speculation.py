@@ -226,3 +226,22 @@ def test_drafts_shrink_to_the_usual_run_and_pause_after_poor_acceptance() -> Non
 
 def speculator_for(config: SpeculationConfig) -> Any:
     return make_speculator(config, max_slots=2, max_len=64, vocab_size=VOCAB)
+
+
+def test_a_drafter_that_fails_leaves_the_step_to_decode_without_drafts(
+    tiny_lm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = TorchGenerationBackend(tiny_lm, max_slots=1, max_len=64, speculation=NGRAM)
+    plain = TorchGenerationBackend(tiny_lm, max_slots=1, max_len=64)
+    speculator = backend.table.speculator
+    assert speculator is not None
+
+    def broken(*args: object) -> dict[object, list[int]]:
+        raise RuntimeError("draft model out of memory")
+
+    monkeypatch.setattr(speculator.drafter, "propose", broken)
+    prompt = [2, 3, 2, 3, 2, 3]
+    first = [b.prefill([NewSequence("x", prompt)])[0].token for b in (backend, plain)]
+    assert first[0] == first[1]
+    assert backend.decode({"x": first[0]}) == plain.decode({"x": first[1]})
+    assert backend.speculation() == (0, 0, 0)

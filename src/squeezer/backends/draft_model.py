@@ -55,6 +55,8 @@ class DraftModelDrafter:
         self, wanted: Mapping[SeqId, int], last: Mapping[SeqId, int]
     ) -> dict[SeqId, list[int]]:
         table = self.backend.table
+        # A draft model may hold fewer positions than the target: no drafts past them.
+        wanted = {s: k for s, k in wanted.items() if len(self._text[s]) + k < self.backend.max_len}
         chunks = []
         for seq in wanted:
             text = self._text[seq]
@@ -66,6 +68,8 @@ class DraftModelDrafter:
             kept = table.common_prefix(slot, text)  # at most all but the newest token
             table.rewind(seq, kept, len(text))
             chunks.append(PromptChunk(new, kept, len(text)))
+        if not chunks:
+            return {}
         drafts = {out.id: [out.token] for out in self.backend.step(chunks, {})}
         for depth in range(1, max(wanted.values())):
             going = {s: d[-1] for s, d in drafts.items() if wanted[s] > depth}

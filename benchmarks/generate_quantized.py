@@ -424,11 +424,12 @@ def run_torch(
 def run_llama(gguf: Path, s: Settings, progress: Progress, reference: Reference) -> Row:
     """llama.cpp on the GGUF's own Q4_1 weights, the same greedy loop and teacher forcing."""
     import numpy as np
-    from llama_cpp import Llama
+
+    from squeezer.backends.llamacpp_generation import reference_llama
 
     longest = max(len(p) for p in s.prompts) + s.new
-    llm = Llama(
-        model_path=str(gguf),
+    llm = reference_llama(
+        gguf,
         logits_all=True,  # scores of every position: teacher forcing needs them
         n_ctx=max(512, longest + 8),
         n_threads=s.threads,

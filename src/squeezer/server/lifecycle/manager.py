@@ -30,6 +30,7 @@ from typing import Any
 from squeezer.backends.heap import trim_heap
 from squeezer.config import ModelSettings, Settings, check_label
 from squeezer.engine import Engine
+from squeezer.engine.executor import in_fresh_thread
 from squeezer.errors import (
     ConflictError,
     InvalidRequestError,
@@ -195,7 +196,7 @@ class ModelManager:
         added: str | None = None
         t0 = time.perf_counter()
         try:
-            info, backend = await asyncio.to_thread(self._loader.load, spec, load)
+            info, backend = await in_fresh_thread(self._loader.load, spec, load)
             served = await asyncio.to_thread(describe, info, self.settings)
             add_to_engine(self.engine, self.settings, served, backend, spec)
             added = served.engine_key

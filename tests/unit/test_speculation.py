@@ -15,6 +15,7 @@ from squeezer.backends.paged_generation import PagedTorchGenerationBackend
 from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.speculation import NgramIndex, SpeculationConfig
 from squeezer.backends.speculation import speculator as make_speculator
+from squeezer.backends.speculation_cost import Acceptance, StepCost, best_length
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from tests.tiny_models import tiny_causal_lm
 
@@ -27,7 +28,7 @@ PROMPTS = {
     "c": [30, 31, 32, 33, 34, 35],
     "d": [2, 3, 2, 3, 2, 3, 2],
 }
-NGRAM = SpeculationConfig(num_speculative_tokens=3, prompt_lookup_min=1, min_acceptance=0.0)
+NGRAM = SpeculationConfig(num_speculative_tokens=3, prompt_lookup_min=1, token_cost=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_no_draft_reaches_past_the_requests_end_or_the_cache(tiny_lm: Path) -> N
 
 
 def test_a_big_step_does_not_speculate(tiny_lm: Path) -> None:
-    config = SpeculationConfig(prompt_lookup_min=1, max_batch=1, min_acceptance=0.0)
+    config = SpeculationConfig(prompt_lookup_min=1, max_batch=1, token_cost=0.0)
     backend = TorchGenerationBackend(tiny_lm, max_slots=2, max_len=64, speculation=config)
     seqs = [NewSequence(i, [2, 3, 2, 3, 2, 3], SamplingParams(), 40) for i in range(2)]
     last = {o.id: o.token for o in backend.prefill(seqs)}
@@ -185,7 +186,7 @@ def test_a_draft_model_changes_no_token(tiny_lm: Path, other_lm: Path, draft: st
         method="draft_model",
         model=str(tiny_lm if draft == "itself" else other_lm),
         num_speculative_tokens=3,
-        min_acceptance=0.0,
+        token_cost=0.0,
     )
     speculating = BACKENDS["slots"](tiny_lm, speculation=config)
     assert _crowd(speculating, params, new=12) == plain
@@ -206,22 +207,41 @@ class _Table:
         return 10
 
 
-def test_drafts_shrink_to_the_usual_run_and_pause_after_poor_acceptance() -> None:
-    config = SpeculationConfig(num_speculative_tokens=6, prompt_lookup_min=1)
+def test_drafts_are_as_long_as_pays_and_pause_when_none_does() -> None:
+    config = SpeculationConfig(num_speculative_tokens=6, prompt_lookup_min=1, token_cost=0.3)
     speculator = speculator_for(config)
     speculator.admit("s", [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2], max_tokens=100)
     table: Any = _Table()
-    assert len(speculator.drafts({"s": 3}, table, 64)["s"]) == 6
-    speculator.settle("s", 6, 1)  # one accepted: next time one more than that
+    # The prior (a draft accepted 3 times in 4) pays best for 2 drafts at 0.3 a token.
     assert len(speculator.drafts({"s": 3}, table, 64)["s"]) == 2
-    speculator.settle("s", 2, 0)
-    speculator.settle("s", 2, 0)
-    speculator.settle("s", 2, 0)  # acceptance fell under min_acceptance: a pause
-    assert [speculator.drafts({"s": 3}, table, 64) for _ in range(5)][:4] == [{}] * 4
-    assert speculator.counts.drafts == 4 and speculator.counts.accepted_tokens == 1
+    for _ in range(4):
+        speculator.settle("s", 3, 0)  # every draft rejected: none pays any more
+    assert speculator.drafts({"s": 3}, table, 64) == {}  # ... so it pauses
+    assert [speculator.drafts({"s": 3}, table, 64) for _ in range(4)][:3] == [{}] * 3
+    assert len(speculator.drafts({"s": 3}, table, 64)["s"]) == 2  # a fresh chance
+    assert speculator.counts.drafts == 4 and speculator.counts.accepted_tokens == 0
     near_end = speculator_for(config)
     near_end.admit("e", [1, 2, 1, 2, 1, 2, 1, 2, 1, 2], max_tokens=13)
     assert len(near_end.drafts({"e": 1}, table, 64)["e"]) == 1  # 13 - 10 - 2
+
+
+def test_the_best_length_weighs_acceptance_against_cost() -> None:
+    assert best_length(0.9, 0.25, 6) == 6  # torch-like: cheap tokens, good drafts
+    assert best_length(0.7, 0.5, 6) == 1  # llama.cpp-like: +0.5 a token
+    assert best_length(0.3, 0.5, 6) == 0  # not worth a draft
+    assert best_length(0.99, 0.0, 4) == 4
+
+
+def test_step_costs_are_learned_from_timed_steps() -> None:
+    cost = StepCost()
+    for _ in range(20):
+        cost.observe(1, 0, 0.010)  # a plain step: 10 ms
+        cost.observe(1, 4, 0.030)  # 4 drafts: 30 ms, +0.5 of a plain step each
+    assert cost.token == pytest.approx(0.5, abs=0.01)
+    acceptance = Acceptance()
+    for _ in range(30):
+        acceptance.observe(drafted=4, accepted=1)
+    assert acceptance.p == pytest.approx(0.5, abs=0.01)
 
 
 def speculator_for(config: SpeculationConfig) -> Any:

@@ -302,9 +302,11 @@ class SequenceTable:
             for feed in feeds:
                 self.held.keep(feed.slot, feed.start)
             raise
-        if not drafts:
-            return outs
-        return verify(self, outs, drafts, draft_logits or {})
+        if drafts:
+            outs = verify(self, outs, drafts, draft_logits or {})
+        if self.speculator is not None:
+            self.speculator.finished(prompts=bool(feeds))
+        return outs
 
     def release(self, seq: SeqId) -> Move | None:
         """Forget ``seq``; with ``compact``, the highest occupied slot moves into its

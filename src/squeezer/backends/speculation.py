@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import torch
 
 from squeezer.backends.base import SeqId, TokenOut
+from squeezer.backends.speculation_cost import Acceptance, StepCost, best_length
 
 if TYPE_CHECKING:
     from squeezer.backends.generation_state import SequenceTable
@@ -57,8 +58,9 @@ class SpeculationConfig:
     model: str | None = None
     #: Decoding sequences above which a step does not speculate (compute-bound).
     max_batch: int = 4
-    #: A sequence whose recent drafts were accepted less often than this pauses.
-    min_acceptance: float = 0.3
+    #: What one drafted token adds to a step, relative to a step without drafts; None:
+    #: measured as the server runs (``speculation_cost``).
+    token_cost: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("ngram", "draft_model"):
@@ -71,8 +73,8 @@ class SpeculationConfig:
             raise ValueError('a draft_model speculation needs "model": the draft\'s folder')
         if self.max_batch < 1:
             raise ValueError("max_batch must be >= 1")
-        if not 0 <= self.min_acceptance <= 1:
-            raise ValueError("min_acceptance must be in [0, 1]")
+        if self.token_cost is not None and self.token_cost < 0:
+            raise ValueError("token_cost must be >= 0")
 
     @classmethod
     def parse(cls, text: str) -> SpeculationConfig:
@@ -136,15 +138,14 @@ class NgramIndex:
 
 
 @dataclass(slots=True)
-class _Acceptance:
-    """A sequence's recent acceptance, and how long it sits out after a bad run."""
+class _SequenceState:
+    """A sequence's acceptance, its draft limit, and how long it sits out after drafts
+    stopped paying."""
 
-    rate: float = 1.0  # moving average of accepted / drafted
-    #: Moving average of drafts accepted per verify step: the next drafts are one
-    #: longer than that, since tokens past a usual rejection are mostly wasted work.
-    run: float | None = None
+    limit: int  # prompt + new tokens it may reach
+    acceptance: Acceptance = field(default_factory=Acceptance)
     pause: int = 0  # steps left without drafts
-    backoff: int = 4  # the next pause's length (doubles while drafts keep failing)
+    backoff: int = 4  # the next pause's length (doubles while drafts keep not paying)
 
 
 @dataclass(slots=True)
@@ -210,71 +211,80 @@ class Speculator:
     config: SpeculationConfig
     drafter: Drafter
     counts: SpeculationCounts = field(default_factory=SpeculationCounts)
-    _acceptance: dict[SeqId, _Acceptance] = field(default_factory=dict)
-    _limit: dict[SeqId, int] = field(default_factory=dict)
+    cost: StepCost = field(default_factory=StepCost)
+    _states: dict[SeqId, _SequenceState] = field(default_factory=dict)
+    #: The step under way: when drafting ended, its decoding sequences, its drafts.
+    _step: tuple[float, int, int] | None = None
 
     def admit(self, seq: SeqId, prompt: Sequence[int], max_tokens: int | None) -> None:
-        self._acceptance[seq] = _Acceptance()
-        self._limit[seq] = max_tokens if max_tokens is not None else 1 << 62
+        self._states[seq] = _SequenceState(max_tokens if max_tokens is not None else 1 << 62)
         self.drafter.admit(seq, prompt)
 
     def record(self, seq: SeqId, token: int) -> None:
         self.drafter.record(seq, token)
 
     def release(self, seq: SeqId) -> None:
-        self._acceptance.pop(seq, None)
-        self._limit.pop(seq, None)
+        self._states.pop(seq, None)
         self.drafter.release(seq)
 
     def drafts(
         self, tokens: Mapping[SeqId, int], table: SequenceTable, max_len: int
     ) -> dict[SeqId, list[int]]:
         """Drafts for this step's decoding sequences (``tokens``: their last tokens),
-        none when the step is too big or a sequence is paused, constrained by a
-        grammar, or near its end (no draft past its ``max_new_tokens`` or the cache)."""
+        none when the step is too big, or for a sequence that is paused, constrained by
+        a grammar, near its end (no draft past its ``max_new_tokens`` or the cache), or
+        whose drafts are not expected to pay for what they cost (``best_length``)."""
+        self._step = None
         if not tokens or len(tokens) > self.config.max_batch:
             return {}
+        token_cost = self.config.token_cost
+        if token_cost is None:
+            token_cost = self.cost.token
         wanted = {}
         for seq in tokens:
-            state = self._acceptance[seq]
+            state = self._states[seq]
             if state.pause:
                 state.pause -= 1
                 continue
             if table.constrained(seq):
                 continue
             length = table.length(seq)  # the last token goes at ``length``
-            room = min(self._limit[seq] - length - 2, max_len - 2 - length)
-            k = min(self.config.num_speculative_tokens, room)
-            if state.run is not None:
-                k = min(k, math.ceil(state.run) + 1)
+            room = min(state.limit - length - 2, max_len - 2 - length)
+            most = min(self.config.num_speculative_tokens, room)
+            k = best_length(state.acceptance.p, token_cost, most)
             if k > 0:
                 wanted[seq] = k
-        if not wanted:
-            return {}
-        try:
-            return self.drafter.propose(wanted, {s: tokens[s] for s in wanted})
-        except Exception:  # a draft model's failure must not fail the target's step
-            log.exception("speculation: drafting failed; this step decodes without drafts")
-            for seq in wanted:
-                self._acceptance[seq].pause = 64
-            return {}
+            elif most > 0:  # not worth it now: try again later, later each time
+                state.pause, state.backoff = state.backoff, min(state.backoff * 2, 256)
+                state.acceptance = Acceptance()  # a fresh chance after the pause
+        drafts: dict[SeqId, list[int]] = {}
+        if wanted:
+            try:
+                drafts = self.drafter.propose(wanted, {s: tokens[s] for s in wanted})
+            except Exception:  # a draft model's failure must not fail the target's step
+                log.exception("speculation: drafting failed; this step decodes without drafts")
+                for seq in wanted:
+                    self._states[seq].pause = 64
+        self._step = (time.perf_counter(), len(tokens), sum(map(len, drafts.values())))
+        return drafts
+
+    def finished(self, prompts: bool) -> None:
+        """The step ended; it is timed for ``cost`` unless it carried prompt chunks."""
+        if self._step is not None and not prompts:
+            started, sequences, drafted = self._step
+            self.cost.observe(sequences, drafted, time.perf_counter() - started)
+        self._step = None
 
     def settle(self, seq: SeqId, drafted: int, accepted: int) -> None:
-        """How a verify step went: a run of poor acceptance pauses the sequence's
-        drafts, for longer each time it recurs."""
+        """How a sequence's verify step went."""
         self.counts.drafts += 1
         self.counts.draft_tokens += drafted
         self.counts.accepted_tokens += accepted
-        state = self._acceptance.get(seq)
-        if state is None:
-            return
-        state.rate = 0.7 * state.rate + 0.3 * accepted / drafted
-        state.run = accepted if state.run is None else 0.7 * state.run + 0.3 * accepted
-        if state.rate < self.config.min_acceptance:
-            state.pause, state.backoff = state.backoff, min(state.backoff * 2, 256)
-            state.rate = self.config.min_acceptance  # a fresh chance after the pause
-        elif accepted:
-            state.backoff = 4
+        state = self._states.get(seq)
+        if state is not None:
+            state.acceptance.observe(drafted, accepted)
+            if accepted:
+                state.backoff = 4
 
 
 def verify(

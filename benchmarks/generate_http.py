@@ -166,6 +166,8 @@ def targets(rows: list[dict[str, Any]], baselines: dict[str, Any]) -> list[dict[
         ("fp16 weights: squeezer-fp16 32 / HF generate 1", at("squeezer-fp16", 32), hf, 10.0),
         ("quantized: squeezer-gguf 32 / llama-server 32",
          at("squeezer-gguf", 32), at("llama-server", 32), 2.0),
+        ("gated bf16: squeezer-bf16 32 / llama-server 32",
+         at("squeezer-bf16", 32), at("llama-server", 32), 2.0),
         ("quantized: squeezer-gguf 1 / llama.cpp in-process 1", at("squeezer-gguf", 1), cpp, 0.9),
         ("speculation: squeezer-gguf-spec 1 / llama.cpp in-process 1",
          at("squeezer-gguf-spec", 1), cpp, 1.0),

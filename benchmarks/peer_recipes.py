@@ -173,7 +173,7 @@ RECIPES: tuple[Recipe, ...] = (
         kind="generation",
         start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
         "--max-num-seqs 32 --max-total-tokens 512 --quantize gguf "
-        "--speculative-config '{{\"method\": \"ngram\", \"num_speculative_tokens\": 4}}'",
+        '--speculative-config \'{{"method": "ngram", "num_speculative_tokens": 4}}\'',
         route="/v1/chat/completions",
         ready_path="/ready",
         about="squeezer-gguf with prompt-lookup speculation (the same tokens)",
@@ -185,7 +185,7 @@ RECIPES: tuple[Recipe, ...] = (
         kind="generation",
         start="{python} -m squeezer serve --port {port} --model smol={gen_dir} "
         "--max-num-seqs 32 --max-total-tokens 512 "
-        "--speculative-config '{{\"method\": \"ngram\", \"num_speculative_tokens\": 4}}'",
+        '--speculative-config \'{{"method": "ngram", "num_speculative_tokens": 4}}\'',
         route="/v1/chat/completions",
         ready_path="/ready",
         about="squeezer-gen (fp32, lossless) with prompt-lookup speculation",

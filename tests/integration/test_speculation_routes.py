@@ -37,9 +37,7 @@ async def _crowd(client: httpx.AsyncClient) -> list[list[int]]:
         assert r.status_code == 200, r.text
         return [t["id"] for t in r.json()["details"]["tokens"]]
 
-    return list(
-        await asyncio.gather(*(one(p, q) for p, q in zip(PROMPTS, REQUESTS, strict=True)))
-    )
+    return list(await asyncio.gather(*(one(p, q) for p, q in zip(PROMPTS, REQUESTS, strict=True))))
 
 
 @pytest.mark.parametrize("kv_cache", ["slots", "paged"])

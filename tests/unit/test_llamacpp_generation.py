@@ -245,9 +245,7 @@ def test_speculation_changes_no_token_in_a_crowd(
     """Prompt-lookup drafts checked in the step's one ``llama_decode``: greedy tokens
     equal llama.cpp's alone, seeded ones equal the backend's own without speculation,
     and rejected drafts' cells never leak into later steps."""
-    speculation = SpeculationConfig(
-        num_speculative_tokens=4, prompt_lookup_min=1, token_cost=0.0
-    )
+    speculation = SpeculationConfig(num_speculative_tokens=4, prompt_lookup_min=1, token_cost=0.0)
     # SmolLM2 continues a count it has seen, so its drafts are accepted.
     count = b"one, two, three, four, five, six, seven, eight, nine, ten, one, two, three"
     looping = [list(reference.tokenize(count)), prompts[1] + prompts[1], prompts[2]]

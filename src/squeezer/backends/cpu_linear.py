@@ -23,6 +23,7 @@ blockings); nothing is approximated.
 from __future__ import annotations
 
 import bisect
+import functools
 import time
 from collections.abc import Callable
 
@@ -67,12 +68,9 @@ def layout_choices(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[boo
         with torch.inference_mode():
             for rows in _PROBE_ROWS:
                 x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
-                choices.append(
-                    _faster_second(
-                        lambda x=x: F.linear(x, weight, bias),
-                        lambda x=x: _weight_left(weight, bias, x),
-                    )
-                )
+                plain = functools.partial(F.linear, x, weight, bias)
+                left = functools.partial(_weight_left, weight, bias, x)
+                choices.append(_faster_second(plain, left))
         _CHOICES[key] = tuple(choices)
     return _CHOICES[key]
 

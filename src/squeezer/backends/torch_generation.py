@@ -223,7 +223,7 @@ class TorchGenerationBackend(StepShortcuts):
             if feed.chunk.last:
                 picks.append(offset - 1)
                 sampled.append(feed.chunk.seq.id)
-        offset, draft_picks = plain, []
+        offset, draft_picks = plain, list[int]()
         for seq in decoding[plain:]:
             draft_picks += range(offset + 1, offset + 1 + len(drafts[seq]))
             offset += 1 + len(drafts[seq])

@@ -22,18 +22,15 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from squeezer import __version__
-from squeezer.backends.device import compute_threads
 from squeezer.errors import ModelLoadError
 from squeezer.models import ModelFolder, locate, read_folder
 from squeezer.models.gguf import GGUF_SUFFIX
-from squeezer.models.manifest import Manifest, SourceModel, current_hardware
-from squeezer.optimize.candidate import Candidate, runtime_version
+from squeezer.models.manifest import Manifest
+from squeezer.optimize.candidate import Candidate
 from squeezer.optimize.corpus import Splits, load_texts, split_texts
 from squeezer.optimize.generation_candidates import (
     LLAMACPP,
@@ -45,7 +42,7 @@ from squeezer.optimize.generation_candidates import (
 from squeezer.optimize.generation_gate import GenerationAccuracy, compare_generation
 from squeezer.optimize.generation_probe import SteppedBackend, greedy, teacher_forced
 from squeezer.optimize.generation_speed import GenerationSpeed, measure_generation
-from squeezer.optimize.search import prepare_out
+from squeezer.optimize.search import artifact_manifest, prepare_out
 from squeezer.optimize.select import DEFAULT_MARGIN, Choice, Objective, Status, choose
 from squeezer.types import Task
 
@@ -320,30 +317,16 @@ class GenerationSearch:
             assert self.gguf is not None
             _link_or_copy(self.gguf, self.s.out / self.gguf.name)
             options["gguf"] = self.gguf.name
-        manifest = Manifest(
-            squeezer_version=__version__,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            task=Task.GENERATE.value,
-            source=SourceModel(
-                path=str(self.folder.path),
-                content_hash=self.folder.content_hash(),
-                model_type=self.folder.model_type,
-                architectures=self.folder.architectures,
-            ),
-            runtime=c.runtime,
-            runtime_version=runtime_version(c.runtime),
-            precision=c.precision,
-            variant=c.variant,
-            candidate=c.name,
-            runtime_options=options,
-            accuracy=winner.report.as_dict(),
-            speed=winner.speed.as_dict(),
-            max_loss=self.s.max_loss,
-            objective=self.s.objective.value,
-            within_budget=choice.within_budget,
-            hardware=current_hardware(compute_threads()),
-            requires=c.needs if self.s.device == "cpu" else (),
-            build={
+        manifest = artifact_manifest(
+            self.folder,
+            Task.GENERATE,
+            c,
+            options,
+            winner.report.as_dict(),
+            winner.speed.as_dict(),
+            self.s,
+            choice.within_budget,
+            {
                 "loss": "mean KL(fp32 || candidate), teacher-forced on fp32's greedy path",
                 "new_tokens": self.s.new_tokens,
                 "max_num_seqs": self.s.max_num_seqs,

@@ -102,6 +102,47 @@ def _support_ignore(_dir: str, names: list[str]) -> set[str]:
     return {n for n in names if any(fnmatch.fnmatch(n, p) for p in (*_WEIGHT_PATTERNS, ".git*"))}
 
 
+def artifact_manifest(
+    folder: ModelFolder,
+    task: Task,
+    candidate: Candidate,
+    options: dict[str, Any],
+    accuracy: dict[str, float],
+    speed: dict[str, float],
+    settings: Any,
+    within_budget: bool,
+    build: dict[str, Any],
+) -> Manifest:
+    """The winner's ``squeezer.json``, for the encoder and the generation search alike
+    (``settings``: either search's, for its budget, objective and device)."""
+    device = settings.device
+    return Manifest(
+        squeezer_version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        task=task.value,
+        source=SourceModel(
+            path=str(folder.path),
+            content_hash=folder.content_hash(),
+            model_type=folder.model_type,
+            architectures=folder.architectures,
+        ),
+        runtime=candidate.runtime,
+        runtime_version=runtime_version(candidate.runtime),
+        precision=candidate.precision,
+        variant=candidate.variant,
+        candidate=candidate.name,
+        runtime_options=options,
+        accuracy=accuracy,
+        speed=speed,
+        max_loss=settings.max_loss,
+        objective=settings.objective.value,
+        within_budget=within_budget,
+        hardware=current_hardware(compute_threads(), gpu_name(device)),
+        requires=candidate.needs if device == "cpu" else (),
+        build=build,
+    )
+
+
 def prepare_out(out: Path) -> None:
     """``out`` must be new, empty, or an earlier artifact (which is replaced)."""
     if out.exists():
@@ -303,31 +344,16 @@ class Search:
         for f in winner.folder.iterdir():
             target = self.s.out / f.name
             shutil.copytree(f, target) if f.is_dir() else shutil.copyfile(f, target)
-        c = winner.candidate
-        manifest = Manifest(
-            squeezer_version=__version__,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            task=self.task.value,
-            source=SourceModel(
-                path=str(self.folder.path),
-                content_hash=self.folder.content_hash(),
-                model_type=self.folder.model_type,
-                architectures=self.folder.architectures,
-            ),
-            runtime=c.runtime,
-            runtime_version=runtime_version(c.runtime),
-            precision=c.precision,
-            variant=c.variant,
-            candidate=c.name,
-            runtime_options=dict(c.options),
-            accuracy=winner.report.as_dict(),
-            speed=winner.speed.as_dict(),
-            max_loss=self.s.max_loss,
-            objective=self.s.objective.value,
-            within_budget=choice.within_budget,
-            hardware=current_hardware(compute_threads(), gpu_name(self.s.device)),
-            requires=c.needs if self.s.device == "cpu" else (),
-            build=dict(winner.build.details) if winner.build else {},
+        manifest = artifact_manifest(
+            self.folder,
+            self.task,
+            winner.candidate,
+            dict(winner.candidate.options),
+            winner.report.as_dict(),
+            winner.speed.as_dict(),
+            self.s,
+            choice.within_budget,
+            dict(winner.build.details) if winner.build else {},
         )
         manifest.write(self.s.out)
         return manifest

@@ -101,6 +101,7 @@ def optimize(
     configure_threads(threads)
     console = Console(stderr=True)
     name = Path(path.removeprefix("package:")).name or "model"
+    resolved = parse_device(device)  # a usage error (exit 2) before the model is read
     if _generates(path, task, console):
         from squeezer.optimize.generation_search import GenerationSettings
 
@@ -118,7 +119,7 @@ def optimize(
                 speed_budget_s=speed_budget,
                 time_budget_s=time_budget,
                 gguf=gguf,
-                device=parse_device(device),
+                device=resolved,
             ),
             console,
         )
@@ -135,7 +136,7 @@ def optimize(
         speed_budget_s=speed_budget,
         time_budget_s=time_budget,
         keep_candidates=keep_candidates,
-        device=parse_device(device),
+        device=resolved,
     )
     try:
         with SearchProgress(console, time_budget) as progress:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from squeezer.backends.base import NewSequence, PromptChunk
+from squeezer.backends.base import NewSequence
 from squeezer.backends.paged_generation import PagedTorchGenerationBackend
 from squeezer.backends.sampling import SamplingParams
 from squeezer.backends.speculation import NgramIndex, SpeculationConfig
@@ -18,6 +18,7 @@ from squeezer.backends.speculation import speculator as make_speculator
 from squeezer.backends.speculation_cost import Acceptance, StepCost, best_length
 from squeezer.backends.torch_generation import TorchGenerationBackend
 from tests.tiny_models import tiny_causal_lm
+from tests.unit.chunked_driver import drive_chunked
 
 VOCAB = 61
 #: Prompts that repeat themselves, so prompt lookup finds drafts (and a random tiny
@@ -66,35 +67,8 @@ def _crowd(
     backend: TorchGenerationBackend, params: dict[Hashable, SamplingParams], new: int
 ) -> dict[Hashable, list[int]]:
     """Every prompt, joining one per step with 3 prompt tokens per chunk beside the
-    others' decoding, each freed when it has ``new`` tokens (extra accepted drafts past
-    it are dropped, as the scheduler does)."""
-    waiting = list(PROMPTS)
-    prefilling: dict[Hashable, int] = {}
-    got: dict[Hashable, list[int]] = {}
-    while waiting or prefilling or any(len(v) < new for v in got.values()):
-        if waiting:
-            prefilling[waiting.pop(0)] = 0
-        chunks = [
-            PromptChunk(
-                NewSequence(i, PROMPTS[i], params[i], len(PROMPTS[i]) + new),
-                done,
-                min(done + 3, len(PROMPTS[i])),
-            )
-            for i, done in prefilling.items()
-        ]
-        running = {i: v[-1] for i, v in got.items() if len(v) < new}
-        for out in backend.step(chunks, running):
-            if len(got.setdefault(out.id, [])) < new:
-                got[out.id].append(out.token)
-        for c in chunks:
-            if c.last:
-                del prefilling[c.seq.id]
-            else:
-                prefilling[c.seq.id] = c.end
-        for i in running:
-            if len(got[i]) == new:
-                backend.free(i)
-    return got
+    others' decoding, each freed when it has ``new`` tokens."""
+    return drive_chunked(backend, dict(PROMPTS), new, chunk=3, params=params)
 
 
 Build = Callable[..., TorchGenerationBackend]

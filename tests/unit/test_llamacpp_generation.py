@@ -256,17 +256,7 @@ def test_speculation_changes_no_token_in_a_crowd(
     }
 
     def run(backend: LlamaCppGenerationBackend) -> dict[Any, list[int]]:
-        seqs = [NewSequence(i, looping[i], params[i], len(looping[i]) + NEW) for i in params]
-        got = {o.id: [o.token] for o in backend.prefill(seqs)}
-        while any(len(v) < NEW for v in got.values()):
-            running = {i: v[-1] for i, v in got.items() if len(v) < NEW}
-            for out in backend.decode(running):
-                if len(got[out.id]) < NEW:
-                    got[out.id].append(out.token)
-            for i in running:
-                if len(got[i]) == NEW:
-                    backend.free(i)
-        return got
+        return drive_chunked(backend, dict(enumerate(looping)), NEW, chunk=64, params=params)
 
     plain = run(build(max_slots=4, max_len=256))
     fast = build(max_slots=4, max_len=256, speculation=speculation)

@@ -32,12 +32,16 @@ PROMPTS = {
 NGRAM = SpeculationConfig(num_speculative_tokens=3, prompt_lookup_min=1, token_cost=0.0)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("spec-llama")
+def _saved_llama(factory: pytest.TempPathFactory, seed: int) -> Path:
+    torch.manual_seed(seed)
+    path = factory.mktemp(f"spec-llama-{seed}")
     tiny_causal_lm("llama", VOCAB).eval().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _saved_llama(tmp_path_factory, seed=0)
 
 
 def test_prompt_lookup_proposes_what_followed_the_latest_earlier_ngram() -> None:
@@ -141,10 +145,7 @@ def test_a_big_step_does_not_speculate(tiny_lm: Path) -> None:
 @pytest.fixture(scope="module")
 def other_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A different model with the same vocabulary: a poor draft."""
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("spec-draft")
-    tiny_causal_lm("llama", VOCAB).eval().save_pretrained(path)
-    return path
+    return _saved_llama(tmp_path_factory, seed=1)
 
 
 @pytest.mark.parametrize("draft", ["itself", "another"])

@@ -51,9 +51,7 @@ class DraftModelDrafter:
         if seq in self.backend.table:
             self.backend.free(seq)
 
-    def propose(
-        self, wanted: Mapping[SeqId, int], last: Mapping[SeqId, int]
-    ) -> dict[SeqId, list[int]]:
+    def propose(self, wanted: Mapping[SeqId, int]) -> dict[SeqId, list[int]]:
         table = self.backend.table
         # A draft model may hold fewer positions than the target: no drafts past them.
         wanted = {s: k for s, k in wanted.items() if len(self._text[s]) + k < self.backend.max_len}

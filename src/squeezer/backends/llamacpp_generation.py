@@ -95,18 +95,22 @@ def extra_buffers_run(path: Path) -> bool:
         flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
         ok = True
         if " amx_tile" in flags:
-            child = subprocess.run(
-                [sys.executable, "-c", _PROBE, str(path)],
-                capture_output=True,
-                timeout=300,
-                check=False,
-            )
-            ok = child.returncode >= 0  # killed by a signal: negative
+            try:
+                child = subprocess.run(
+                    [sys.executable, "-c", _PROBE, str(path)],
+                    capture_output=True,
+                    timeout=300,
+                    check=False,
+                )
+                died = f"signal {-child.returncode}" if child.returncode < 0 else None
+            except subprocess.TimeoutExpired:
+                died = "no answer in 300 s"
+            ok = died is None
             if not ok:
                 log.warning(
-                    "llama.cpp's AMX/repacked kernels died (signal %d) on this CPU: %s "
-                    "loads without them",
-                    -child.returncode,
+                    "llama.cpp's AMX/repacked kernels failed (%s) on this CPU: %s loads "
+                    "without them",
+                    died,
                     path.name,
                 )
         _probed[path] = ok

@@ -158,13 +158,11 @@ class SpeculationCounts:
 
 
 class Drafter(Protocol):
-    """Proposes tokens for speculating sequences (``last``: their newest token, not yet
-    in the target's cache)."""
+    """Proposes tokens for speculating sequences, from their text as ``record``ed (which
+    ends with their newest token, not yet in the target's cache)."""
 
-    def propose(
-        self, wanted: Mapping[SeqId, int], last: Mapping[SeqId, int]
-    ) -> dict[SeqId, list[int]]:
-        """Up to ``wanted[seq]`` tokens to follow ``last[seq]`` for each sequence."""
+    def propose(self, wanted: Mapping[SeqId, int]) -> dict[SeqId, list[int]]:
+        """Up to ``wanted[seq]`` tokens to follow each sequence's text."""
         ...
 
     def admit(self, seq: SeqId, prompt: Sequence[int]) -> None: ...
@@ -192,10 +190,7 @@ class NgramDrafter:
     def release(self, seq: SeqId) -> None:
         self._index.pop(seq, None)
 
-    def propose(
-        self, wanted: Mapping[SeqId, int], last: Mapping[SeqId, int]
-    ) -> dict[SeqId, list[int]]:
-        # ``last`` was recorded when it was sampled: the index ends with it already.
+    def propose(self, wanted: Mapping[SeqId, int]) -> dict[SeqId, list[int]]:
         out = {}
         for seq, k in wanted.items():
             if draft := self._index[seq].propose(k):
@@ -213,7 +208,8 @@ class Speculator:
     counts: SpeculationCounts = field(default_factory=SpeculationCounts)
     cost: StepCost = field(default_factory=StepCost)
     _states: dict[SeqId, _SequenceState] = field(default_factory=dict)
-    #: The step under way: when drafting ended, its decoding sequences, its drafts.
+    #: The step under way: when it started (drafting is part of what drafts cost),
+    #: its decoding sequences, its drafts.
     _step: tuple[float, int, int] | None = None
 
     def admit(self, seq: SeqId, prompt: Sequence[int], max_tokens: int | None) -> None:
@@ -237,6 +233,7 @@ class Speculator:
         self._step = None
         if not tokens or len(tokens) > self.config.max_batch:
             return {}
+        started = time.perf_counter()
         token_cost = self.config.token_cost
         if token_cost is None:
             token_cost = self.cost.token
@@ -260,12 +257,12 @@ class Speculator:
         drafts: dict[SeqId, list[int]] = {}
         if wanted:
             try:
-                drafts = self.drafter.propose(wanted, {s: tokens[s] for s in wanted})
+                drafts = self.drafter.propose(wanted)
             except Exception:  # a draft model's failure must not fail the target's step
                 log.exception("speculation: drafting failed; this step decodes without drafts")
                 for seq in wanted:
                     self._states[seq].pause = 64
-        self._step = (time.perf_counter(), len(tokens), sum(map(len, drafts.values())))
+        self._step = (started, len(tokens), sum(map(len, drafts.values())))
         return drafts
 
     def finished(self, prompts: bool) -> None:

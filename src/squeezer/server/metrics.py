@@ -114,7 +114,8 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        self._prompt_counts: dict[str, tuple[int, int]] = {}
+        #: What backends' own totals were at the last scrape, by model and counters.
+        self._seen_totals: dict[tuple[str, str], tuple[int, ...]] = {}
         # vLLM's spec_decode counters: acceptance = accepted / draft tokens.
         self.spec_drafts = Counter(
             "squeezer_spec_decode_num_drafts",
@@ -131,7 +132,6 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        self._spec_counts: dict[str, tuple[int, int, int]] = {}
         self.kv_blocks = Gauge(
             "squeezer_kv_cache_blocks", "Blocks of a paged KV cache's pool", ["model"], registry=r
         )
@@ -243,21 +243,25 @@ class Metrics:
         self.generation_waiting.labels(model).set(waiting)
 
     def set_prefix_cache(self, model: str, prompt: int, cached: int) -> None:
-        """Read at scrape time from the backend's own counts (the counters advance by
-        what they grew since the last scrape)."""
-        seen_prompt, seen_cached = self._prompt_counts.get(model, (0, 0))
-        self.prompt_tokens.labels(model).inc(max(prompt - seen_prompt, 0))
-        self.prompt_tokens_cached.labels(model).inc(max(cached - seen_cached, 0))
-        self._prompt_counts[model] = (prompt, cached)
+        """Read at scrape time from the backend's own counts."""
+        counters = (self.prompt_tokens, self.prompt_tokens_cached)
+        self._catch_up(model, "prefix", counters, (prompt, cached))
 
     def set_speculation(self, model: str, drafts: int, drafted: int, accepted: int) -> None:
         """Read at scrape time from the backend's counts, as ``set_prefix_cache``."""
-        before = self._spec_counts.get(model, (0, 0, 0))
-        now = (drafts, drafted, accepted)
         counters = (self.spec_drafts, self.spec_draft_tokens, self.spec_accepted_tokens)
-        for counter, new, old in zip(counters, now, before, strict=True):
+        self._catch_up(model, "speculation", counters, (drafts, drafted, accepted))
+
+    def _catch_up(
+        self, model: str, what: str, counters: tuple[Counter, ...], totals: tuple[int, ...]
+    ) -> None:
+        """Advance ``counters`` by what the backend's ``totals`` grew since the last
+        scrape (a backend counts since its start; a counter only goes up)."""
+        key = (model, what)
+        before = self._seen_totals.get(key, (0,) * len(totals))
+        for counter, new, old in zip(counters, totals, before, strict=True):
             counter.labels(model).inc(max(new - old, 0))
-        self._spec_counts[model] = now
+        self._seen_totals[key] = totals
 
     def set_kv_blocks(self, model: str, total: int, used: int) -> None:
         self.kv_blocks.labels(model).set(total)
